@@ -1,0 +1,637 @@
+//! Stripe-style idempotency keys, as pure decisions.
+//!
+//! A `POST /rides` runs as a chain of *atomic phases*. Each phase is one transaction in the
+//! store, and ends by moving the key to its next *recovery point*:
+//!
+//! ```text
+//!  started ──create ride──▶ ride_created ──charge──▶ charge_created ──stage receipt──▶ finished
+//!                                 │                                                     ▲
+//!                                 └──── card declined (402) / processor error (503) ────┘
+//! ```
+//!
+//! A crash between phases leaves the key at its last recovery point with its lock taken; a
+//! client retry with the same key (once the lock expired) or the completer resumes from there.
+//! This module decides; the store adapters commit what it decided; the services only call.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::record::RecordDraft;
+use crate::ride::{Ride, RideCommand, RideEvent, RideParams};
+
+/// Shortest accepted key.
+pub const MIN_KEY_LEN: usize = 20;
+/// Longest accepted key (the reference enforced it only by a database CHECK, answering 500;
+/// we answer 400 deliberately).
+pub const MAX_KEY_LEN: usize = 100;
+/// The amount charged for every ride, in cents.
+pub const RIDE_CHARGE_CENTS: i64 = 2000;
+/// The currency of [`RIDE_CHARGE_CENTS`].
+pub const RIDE_CHARGE_CURRENCY: &str = "usd";
+
+/// Exact user-facing messages of the reference API (section 2.3).
+pub mod messages {
+    /// 201 body message.
+    pub const CREATED: &str = "Payment accepted. Your pilot is on their way!";
+    /// 401 without credentials.
+    pub const AUTH_REQUIRED: &str = "Please specify credentials in the Authorization header.";
+    /// 401 with unknown credentials.
+    pub const AUTH_INVALID: &str = "Credentials in Authorization were invalid.";
+    /// 400 without a key.
+    pub const KEY_REQUIRED: &str =
+        "Please specify an idempotency key with the Idempotency-Key header.";
+    /// 400 with a short key.
+    pub const KEY_TOO_SHORT: &str = "Idempotency-Key must be at least 20 characters long.";
+    /// 400 with a long key (deliberate fix: the reference answered 500).
+    pub const KEY_TOO_LONG: &str = "Idempotency-Key must be at most 100 characters long.";
+    /// 409 when the parameters differ from the stored ones.
+    pub const PARAMS_MISMATCH: &str = "There was a mismatch between this request's parameters and the parameters of a previously stored request with the same Idempotency-Key.";
+    /// 409 while another request holds the key.
+    pub const IN_PROGRESS: &str =
+        "An API request with the same Idempotency-Key is already in progress.";
+    /// 409 on a serialization failure (the reference's typo is kept byte for byte).
+    pub const CONFLICT: &str =
+        "Conflict detected with a concurrent request. Please retry with the same Idmpotency-Key.";
+    /// 500 on any internal error.
+    pub const INTERNAL: &str = "Internal server error. Please retry the request periodically with the same Idempotency-Key until it succeeds.";
+    /// 402 prefix; the processor's message follows.
+    pub const CARD_ERROR_PREFIX: &str = "Error from payment processor: ";
+    /// 503 on a processor error.
+    pub const PROCESSOR_ERROR: &str = "Error from payment processor. Please contact support.";
+}
+
+/// A validated `Idempotency-Key` header value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IdempotencyKey(String);
+
+/// Why an `Idempotency-Key` was refused. `Display` is the exact message (status 400).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum KeyError {
+    /// Missing or empty.
+    #[error("{}", messages::KEY_REQUIRED)]
+    Missing,
+    /// Fewer than [`MIN_KEY_LEN`] characters.
+    #[error("{}", messages::KEY_TOO_SHORT)]
+    TooShort,
+    /// More than [`MAX_KEY_LEN`] characters.
+    #[error("{}", messages::KEY_TOO_LONG)]
+    TooLong,
+}
+
+impl IdempotencyKey {
+    /// Validates a header value.
+    ///
+    /// # Errors
+    /// [`KeyError`] when the value is empty, shorter than 20 or longer than 100 characters.
+    pub fn parse(raw: Option<&str>) -> Result<Self, KeyError> {
+        let raw = raw.filter(|s| !s.is_empty()).ok_or(KeyError::Missing)?;
+        match raw.chars().count() {
+            n if n < MIN_KEY_LEN => Err(KeyError::TooShort),
+            n if n > MAX_KEY_LEN => Err(KeyError::TooLong),
+            _ => Ok(Self(raw.to_owned())),
+        }
+    }
+
+    /// The key text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Where a request stopped; stored on the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryPoint {
+    /// The key exists; nothing else happened.
+    Started,
+    /// The ride row exists.
+    RideCreated,
+    /// The processor charged the ride.
+    ChargeCreated,
+    /// A response is stored; replays return it.
+    Finished,
+}
+
+impl RecoveryPoint {
+    /// The stored name (`started`, `ride_created`, `charge_created`, `finished`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::RideCreated => "ride_created",
+            Self::ChargeCreated => "charge_created",
+            Self::Finished => "finished",
+        }
+    }
+
+    /// Parses a stored name.
+    ///
+    /// # Errors
+    /// Returns the unknown name.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "started" => Self::Started,
+            "ride_created" => Self::RideCreated,
+            "charge_created" => Self::ChargeCreated,
+            "finished" => Self::Finished,
+            other => return Err(format!("Bug! Unhandled recovery point '{other}'.")),
+        })
+    }
+}
+
+/// A response stored on a finished key and replayed verbatim.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// JSON body.
+    pub body: serde_json::Value,
+}
+
+impl StoredResponse {
+    /// 201, ride accepted.
+    pub fn created() -> Self {
+        Self {
+            status: 201,
+            body: serde_json::json!({ "message": messages::CREATED }),
+        }
+    }
+    /// 402, card declined with the processor's message.
+    pub fn card_declined(message: &str) -> Self {
+        let error = format!("{}{message}", messages::CARD_ERROR_PREFIX);
+        Self {
+            status: 402,
+            body: serde_json::json!({ "error": error }),
+        }
+    }
+    /// 503, processor error (stored as final, as in the reference).
+    pub fn processor_error() -> Self {
+        Self {
+            status: 503,
+            body: serde_json::json!({ "error": messages::PROCESSOR_ERROR }),
+        }
+    }
+}
+
+/// An idempotency key as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// Store-assigned id (also names the processor-side idempotency key).
+    pub id: i64,
+    /// Owner; keys are scoped per user.
+    pub user_id: i64,
+    /// The key text.
+    pub key: String,
+    /// Creation time (ms).
+    pub created_at_ms: i64,
+    /// Last time a request took the lock (ms).
+    pub last_run_at_ms: i64,
+    /// Lock time, or `None` when unlocked.
+    pub locked_at_ms: Option<i64>,
+    /// `POST`.
+    pub request_method: String,
+    /// `/rides`.
+    pub request_path: String,
+    /// The parsed parameters of the first request.
+    pub request_params: RideParams,
+    /// Progress.
+    pub recovery_point: RecoveryPoint,
+    /// The stored response, once finished.
+    pub response: Option<StoredResponse>,
+}
+
+/// Timing thresholds of the key life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// A lock older than this is considered abandoned (reference: 90 s).
+    pub lock_timeout_ms: i64,
+    /// The completer leaves younger keys to client retries (reference: 300 s).
+    pub completer_grace_ms: i64,
+    /// The completer skips keys run more recently than this (reference: 60 s).
+    pub completer_last_run_ms: i64,
+    /// The reaper deletes keys older than this (reference: 72 h).
+    pub reap_after_ms: i64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            lock_timeout_ms: 90_000,
+            completer_grace_ms: 300_000,
+            completer_last_run_ms: 60_000,
+            reap_after_ms: 72 * 3600 * 1000,
+        }
+    }
+}
+
+/// What to do with an arriving request, given the key as stored (phase 1 of the reference).
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyDecision {
+    /// No such key: insert it, locked, at `started`.
+    Create,
+    /// Unfinished and not locked by a live request: take the lock and continue.
+    Resume,
+    /// Finished: replay the stored response.
+    Replay(StoredResponse),
+    /// Same key, other parameters: 409.
+    Mismatch,
+    /// Another request holds the lock: 409 with `Retry-After`.
+    InProgress,
+}
+
+impl KeyRecord {
+    /// Whether a live request holds the lock at `now_ms`.
+    pub fn is_locked(&self, now_ms: i64, t: &Thresholds) -> bool {
+        self.locked_at_ms
+            .is_some_and(|at| at > now_ms - t.lock_timeout_ms)
+    }
+
+    /// Whether the completer should push this key through at `now_ms` (reference 2.6).
+    pub fn is_completable(&self, now_ms: i64, t: &Thresholds) -> bool {
+        self.recovery_point != RecoveryPoint::Finished
+            && self.created_at_ms < now_ms - t.completer_grace_ms
+            && self.last_run_at_ms < now_ms - t.completer_last_run_ms
+            && !self.is_locked(now_ms, t)
+    }
+
+    /// Whether the reaper should delete this key at `now_ms` (reference 2.8).
+    pub fn is_reapable(&self, now_ms: i64, t: &Thresholds) -> bool {
+        self.created_at_ms < now_ms - t.reap_after_ms
+    }
+
+    /// Phase 1: what to do with a request carrying this key (or none) and `params`.
+    pub fn decide(
+        existing: Option<&Self>,
+        params: &RideParams,
+        now_ms: i64,
+        t: &Thresholds,
+    ) -> KeyDecision {
+        let Some(key) = existing else {
+            return KeyDecision::Create;
+        };
+        if key.request_params != *params {
+            return KeyDecision::Mismatch;
+        }
+        if key.is_locked(now_ms, t) {
+            return KeyDecision::InProgress;
+        }
+        match (&key.recovery_point, &key.response) {
+            (RecoveryPoint::Finished, Some(resp)) => KeyDecision::Replay(resp.clone()),
+            _ => KeyDecision::Resume,
+        }
+    }
+
+    /// The next phase to run from this key's recovery point.
+    pub fn next_phase(&self) -> NextPhase {
+        match self.recovery_point {
+            RecoveryPoint::Started => NextPhase::CreateRide,
+            RecoveryPoint::RideCreated => NextPhase::Charge,
+            RecoveryPoint::ChargeCreated => NextPhase::StageReceipt,
+            RecoveryPoint::Finished => match &self.response {
+                Some(r) => NextPhase::Respond(r.clone()),
+                None => NextPhase::Respond(StoredResponse {
+                    status: 500,
+                    body: serde_json::json!({ "error": messages::INTERNAL }),
+                }),
+            },
+        }
+    }
+
+    /// The processor-side idempotency key for this key's charge: same key, same charge.
+    pub fn processor_key(&self) -> String {
+        format!("rocket-rides-atomic-{}", self.id)
+    }
+}
+
+/// The phase that follows a recovery point.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NextPhase {
+    /// `started`: create the ride (phase [`Phase::create_ride`]).
+    CreateRide,
+    /// `ride_created`: call the processor, then [`Phase::charged`], [`Phase::declined`] or
+    /// [`Phase::processor_error`].
+    Charge,
+    /// `charge_created`: [`Phase::receipt`].
+    StageReceipt,
+    /// `finished`: answer with the stored response.
+    Respond(StoredResponse),
+}
+
+/// The write to the `rides` table in a phase.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RideWrite {
+    /// Insert a ride for the key; records are built with the new ride's id.
+    Insert {
+        /// Owner.
+        user_id: i64,
+        /// Coordinates.
+        params: RideParams,
+        /// Great-circle distance in millimetres.
+        distance_mm: u64,
+    },
+    /// Set the charge id of an existing ride.
+    SetCharge {
+        /// The ride.
+        ride_id: i64,
+        /// The processor's charge id.
+        charge_id: String,
+    },
+    /// No write; the phase's records are about this ride.
+    Existing(i64),
+}
+
+/// An audit record written with the ride (reference `audit_records`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditDraft {
+    /// E.g. `ride.created`.
+    pub action: String,
+    /// The request parameters.
+    pub data: serde_json::Value,
+    /// The client's address.
+    pub origin_ip: String,
+}
+
+/// Where the key goes at the end of a phase.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyTransition {
+    /// A new recovery point; the lock is kept.
+    To(RecoveryPoint),
+    /// Store the response, set `finished`, release the lock.
+    Finish(StoredResponse),
+}
+
+/// Everything one atomic phase writes. The store commits all of it in one transaction, or
+/// nothing: ride write, audit record, staged log records, key transition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Phase {
+    /// The ride write.
+    pub ride: RideWrite,
+    /// An audit record about the ride, if any.
+    pub audit: Option<AuditDraft>,
+    /// Log records to stage, built with the ride's id.
+    pub records: Vec<RecordDraft>,
+    /// The key's next state.
+    pub then: KeyTransition,
+}
+
+impl Phase {
+    /// `started` → `ride_created`: insert the ride, its audit record and `ride.created`.
+    pub fn create_ride(key: &KeyRecord, origin_ip: &str, correlation: Option<uuid::Uuid>) -> Self {
+        let cmd = RideCommand::Request {
+            user_id: key.user_id,
+            params: key.request_params,
+        };
+        let events = Ride::default().decide(&cmd).unwrap_or_default();
+        Self {
+            ride: RideWrite::Insert {
+                user_id: key.user_id,
+                params: key.request_params,
+                distance_mm: key.request_params.distance_mm(),
+            },
+            audit: Some(AuditDraft {
+                action: "ride.created".into(),
+                data: key.request_params.to_json(),
+                origin_ip: origin_ip.to_owned(),
+            }),
+            records: events
+                .iter()
+                .map(|e| RecordDraft::from_event(e, correlation))
+                .collect(),
+            then: KeyTransition::To(RecoveryPoint::RideCreated),
+        }
+    }
+
+    /// `ride_created` → `charge_created`: store the charge id and stage `ride.charged`.
+    pub fn charged(
+        ride: &Ride,
+        ride_id: i64,
+        charge_id: &str,
+        correlation: Option<uuid::Uuid>,
+    ) -> Self {
+        let cmd = RideCommand::RecordCharge {
+            charge_id: charge_id.to_owned(),
+        };
+        Self {
+            ride: RideWrite::SetCharge {
+                ride_id,
+                charge_id: charge_id.to_owned(),
+            },
+            audit: None,
+            records: drafts(ride, &cmd, correlation),
+            then: KeyTransition::To(RecoveryPoint::ChargeCreated),
+        }
+    }
+
+    /// `ride_created` → `finished` with 402: stage `ride.declined`.
+    pub fn declined(
+        ride: &Ride,
+        ride_id: i64,
+        message: &str,
+        correlation: Option<uuid::Uuid>,
+    ) -> Self {
+        let cmd = RideCommand::RecordDecline {
+            message: message.to_owned(),
+        };
+        Self {
+            ride: RideWrite::Existing(ride_id),
+            audit: None,
+            records: drafts(ride, &cmd, correlation),
+            then: KeyTransition::Finish(StoredResponse::card_declined(message)),
+        }
+    }
+
+    /// `ride_created` → `finished` with 503 (stored as final, as in the reference).
+    pub fn processor_error(ride_id: i64) -> Self {
+        Self {
+            ride: RideWrite::Existing(ride_id),
+            audit: None,
+            records: vec![],
+            then: KeyTransition::Finish(StoredResponse::processor_error()),
+        }
+    }
+
+    /// `charge_created` → `finished` with 201: stage `receipt.requested` (the reference's
+    /// `send_ride_receipt` job).
+    pub fn receipt(key: &KeyRecord, ride_id: i64, correlation: Option<uuid::Uuid>) -> Self {
+        let mut payload = serde_json::Map::new();
+        payload.insert("amount".into(), RIDE_CHARGE_CENTS.into());
+        payload.insert("currency".into(), RIDE_CHARGE_CURRENCY.into());
+        payload.insert("user_id".into(), key.user_id.into());
+        Self {
+            ride: RideWrite::Existing(ride_id),
+            audit: None,
+            records: vec![RecordDraft {
+                kind: crate::record::kinds::RECEIPT_REQUESTED.into(),
+                payload,
+                correlation_id: correlation,
+            }],
+            then: KeyTransition::Finish(StoredResponse::created()),
+        }
+    }
+}
+
+fn drafts(ride: &Ride, cmd: &RideCommand, correlation: Option<uuid::Uuid>) -> Vec<RecordDraft> {
+    ride.decide(cmd)
+        .unwrap_or_default()
+        .iter()
+        .map(|e: &RideEvent| RecordDraft::from_event(e, correlation))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(lat: f64) -> RideParams {
+        RideParams::new(lat, 0.0, 0.0, 0.0).unwrap()
+    }
+
+    fn key(rp: RecoveryPoint, locked_at_ms: Option<i64>) -> KeyRecord {
+        KeyRecord {
+            id: 7,
+            user_id: 1,
+            key: "k".repeat(20),
+            created_at_ms: 0,
+            last_run_at_ms: 0,
+            locked_at_ms,
+            request_method: "POST".into(),
+            request_path: "/rides".into(),
+            request_params: params(0.0),
+            recovery_point: rp,
+            response: (rp == RecoveryPoint::Finished).then(StoredResponse::created),
+        }
+    }
+
+    const T: Thresholds = Thresholds {
+        lock_timeout_ms: 90_000,
+        completer_grace_ms: 300_000,
+        completer_last_run_ms: 60_000,
+        reap_after_ms: 259_200_000,
+    };
+
+    #[test]
+    fn key_length_rules() {
+        assert_eq!(IdempotencyKey::parse(None), Err(KeyError::Missing));
+        assert_eq!(IdempotencyKey::parse(Some("")), Err(KeyError::Missing));
+        assert_eq!(IdempotencyKey::parse(Some("xxx")), Err(KeyError::TooShort));
+        assert_eq!(
+            IdempotencyKey::parse(Some(&"x".repeat(101))),
+            Err(KeyError::TooLong)
+        );
+        assert_eq!(
+            IdempotencyKey::parse(Some(&"x".repeat(20)))
+                .unwrap()
+                .as_str(),
+            "x".repeat(20)
+        );
+        assert_eq!(KeyError::TooShort.to_string(), messages::KEY_TOO_SHORT);
+    }
+
+    #[test]
+    fn decisions_follow_the_reference() {
+        let now = 1_000_000;
+        let p = params(0.0);
+        assert_eq!(KeyRecord::decide(None, &p, now, &T), KeyDecision::Create);
+        let unlocked = key(RecoveryPoint::Started, None);
+        assert_eq!(
+            KeyRecord::decide(Some(&unlocked), &p, now, &T),
+            KeyDecision::Resume
+        );
+        assert_eq!(
+            KeyRecord::decide(Some(&unlocked), &params(10.0), now, &T),
+            KeyDecision::Mismatch
+        );
+        let locked = key(RecoveryPoint::Started, Some(now));
+        assert_eq!(
+            KeyRecord::decide(Some(&locked), &p, now, &T),
+            KeyDecision::InProgress
+        );
+        let stale = key(RecoveryPoint::Started, Some(now - 90_000 - 1));
+        assert_eq!(
+            KeyRecord::decide(Some(&stale), &p, now, &T),
+            KeyDecision::Resume
+        );
+        let done = key(RecoveryPoint::Finished, None);
+        assert_eq!(
+            KeyRecord::decide(Some(&done), &p, now, &T),
+            KeyDecision::Replay(StoredResponse::created())
+        );
+    }
+
+    #[test]
+    fn completer_and_reaper_eligibility() {
+        let now = 10_000_000;
+        let mut k = key(RecoveryPoint::Started, None);
+        k.created_at_ms = now - 301_000;
+        k.last_run_at_ms = now - 61_000;
+        assert!(k.is_completable(now, &T));
+        k.last_run_at_ms = now;
+        assert!(!k.is_completable(now, &T), "run recently");
+        k.last_run_at_ms = now - 61_000;
+        k.created_at_ms = now;
+        assert!(!k.is_completable(now, &T), "too young");
+        let mut f = key(RecoveryPoint::Finished, None);
+        f.created_at_ms = now - 301_000;
+        assert!(!f.is_completable(now, &T), "finished");
+        f.created_at_ms = now - T.reap_after_ms - 1;
+        assert!(f.is_reapable(now, &T));
+        assert!(!key(RecoveryPoint::Started, None).is_reapable(T.reap_after_ms, &T));
+    }
+
+    #[test]
+    fn phases_chain_through_the_recovery_points() {
+        let k = key(RecoveryPoint::Started, Some(0));
+        assert_eq!(k.next_phase(), NextPhase::CreateRide);
+        let create = Phase::create_ride(&k, "127.0.0.1", None);
+        assert_eq!(create.then, KeyTransition::To(RecoveryPoint::RideCreated));
+        assert_eq!(create.records.len(), 1);
+        assert_eq!(create.records[0].kind, "ride.created");
+        assert!(matches!(
+            create.ride,
+            RideWrite::Insert { distance_mm: 0, .. }
+        ));
+
+        let ride = Ride::from_events(&[RideEvent::Requested {
+            user_id: 1,
+            distance_mm: 0,
+        }]);
+        let charged = Phase::charged(&ride, 3, "ch_1", None);
+        assert_eq!(
+            charged.then,
+            KeyTransition::To(RecoveryPoint::ChargeCreated)
+        );
+        assert_eq!(charged.records[0].build(3, 0).payload["charge_id"], "ch_1");
+
+        let declined = Phase::declined(&ride, 3, "Your card was declined.", None);
+        assert_eq!(
+            declined.then,
+            KeyTransition::Finish(StoredResponse::card_declined("Your card was declined."))
+        );
+        assert_eq!(
+            StoredResponse::card_declined("Your card was declined.").body["error"],
+            "Error from payment processor: Your card was declined."
+        );
+        let receipt = Phase::receipt(&k, 3, None);
+        assert_eq!(
+            receipt.then,
+            KeyTransition::Finish(StoredResponse::created())
+        );
+        assert_eq!(receipt.records[0].kind, "receipt.requested");
+        assert_eq!(k.processor_key(), "rocket-rides-atomic-7");
+    }
+
+    #[test]
+    fn recovery_points_round_trip() {
+        for rp in [
+            RecoveryPoint::Started,
+            RecoveryPoint::RideCreated,
+            RecoveryPoint::ChargeCreated,
+            RecoveryPoint::Finished,
+        ] {
+            assert_eq!(RecoveryPoint::parse(rp.as_str()), Ok(rp));
+        }
+        assert_eq!(
+            RecoveryPoint::parse("nope"),
+            Err("Bug! Unhandled recovery point 'nope'.".to_owned())
+        );
+    }
+}

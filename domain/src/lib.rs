@@ -1,0 +1,29 @@
+//! Pure core of Rocket Rides: no I/O, no async runtime, no database.
+//!
+//! Everything that decides *what happens* lives here; the adapters only commit what this crate
+//! decided, and the services only move data between ports.
+//!
+//! # Layout
+//!
+//! - [`ride`]: ride parameters (exact validation messages of the reference), the great-circle
+//!   distance, and the ride aggregate in decide/evolve style.
+//! - [`idempotency`]: the Stripe-style idempotency-key model: key parsing, recovery points,
+//!   the decision taken when a request arrives, and the plan of the next atomic phase.
+//! - [`record`]: the log record envelope staged in the outbox and carried by every log.
+//! - [`distance`]: the distance consumer's fold, with a duplicate rule based on the producer's
+//!   sequence (never on log offsets or timing).
+
+pub mod distance;
+pub mod idempotency;
+pub mod record;
+pub mod ride;
+
+pub use distance::{Applied, DistanceState};
+pub use idempotency::{
+    AuditDraft, IdempotencyKey, KeyDecision, KeyError, KeyRecord, KeyTransition, NextPhase, Phase,
+    RecoveryPoint, RideWrite, StoredResponse, Thresholds,
+};
+pub use record::{LogRecord, NewRecord, RecordDraft};
+pub use ride::{
+    ParamError, Ride, RideCommand, RideError, RideEvent, RideParams, RideRequest, RideStatus,
+};

@@ -1,0 +1,93 @@
+//! One error enum per port. Each says whether retrying the same call can help
+//! ([`StoreError::retryable`] and friends); callers branch on the variants, never on strings.
+
+use thiserror::Error;
+
+/// Errors of [`crate::RideStore`] and [`crate::Outbox`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StoreError {
+    /// A concurrent transaction won (serialization failure, unique race, or the key moved on).
+    /// The API answers 409 and unlocks the key; retrying the request can help.
+    #[error("conflict with a concurrent request: {0}")]
+    Conflict(String),
+    /// The row the call is about does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The store cannot be reached right now; retrying can help.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (bad data, bug, schema problem); retrying will not help.
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+impl StoreError {
+    /// Whether retrying the same call can succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Conflict(_) | Self::Unavailable(_))
+    }
+}
+
+/// Errors of [`crate::Log`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum LogError {
+    /// The log cannot be reached right now; retrying can help.
+    #[error("log unavailable: {0}")]
+    Unavailable(String),
+    /// A position that this log did not produce (another backend's, or garbage).
+    #[error("invalid log position {0:?}")]
+    InvalidPosition(String),
+    /// Anything else; retrying will not help.
+    #[error("log error: {0}")]
+    Other(String),
+}
+
+impl LogError {
+    /// Whether retrying the same call can succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// Errors of [`crate::ConsumerStore`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConsumerStoreError {
+    /// The saved version is not the one the caller loaded: another process with the same
+    /// consumer name saved in between. Reload and redo the batch.
+    #[error("consumer {0} was saved concurrently")]
+    Conflict(String),
+    /// The store cannot be reached right now; retrying can help.
+    #[error("consumer store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else; retrying will not help.
+    #[error("consumer store error: {0}")]
+    Other(String),
+}
+
+impl ConsumerStoreError {
+    /// Whether retrying (after a reload) can succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Conflict(_) | Self::Unavailable(_))
+    }
+}
+
+/// Errors of [`crate::PaymentGateway`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PaymentError {
+    /// The card was declined; permanent (402). The message is the processor's.
+    #[error("{0}")]
+    CardDeclined(String),
+    /// The processor failed; the reference stores this as a final 503.
+    #[error("payment processor error: {0}")]
+    Processor(String),
+    /// The processor could not be reached; nothing was charged, retrying can help.
+    #[error("payment processor unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl PaymentError {
+    /// Whether retrying the same call can succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}

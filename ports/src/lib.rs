@@ -1,0 +1,36 @@
+//! The ports of Rocket Rides: the traits the services talk through, one error enum per port,
+//! and (behind the `test-util` feature) the contract suites every adapter must pass.
+//!
+//! Every runtime-wired port is an `#[async_trait]` trait bounded `Send + Sync + 'static` and
+//! used as `Arc<dyn Port>`, because the backend is chosen at run time from a URL.
+//!
+//! # Layout
+//!
+//! - [`store`]: the canonical store, which commits one atomic phase per call.
+//! - [`outbox`]: the streamer's view of staged records.
+//! - [`log`]: the pluggable log (append, blocking read, lag, trim).
+//! - [`consumer`]: a consumer's state and position, saved atomically.
+//! - [`payment`]: the payment processor.
+//! - [`clock`]: time, as a port, with a manual clock for tests.
+//! - [`error`]: the error enums, each answering "can a retry help?".
+//! - `contract` (feature `test-util`): one scenario suite per port and a macro that stamps
+//!   one test per scenario for an adapter.
+
+pub mod clock;
+pub mod consumer;
+pub mod error;
+pub mod log;
+pub mod outbox;
+pub mod payment;
+pub mod store;
+
+#[cfg(feature = "test-util")]
+pub mod contract;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use consumer::{Checkpoint, ConsumerStore};
+pub use error::{ConsumerStoreError, LogError, PaymentError, StoreError};
+pub use log::{Batch, Delivery, Log, Position};
+pub use outbox::Outbox;
+pub use payment::{Charge, ChargeRequest, PaymentGateway};
+pub use store::{BeginRequest, Begun, RideRow, RideStore, Truth, User};
