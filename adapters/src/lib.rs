@@ -1,1 +1,27 @@
-//! adapters
+//! Backends for the Rocket Rides ports, one folder and one cargo feature each.
+//!
+//! # Layout
+//!
+//! | folder       | feature    | implements                                         |
+//! |--------------|------------|----------------------------------------------------|
+//! | `memory/`    | `memory`   | every port; the model the others are tested against |
+//! | `payment/`   | `payment`  | a fake payment processor with the reference's outcomes |
+//! | `sqlite/`    | `sqlite`   | store + outbox + consumer state (sqlx)              |
+//! | `sled/`      | `sled`     | the log, embedded                                   |
+//! | `postgres/`  | `postgres` | store + outbox + consumer state, and the Postgres-only log |
+//! | `redis/`     | `redis`    | the log on Redis Streams                            |
+//!
+//! Every adapter passes the contract suites of `ports::contract` (see `tests/contract_*.rs`).
+
+#[cfg(any(test, feature = "memory"))]
+pub mod memory;
+#[cfg(feature = "payment")]
+pub mod payment;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(feature = "sled")]
+pub mod sled;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;

@@ -1,0 +1,1 @@
+//! Contract suites against the postgres adapter.

@@ -1,0 +1,1 @@
+//! Contract suites against the sled adapter.
