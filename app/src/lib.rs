@@ -1,1 +1,21 @@
-//! app
+//! Rocket Rides services and the `rides` binary.
+//!
+//! # Layout
+//!
+//! - [`rides`]: the ride service: runs a `POST /rides` through its atomic phases.
+//! - [`http`]: the HTTP API (axum), one status table for errors.
+//! - [`services`]: the background services (streamer, consumer, completer, reaper, trimmer),
+//!   each a testable single step inside a loop that stops on shutdown.
+//! - [`faults`]: seeded fault injection (double sends, consumer crashes, API crashes).
+//! - [`wiring`]: the only place that turns URLs into adapters.
+//! - [`simulator`], [`demo`], [`cli`]: the load generator, the one-command demo, the CLI.
+
+pub mod cli;
+pub mod demo;
+pub mod faults;
+pub mod http;
+pub mod metrics;
+pub mod rides;
+pub mod services;
+pub mod simulator;
+pub mod wiring;

@@ -1,0 +1,1 @@
+//! Postgres-only log under many concurrent writers.
