@@ -1,0 +1,72 @@
+//! Where the integration suites get their services.
+//!
+//! 1. `RIDES_TEST_POSTGRES_URL` / `RIDES_TEST_REDIS_URL` when set (CI and machines without
+//!    Docker: `scripts/test.sh` exports them for the services it starts or finds).
+//! 2. Otherwise a container started once per test binary with testcontainers (needs Docker).
+//! 3. With neither, the test fails with a message that says how to provide them.
+//!
+//! Every test then isolates itself: its own Postgres schema, its own Redis key prefix.
+
+#![allow(dead_code, unreachable_pub)]
+
+use testcontainers_modules::postgres::Postgres;
+use testcontainers_modules::redis::{REDIS_PORT, Redis};
+use testcontainers_modules::testcontainers::runners::AsyncRunner;
+use testcontainers_modules::testcontainers::{ContainerAsync, ImageExt};
+use tokio::sync::OnceCell;
+
+static PG: OnceCell<(String, Option<ContainerAsync<Postgres>>)> = OnceCell::const_new();
+static REDIS: OnceCell<(String, Option<ContainerAsync<Redis>>)> = OnceCell::const_new();
+
+fn how_to(what: &str, var: &str, err: &dyn std::fmt::Display) -> String {
+    format!(
+        "no {what} for the integration tests: set {var} (e.g. run `eval \"$(scripts/services.sh)\"`, \
+         which starts or reuses local services, or use scripts/test.sh), or make a Docker engine \
+         available for testcontainers (it said: {err})"
+    )
+}
+
+/// A Postgres URL (a database the tests may create schemas in).
+pub async fn postgres_url() -> String {
+    PG.get_or_init(|| async {
+        if let Ok(url) = std::env::var("RIDES_TEST_POSTGRES_URL") {
+            return (url, None);
+        }
+        match Postgres::default().with_tag("15-alpine").start().await {
+            Ok(c) => {
+                let port = c.get_host_port_ipv4(5432).await.unwrap_or_else(|e| panic!("{e}"));
+                (format!("postgres://postgres:postgres@127.0.0.1:{port}/postgres"), Some(c))
+            }
+            Err(e) => panic!("{}", how_to("Postgres", "RIDES_TEST_POSTGRES_URL", &e)),
+        }
+    })
+    .await
+    .0
+    .clone()
+}
+
+/// A Redis URL (tests use their own key prefixes).
+pub async fn redis_url() -> String {
+    REDIS
+        .get_or_init(|| async {
+            if let Ok(url) = std::env::var("RIDES_TEST_REDIS_URL") {
+                return (url, None);
+            }
+            match Redis::default().with_tag("7.2").start().await {
+                Ok(c) => {
+                    let port =
+                        c.get_host_port_ipv4(REDIS_PORT).await.unwrap_or_else(|e| panic!("{e}"));
+                    (format!("redis://127.0.0.1:{port}"), Some(c))
+                }
+                Err(e) => panic!("{}", how_to("Redis", "RIDES_TEST_REDIS_URL", &e)),
+            }
+        })
+        .await
+        .0
+        .clone()
+}
+
+/// A unique, SQL-safe name for a test's schema, stream or key prefix.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The project's test command (README "Run the tests"; CI runs exactly this).
+# Starts or reuses Postgres and Redis, then checks formatting and lints and runs every suite:
+# domain and service unit tests, the contract suites against every backend, the HTTP acceptance
+# suites, and the integration suite (fleet and demo against real Postgres and Redis).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+eval "$(scripts/services.sh)"
+echo "test: postgres=$RIDES_TEST_POSTGRES_URL redis=$RIDES_TEST_REDIS_URL" >&2
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+cargo test --workspace --all-features --no-fail-fast
