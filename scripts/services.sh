@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Makes sure Postgres and Redis answer on this machine, starting them if needed, and prints the
+# Makes sure Postgres, Redis and a Kafka-protocol broker (tansu) answer on this machine, starting them if needed, and prints the
 # `export` lines for the test suites. Usage: eval "$(scripts/services.sh)"
 #
 # - Reuses services that already answer (the rust-svc machines start both before every session).
 # - Otherwise installs redis-server from Debian's packages and starts a throw-away Postgres
 #   cluster with trust auth in $RIDES_SVC_DIR (default /tmp/rides-services).
-# - Respects RIDES_TEST_POSTGRES_URL / RIDES_TEST_REDIS_URL when already set.
+# - Respects RIDES_TEST_POSTGRES_URL / RIDES_TEST_REDIS_URL / RIDES_TEST_KAFKA_BROKERS when set.
 set -euo pipefail
 
 RUN=${RIDES_SVC_DIR:-/tmp/rides-services}
@@ -45,5 +45,30 @@ if [ -z "${RIDES_TEST_POSTGRES_URL:-}" ]; then
   RIDES_TEST_POSTGRES_URL="postgres://postgres@$PG_HOST:$PG_PORT/test"
 fi
 
+if [ -z "${RIDES_TEST_KAFKA_BROKERS:-}" ]; then
+  # A Kafka-protocol broker: tansu (crates.io), in-memory storage. Built once per machine
+  # (about 6.5 minutes) into ~/.cargo/bin; no topic auto-creation, no transactions.
+  KAFKA_PORT=${RIDES_KAFKA_PORT:-9092}
+  TANSU_ROOT=${TANSU_ROOT:-$HOME/.cargo}
+  TANSU="$TANSU_ROOT/bin/tansu"
+  if ! "$TANSU" --help 2>/dev/null | grep -q 'dynostore'; then
+    log "building the tansu broker once (cargo install tansu@0.6.0, about 6.5 minutes)"
+    CARGO_PROFILE_DEV_DEBUG=0 CARGO_TARGET_DIR="$RUN/tansu-target" cargo install tansu@0.6.0 --locked --debug \
+      --no-default-features --features dynostore --root "$TANSU_ROOT" -q >&2
+    rm -rf "$RUN/tansu-target"
+  fi
+  if ! (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; then
+    mkdir -p "$RUN"
+    log "starting tansu on 127.0.0.1:$KAFKA_PORT"
+    setsid "$TANSU" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine memory://tansu/ \
+      >"$RUN/tansu.log" 2>&1 </dev/null &
+    echo $! >"$RUN/tansu.pid"
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null && break; sleep 0.1; done
+  fi
+  RIDES_TEST_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
+fi
+
 echo "export RIDES_TEST_POSTGRES_URL=$RIDES_TEST_POSTGRES_URL"
+echo "export RIDES_TEST_KAFKA_BROKERS=$RIDES_TEST_KAFKA_BROKERS"
 echo "export RIDES_TEST_REDIS_URL=$RIDES_TEST_REDIS_URL"

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 eval "$(scripts/services.sh)"
-echo "test: postgres=$RIDES_TEST_POSTGRES_URL redis=$RIDES_TEST_REDIS_URL" >&2
+echo "test: postgres=$RIDES_TEST_POSTGRES_URL redis=$RIDES_TEST_REDIS_URL kafka=$RIDES_TEST_KAFKA_BROKERS" >&2
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings

@@ -10,11 +10,14 @@
 //! | `sled/`      | `sled`     | the log, embedded                                   |
 //! | `postgres/`  | `postgres` | store + outbox + consumer state, and the Postgres-only log |
 //! | `redis/`     | `redis`    | the log on Redis Streams                            |
+//! | `kafka/`     | `kafka`    | the log on Kafka (rdkafka)                          |
 //!
 //! Every adapter passes the contract suites of `ports::contract` (see `tests/contract_*.rs`).
 
 #[cfg(any(test, feature = "memory"))]
 pub mod memory;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "payment")]
 pub mod payment;
 #[cfg(feature = "postgres")]

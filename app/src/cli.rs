@@ -1,1 +1,407 @@
-//! cli.
+//! The `rides` command line: one binary, one subcommand per process kind.
+//!
+//! Every flag also reads an environment variable (`RIDES_…`), so a Procfile or a container
+//! can configure the fleet without arguments. `serve` runs everything in one process; `api`,
+//! `streamer`, `consumer`, `completer`, `reaper` and `trimmer` each run one piece, for a
+//! Procfile-style fleet. `demo` runs the whole thing with faults and prints a verdict;
+//! `verify` prints the same verdict for existing data.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use domain::Thresholds;
+
+use crate::demo::{self, DemoOptions};
+use crate::faults::{FaultConfig, Faults};
+use crate::services::{Fleet, FleetConfig};
+use crate::simulator::{self, SimConfig, SimStats};
+use crate::wiring;
+
+/// Rocket Rides: an idempotent ride API on a transactional outbox and a pluggable log.
+#[derive(Debug, Parser)]
+#[command(name = "rides", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Flags shared by every subcommand.
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Flags shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// The canonical store: memory://, sqlite://PATH, postgres://…
+    #[arg(
+        long,
+        global = true,
+        env = "RIDES_STORE",
+        default_value = "sqlite://./data/rides.db"
+    )]
+    pub store: String,
+    /// The log: memory://, sled://PATH, postgres://…, redis://…
+    #[arg(
+        long,
+        global = true,
+        env = "RIDES_LOG",
+        default_value = "sled://./data/log"
+    )]
+    pub log: String,
+    /// Where the API listens.
+    #[arg(
+        long,
+        global = true,
+        env = "RIDES_LISTEN",
+        default_value = "127.0.0.1:5000"
+    )]
+    pub listen: SocketAddr,
+    /// A key lock older than this is abandoned (ms).
+    #[arg(
+        long,
+        global = true,
+        env = "RIDES_LOCK_TIMEOUT_MS",
+        default_value_t = 90_000
+    )]
+    pub lock_timeout_ms: i64,
+    /// The completer leaves younger keys to client retries (ms).
+    #[arg(
+        long,
+        global = true,
+        env = "RIDES_COMPLETER_GRACE_MS",
+        default_value_t = 300_000
+    )]
+    pub completer_grace_ms: i64,
+    /// The completer skips keys run more recently than this (ms).
+    #[arg(
+        long,
+        global = true,
+        env = "RIDES_COMPLETER_LAST_RUN_MS",
+        default_value_t = 60_000
+    )]
+    pub completer_last_run_ms: i64,
+    /// The reaper deletes keys older than this (ms).
+    #[arg(
+        long,
+        global = true,
+        env = "RIDES_REAP_AFTER_MS",
+        default_value_t = 259_200_000
+    )]
+    pub reap_after_ms: i64,
+    /// Probability that the streamer sends a batch twice (default 0; the demo uses 0.1).
+    #[arg(long, global = true, env = "RIDES_DOUBLE_SEND_RATE")]
+    pub double_send_rate: Option<f64>,
+    /// Probability that a consumer crashes before a commit (default 0; the demo uses 0.1).
+    #[arg(long, global = true, env = "RIDES_CONSUMER_CRASH_RATE")]
+    pub consumer_crash_rate: Option<f64>,
+    /// Probability that a request crashes after its charge (default 0; the demo uses 0.1).
+    #[arg(long, global = true, env = "RIDES_API_CRASH_RATE")]
+    pub api_crash_rate: Option<f64>,
+    /// Seed of the faults, the simulator and the fake payment processor.
+    #[arg(long, global = true, env = "RIDES_SEED")]
+    pub seed: Option<u64>,
+}
+
+impl Common {
+    fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            lock_timeout_ms: self.lock_timeout_ms,
+            completer_grace_ms: self.completer_grace_ms,
+            completer_last_run_ms: self.completer_last_run_ms,
+            reap_after_ms: self.reap_after_ms,
+        }
+    }
+
+    /// Fault rates, with `defaults` for the flags not given.
+    fn faults(&self, defaults: FaultConfig) -> anyhow::Result<FaultConfig> {
+        let c = FaultConfig {
+            double_send_rate: self.double_send_rate.unwrap_or(defaults.double_send_rate),
+            consumer_crash_rate: self
+                .consumer_crash_rate
+                .unwrap_or(defaults.consumer_crash_rate),
+            api_crash_rate: self.api_crash_rate.unwrap_or(defaults.api_crash_rate),
+            seed: self.seed.unwrap_or(defaults.seed),
+        };
+        for (name, r) in [
+            ("--double-send-rate", c.double_send_rate),
+            ("--consumer-crash-rate", c.consumer_crash_rate),
+            ("--api-crash-rate", c.api_crash_rate),
+        ] {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&r),
+                "{name} must be between 0 and 1, got {r}"
+            );
+        }
+        Ok(c)
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The API and every background service in one process.
+    Serve {
+        /// The distance consumers to run.
+        #[arg(
+            long,
+            env = "RIDES_CONSUMERS",
+            value_delimiter = ',',
+            default_value = "distance-a,distance-b"
+        )]
+        consumers: Vec<String>,
+    },
+    /// The HTTP API only.
+    Api,
+    /// The streamer only (outbox → log).
+    Streamer,
+    /// One distance consumer.
+    Consumer {
+        /// Its name (its checkpoint's key).
+        #[arg(long, env = "RIDES_CONSUMER_NAME")]
+        name: String,
+    },
+    /// The completer only.
+    Completer,
+    /// The reaper only.
+    Reaper,
+    /// The log trimmer only.
+    Trimmer,
+    /// The load generator, against a running API.
+    Simulate {
+        /// The API's base URL.
+        #[arg(long, env = "RIDES_URL", default_value = "http://127.0.0.1:5000")]
+        url: String,
+        /// Rides to request.
+        #[arg(long, env = "RIDES_RIDES", default_value_t = 100)]
+        rides: u64,
+        /// Concurrent clients.
+        #[arg(long, env = "RIDES_CONCURRENCY", default_value_t = 4)]
+        concurrency: usize,
+    },
+    /// Creates or upgrades the store's and the log's schemas, then exits.
+    Migrate,
+    /// Compares every consumer with the store's truth; exit 0 iff all agree.
+    Verify {
+        /// Print the verdict as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The whole fleet with the simulator and faults, then a verdict.
+    Demo {
+        /// Rides to simulate.
+        #[arg(long, env = "RIDES_RIDES", default_value_t = 2000)]
+        rides: u64,
+        /// Concurrent simulated clients.
+        #[arg(long, env = "RIDES_CONCURRENCY", default_value_t = 8)]
+        concurrency: usize,
+        /// The data directory (default ./data/demo-<seed>, wiped first if an earlier demo
+        /// made it). --store/--log given explicitly win over it.
+        #[arg(long, env = "RIDES_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// The longest wait for convergence after the simulator is done (s).
+        #[arg(long, env = "RIDES_SETTLE_TIMEOUT_S", default_value_t = 180)]
+        settle_timeout_s: u64,
+        /// Print the verdict as one JSON object on the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn signalled() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT: draining"),
+        () = term => tracing::info!("SIGTERM: draining"),
+    }
+}
+
+/// Runs a fleet until a signal (drain, exit 0) or until a task ends by itself (exit 1).
+async fn run_fleet(common: &Common, mut config: FleetConfig) -> anyhow::Result<i32> {
+    let stores = wiring::open_store(&common.store).await?;
+    let log = wiring::open_log(&common.log, &stores).await?;
+    config.thresholds = common.thresholds();
+    let faults = common.faults(FaultConfig::none())?;
+    config.seed = faults.seed;
+    config.faults = Arc::new(Faults::new(faults));
+    let mut fleet = Fleet::start(&stores, &log, config).await?;
+    if let Some(addr) = fleet.addr() {
+        tracing::info!(%addr, store = %stores.store.describe(), log = %log.log.describe(), "listening");
+    }
+    let ended = tokio::select! {
+        () = signalled() => None,
+        ended = fleet.wait() => ended,
+    };
+    fleet.stop(Duration::from_secs(30)).await;
+    Ok(match ended {
+        None => 0,
+        Some(task) => {
+            tracing::error!(%task, "a task stopped by itself");
+            1
+        }
+    })
+}
+
+/// Runs the parsed command line; returns the process exit code.
+///
+/// # Errors
+/// When the store or the log cannot be opened, or a service cannot start.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let common = &cli.common;
+    let only = |f: fn(&mut FleetConfig)| {
+        let mut c = FleetConfig::nothing();
+        f(&mut c);
+        c
+    };
+    match cli.command {
+        Command::Serve { consumers } => {
+            let config = FleetConfig {
+                consumers,
+                ..FleetConfig::everything(Some(common.listen))
+            };
+            run_fleet(common, config).await
+        }
+        Command::Api => {
+            let mut c = FleetConfig::nothing();
+            c.listen = Some(common.listen);
+            run_fleet(common, c).await
+        }
+        Command::Streamer => run_fleet(common, only(|c| c.streamer = true)).await,
+        Command::Consumer { name } => {
+            let mut c = FleetConfig::nothing();
+            c.consumers = vec![name];
+            run_fleet(common, c).await
+        }
+        Command::Completer => run_fleet(common, only(|c| c.completer = true)).await,
+        Command::Reaper => run_fleet(common, only(|c| c.reaper = true)).await,
+        Command::Trimmer => run_fleet(common, only(|c| c.trimmer = true)).await,
+        Command::Simulate {
+            url,
+            rides,
+            concurrency,
+        } => {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let s = stop.clone();
+            tokio::spawn(async move {
+                signalled().await;
+                s.cancel();
+            });
+            let report = simulator::simulate(
+                SimConfig::new(url, rides, concurrency, common.seed.unwrap_or(0)),
+                Arc::new(SimStats::default()),
+                stop,
+            )
+            .await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(0)
+        }
+        Command::Migrate => {
+            let stores = wiring::open_store(&common.store).await?;
+            let log = wiring::open_log(&common.log, &stores).await?;
+            stores.store.ping().await?;
+            log.log.ping().await?;
+            println!(
+                "migrated: store {}, log {}",
+                stores.store.describe(),
+                log.log.describe()
+            );
+            Ok(0)
+        }
+        Command::Verify { json } => {
+            let stores = wiring::open_store(&common.store).await?;
+            let log = wiring::open_log(&common.log, &stores).await?;
+            let v = demo::collect_verdict(&stores, &log).await?;
+            if json {
+                println!("{}", serde_json::to_string(&v)?);
+            } else {
+                print!("{}", v.table());
+            }
+            Ok(if v.agree { 0 } else { 1 })
+        }
+        Command::Demo {
+            rides,
+            concurrency,
+            data_dir,
+            settle_timeout_s,
+            json,
+        } => {
+            let seed = common.seed.unwrap_or(7);
+            let mut opts = DemoOptions::new(rides, seed);
+            opts.concurrency = concurrency.max(1);
+            opts.data_dir = data_dir;
+            opts.settle_timeout = Duration::from_secs(settle_timeout_s);
+            opts.faults = common.faults(FaultConfig::demo(seed))?;
+            // Explicit URLs (flag or env) win over the data dir.
+            let explicit =
+                |id: &str| std::env::args().any(|a| a == id || a.starts_with(&format!("{id}=")));
+            if explicit("--store") || std::env::var_os("RIDES_STORE").is_some() {
+                opts.store = Some(common.store.clone());
+            }
+            if explicit("--log") || std::env::var_os("RIDES_LOG").is_some() {
+                opts.log = Some(common.log.clone());
+            }
+            let v = demo::run_demo(opts).await?;
+            if json {
+                eprint!("{}", v.table());
+                println!("{}", serde_json::to_string(&v)?);
+            } else {
+                print!("{}", v.table());
+            }
+            Ok(if v.agree { 0 } else { 1 })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_defaults_and_consumer_list() {
+        let cli = Cli::try_parse_from(["rides", "serve", "--consumers", "a,b,c"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Serve { ref consumers } if consumers == &["a", "b", "c"])
+        );
+        assert_eq!(cli.common.listen, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(cli.common.thresholds(), Thresholds::default());
+    }
+
+    #[test]
+    fn fault_rates_default_to_zero_outside_the_demo_and_are_checked() {
+        let cli = Cli::try_parse_from(["rides", "api"]).unwrap();
+        assert_eq!(
+            cli.common.faults(FaultConfig::none()).unwrap(),
+            FaultConfig::none()
+        );
+        let cli = Cli::try_parse_from(["rides", "api", "--api-crash-rate", "2"]).unwrap();
+        assert!(cli.common.faults(FaultConfig::none()).is_err());
+    }
+}

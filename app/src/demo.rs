@@ -1,1 +1,447 @@
-//! demo.
+//! `rides demo`: the whole fleet, the simulator and the faults in one process, then a verdict.
+//!
+//! ```text
+//!   simulator ──HTTP──▶ API ──phase txn──▶ store + outbox ──streamer──▶ log ──▶ distance-a
+//!   (client retries)      ▲  (10 % crash after charge)       (10 % double send)  └─▶ distance-b
+//!                         └──────────── completer (finishes abandoned keys)     (10 % crash before commit)
+//! ```
+//!
+//! When the simulator has made its rides, the demo waits until the store has no unfinished
+//! key, the outbox is empty and every consumer has caught up (lag 0, equal counts), then
+//! compares every consumer with the store's truth. The same [`Verdict`] is what `rides verify`
+//! prints for any existing data and what `GET /stats` shows.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use domain::{DistanceState, Thresholds};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::faults::{FaultConfig, FaultCounts, Faults};
+use crate::metrics::Latency;
+use crate::services::{Fleet, FleetConfig, Intervals};
+use crate::simulator::{self, SimConfig, SimStats};
+use crate::wiring::{self, OpenedLog, Stores};
+
+/// The store's side of the verdict.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TruthView {
+    /// Rides in the store.
+    pub rides: u64,
+    /// Their total distance, metres.
+    pub distance_m: f64,
+    /// The same, millimetres (what is compared).
+    pub distance_mm: u64,
+    /// Keys not finished yet.
+    pub unfinished_keys: u64,
+}
+
+/// One consumer's side of the verdict.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ConsumerView {
+    /// Its name.
+    pub name: String,
+    /// Rides it counted.
+    pub rides: u64,
+    /// Their total distance, metres.
+    pub distance_m: f64,
+    /// The same, millimetres.
+    pub distance_mm: u64,
+    /// Duplicates it skipped.
+    pub duplicates: u64,
+    /// Its position.
+    pub position: String,
+    /// Records after its position (`None` when the log could not say).
+    pub lag: Option<u64>,
+    /// Whether it equals the truth.
+    pub agrees: bool,
+}
+
+/// Every consumer against the store's truth.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Verdict {
+    /// Whether there is at least one consumer and every consumer equals the truth.
+    pub agree: bool,
+    /// The store.
+    pub truth: TruthView,
+    /// Every registered consumer.
+    pub consumers: Vec<ConsumerView>,
+    /// Records still in the outbox.
+    pub staged: u64,
+    /// Faults injected (by this process).
+    pub faults: FaultCounts,
+    /// Rides per second made by the simulator (0 outside the demo).
+    pub rides_per_sec: f64,
+    /// Commit-to-consumed latency (zero outside a running fleet).
+    pub latency_ms: Latency,
+    /// Seconds the fleet has run (0 for `verify`).
+    pub uptime_s: f64,
+}
+
+impl Verdict {
+    /// Whether everything upstream has reached every consumer: no unfinished key, nothing
+    /// staged, every lag 0 and every consumer with the same count.
+    pub fn settled(&self) -> bool {
+        self.truth.unfinished_keys == 0
+            && self.staged == 0
+            && self.consumers.iter().all(|c| c.lag == Some(0))
+            && self
+                .consumers
+                .windows(2)
+                .all(|w| (w[0].rides, w[0].distance_mm) == (w[1].rides, w[1].distance_mm))
+    }
+
+    /// The verdict as a human-readable table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "{:<16} {:>8} {:>16} {:>8} {:>10}  {}\n",
+            "", "rides", "distance (m)", "lag", "dups", "verdict"
+        ));
+        out.push_str(&format!(
+            "{:<16} {:>8} {:>16.3} {:>8} {:>10}  {}\n",
+            "store (truth)",
+            self.truth.rides,
+            self.truth.distance_m,
+            "-",
+            "-",
+            if self.truth.unfinished_keys == 0 {
+                "all keys finished".to_owned()
+            } else {
+                format!("{} unfinished keys", self.truth.unfinished_keys)
+            }
+        ));
+        for c in &self.consumers {
+            out.push_str(&format!(
+                "{:<16} {:>8} {:>16.3} {:>8} {:>10}  {}\n",
+                c.name,
+                c.rides,
+                c.distance_m,
+                c.lag.map_or("?".to_owned(), |l| l.to_string()),
+                c.duplicates,
+                if c.agrees { "agrees" } else { "DISAGREES" }
+            ));
+        }
+        out.push_str(&format!(
+            "faults: {} double sends, {} consumer crashes, {} API crashes\n",
+            self.faults.double_sends, self.faults.consumer_crashes, self.faults.api_crashes
+        ));
+        out.push_str(&format!(
+            "throughput: {:.1} rides/s; commit-to-consumed latency p50 {} ms, p99 {} ms\n",
+            self.rides_per_sec, self.latency_ms.p50, self.latency_ms.p99
+        ));
+        out.push_str(if self.agree {
+            "VERDICT: every consumer equals the truth\n"
+        } else if self.consumers.is_empty() {
+            "VERDICT: no consumer registered\n"
+        } else {
+            "VERDICT: DISAGREE\n"
+        });
+        out
+    }
+}
+
+/// Reads the store's truth and every registered consumer, and compares them.
+///
+/// # Errors
+/// When the store or the consumer store cannot be read, or a consumer's state is not a
+/// distance state.
+pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result<Verdict> {
+    let truth = stores
+        .store
+        .truth()
+        .await
+        .context("reading the store's truth")?;
+    let staged = if log.needs_streamer {
+        stores.outbox.staged().await.context("reading the outbox")?
+    } else {
+        0
+    };
+    let mut consumers = Vec::new();
+    for (name, cp) in stores.consumers.list().await.context("listing consumers")? {
+        let state: DistanceState = if cp.version == 0 {
+            DistanceState::default()
+        } else {
+            serde_json::from_value(cp.state)
+                .with_context(|| format!("consumer {name} does not hold a distance state"))?
+        };
+        let lag = log.log.lag(&cp.position).await.ok();
+        consumers.push(ConsumerView {
+            agrees: state.rides == truth.rides && state.distance_mm == truth.distance_mm,
+            name,
+            rides: state.rides,
+            distance_m: state.distance_m(),
+            distance_mm: state.distance_mm,
+            duplicates: state.duplicates,
+            position: cp.position.to_string(),
+            lag,
+        });
+    }
+    Ok(Verdict {
+        agree: !consumers.is_empty() && consumers.iter().all(|c| c.agrees),
+        truth: TruthView {
+            rides: truth.rides,
+            distance_m: truth.distance_mm as f64 / 1000.0,
+            distance_mm: truth.distance_mm,
+            unfinished_keys: truth.unfinished_keys,
+        },
+        consumers,
+        staged,
+        ..Verdict::default()
+    })
+}
+
+/// What `rides demo` runs.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Rides the simulator makes.
+    pub rides: u64,
+    /// Concurrent simulated clients.
+    pub concurrency: usize,
+    /// Seed of the faults, the simulator and the payment processor.
+    pub seed: u64,
+    /// Fault rates (the seed is replaced by [`Self::seed`]).
+    pub faults: FaultConfig,
+    /// The data directory (default `./data/demo-<seed>`).
+    pub data_dir: Option<PathBuf>,
+    /// Store URL (default `sqlite://<dir>/rides.db`).
+    pub store: Option<String>,
+    /// Log URL (default `sled://<dir>/log`).
+    pub log: Option<String>,
+    /// Consumers to run.
+    pub consumers: Vec<String>,
+    /// Key thresholds (short, so crashed requests are finished within the run).
+    pub thresholds: Thresholds,
+    /// The longest wait for convergence after the simulator is done.
+    pub settle_timeout: Duration,
+    /// Print a progress line every second on stderr.
+    pub progress: bool,
+}
+
+impl DemoOptions {
+    /// The demo's defaults for `rides` rides and `seed`: faults 10 % each, 8 clients, short
+    /// thresholds (lock 1 s, completer grace 1 s, last run 0.5 s).
+    pub fn new(rides: u64, seed: u64) -> Self {
+        Self {
+            rides,
+            concurrency: 8,
+            seed,
+            faults: FaultConfig::demo(seed),
+            data_dir: None,
+            store: None,
+            log: None,
+            consumers: vec!["distance-a".into(), "distance-b".into()],
+            thresholds: Thresholds {
+                lock_timeout_ms: 1_000,
+                completer_grace_ms: 1_000,
+                completer_last_run_ms: 500,
+                reap_after_ms: Thresholds::default().reap_after_ms,
+            },
+            settle_timeout: Duration::from_secs(180),
+            progress: true,
+        }
+    }
+}
+
+/// Marks a directory the demo created, so a later run may wipe it.
+const MARKER: &str = ".rides-demo";
+
+/// Prepares the data directory: a fresh default one (wiping an older demo's), or the given
+/// one as it is.
+fn prepare_dir(opts: &DemoOptions) -> anyhow::Result<PathBuf> {
+    let (dir, fresh) = match &opts.data_dir {
+        Some(d) => (d.clone(), false),
+        None => (PathBuf::from(format!("./data/demo-{}", opts.seed)), true),
+    };
+    if fresh && dir.exists() {
+        anyhow::ensure!(
+            dir.join(MARKER).exists(),
+            "{} exists and was not made by `rides demo`; pass --data-dir",
+            dir.display()
+        );
+        std::fs::remove_dir_all(&dir).with_context(|| format!("wiping {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join(MARKER), b"made by `rides demo`; safe to delete\n")?;
+    Ok(dir)
+}
+
+fn url_in(scheme: &str, dir: &Path, name: &str) -> String {
+    format!("{scheme}://{}", dir.join(name).display())
+}
+
+/// Runs the demo and returns its verdict.
+///
+/// # Errors
+/// When the data directory, the store or the log cannot be opened, or the API cannot start.
+pub async fn run_demo(opts: DemoOptions) -> anyhow::Result<Verdict> {
+    let needs_dir = opts.store.is_none() || opts.log.is_none();
+    let dir = if needs_dir {
+        Some(prepare_dir(&opts)?)
+    } else {
+        None
+    };
+    let store_url = match (&opts.store, &dir) {
+        (Some(u), _) => u.clone(),
+        (None, Some(d)) => url_in("sqlite", d, "rides.db"),
+        (None, None) => unreachable!("a data dir is prepared when a URL is missing"),
+    };
+    let log_url = match (&opts.log, &dir) {
+        (Some(u), _) => u.clone(),
+        (None, Some(d)) => url_in("sled", d, "log"),
+        (None, None) => unreachable!("a data dir is prepared when a URL is missing"),
+    };
+    let stores = wiring::open_store(&store_url).await?;
+    let log = wiring::open_log(&log_url, &stores).await?;
+    for user in [simulator::GOOD_USER, simulator::BAD_SOURCE_USER] {
+        stores.store.ensure_user(user).await?;
+    }
+    let faults = Arc::new(Faults::new(FaultConfig {
+        seed: opts.seed,
+        ..opts.faults
+    }));
+    let fleet = Fleet::start(
+        &stores,
+        &log,
+        FleetConfig {
+            listen: Some(([127, 0, 0, 1], 0).into()),
+            consumers: opts.consumers.clone(),
+            thresholds: opts.thresholds,
+            faults: faults.clone(),
+            intervals: Intervals::demo(),
+            seed: opts.seed,
+            ..FleetConfig::everything(None)
+        },
+    )
+    .await?;
+    let addr = fleet.addr().context("the demo's API has no address")?;
+    if opts.progress {
+        eprintln!(
+            "rides demo: store {}, log {}, API http://{addr}, {} rides, seed {}",
+            stores.store.describe(),
+            log.log.describe(),
+            opts.rides,
+            opts.seed
+        );
+    }
+    let stop = CancellationToken::new();
+    let sim_stats = Arc::new(SimStats::default());
+    let progress = opts.progress.then(|| {
+        tokio::spawn(progress_lines(
+            stores.clone(),
+            log.clone(),
+            faults.clone(),
+            sim_stats.clone(),
+            opts.rides,
+            stop.clone(),
+        ))
+    });
+    let sim = simulator::simulate(
+        SimConfig::new(
+            format!("http://{addr}"),
+            opts.rides,
+            opts.concurrency,
+            opts.seed,
+        ),
+        sim_stats.clone(),
+        stop.clone(),
+    )
+    .await;
+    let sim = match sim {
+        Ok(s) => s,
+        Err(e) => {
+            stop.cancel();
+            fleet.stop(Duration::from_secs(10)).await;
+            return Err(e);
+        }
+    };
+    let settled = settle(&stores, &log, opts.settle_timeout).await;
+    stop.cancel();
+    if let Some(p) = progress {
+        let _ = p.await;
+    }
+    let latency = fleet.stats().metrics.latency();
+    fleet.stop(Duration::from_secs(10)).await;
+    let mut verdict = collect_verdict(&stores, &log).await?;
+    if !settled {
+        tracing::warn!("the fleet did not settle in time");
+        verdict.agree = false;
+    }
+    verdict.faults = faults.counts();
+    verdict.latency_ms = latency;
+    verdict.rides_per_sec = if sim.elapsed_s > 0.0 {
+        sim.rides as f64 / sim.elapsed_s
+    } else {
+        0.0
+    };
+    verdict.uptime_s = sim.elapsed_s;
+    if opts.progress {
+        eprintln!(
+            "simulator: {} rides, {} client retries, outcomes {:?}",
+            sim.rides, sim.retries, sim.outcomes
+        );
+    }
+    Ok(verdict)
+}
+
+/// Waits until the verdict is settled (true) or `timeout` passes (false). Convergence has no
+/// single event to wait on (it spans the store, the log and every consumer), so this polls.
+pub async fn settle(stores: &Stores, log: &OpenedLog, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match collect_verdict(stores, log).await {
+            Ok(v) if v.settled() && !v.consumers.is_empty() => return true,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "reading the verdict"),
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn progress_lines(
+    stores: Stores,
+    log: OpenedLog,
+    faults: Arc<Faults>,
+    sim: Arc<SimStats>,
+    rides: u64,
+    stop: CancellationToken,
+) {
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(v) = collect_verdict(&stores, &log).await else {
+            continue;
+        };
+        let f = faults.counts();
+        let consumers: Vec<String> = v
+            .consumers
+            .iter()
+            .map(|c| format!("{} {}", c.name, c.rides))
+            .collect();
+        eprintln!(
+            "[{:>4.0}s] rides made {}/{} | store {} (unfinished keys {}) | staged {} | {} | faults: {} double sends, {} consumer crashes, {} API crashes",
+            started.elapsed().as_secs_f64(),
+            sim.done.load(Ordering::Relaxed),
+            rides,
+            v.truth.rides,
+            v.truth.unfinished_keys,
+            v.staged,
+            consumers.join(", "),
+            f.double_sends,
+            f.consumer_crashes,
+            f.api_crashes
+        );
+    }
+}

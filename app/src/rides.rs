@@ -1,1 +1,752 @@
-//! The ride service.
+//! The ride service: runs a `POST /rides` through its atomic phases.
+//!
+//! This is the reference's request handler without HTTP (seed-behaviour 2.3–2.5), so that the
+//! API and the completer share one code path ("the completer reuses the exact API code path").
+//!
+//! ```text
+//!  begin (phase 1) ─┬─ Replay ───────────────▶ stored reply, replayed
+//!                   ├─ Mismatch / InProgress ▶ 409 (key untouched)
+//!                   └─ Proceed ─▶ loop on the key's recovery point:
+//!                        started        ─ create ride ───────────▶ ride_created
+//!                        ride_created   ─ charge (processor) ────▶ charge_created | finished 402/503
+//!                        charge_created ─ stage receipt ─────────▶ finished 201
+//!                        finished       ─ answer the stored response
+//! ```
+//!
+//! # Design choices
+//!
+//! - **Every outcome is a reply.** [`RideService::create_ride`] never returns an error: the
+//!   HTTP layer only turns an [`ApiReply`] into a response, and the completer only logs it.
+//! - **Errors unlock, crashes do not.** A [`StoreError::Conflict`] from any phase answers 409
+//!   and any other error answers 500; both release the key's lock (errors while unlocking are
+//!   logged and swallowed, as in the reference). A simulated crash (fault injection) answers
+//!   500 *without* unlocking: a crashed process cannot unlock, so the lock expires after the
+//!   lock timeout and a client retry or the completer finishes the key.
+//! - **The processor is called with the key's processor-side idempotency key**
+//!   ([`KeyRecord::processor_key`]), so a charge phase that is retried after its commit failed
+//!   never charges twice.
+//! - `raise_error` is not stored with the key: a retry without it (or the completer) succeeds.
+
+use std::sync::Arc;
+
+use domain::idempotency::{RIDE_CHARGE_CENTS, RIDE_CHARGE_CURRENCY, messages};
+use domain::{
+    IdempotencyKey, KeyRecord, NextPhase, Phase, Ride, RideEvent, RideRequest, StoredResponse,
+    Thresholds,
+};
+use ports::{
+    BeginRequest, Begun, ChargeRequest, Clock, PaymentError, PaymentGateway, RideRow, RideStore,
+    StoreError, User,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::faults::Faults;
+
+/// Settings of the ride service.
+#[derive(Debug, Clone)]
+pub struct RideServiceConfig {
+    /// Lock timeout and friends (the lock timeout decides `InProgress` and `Retry-After`).
+    pub thresholds: Thresholds,
+    /// Fault injection; the service asks [`Faults::api_crash`] after a charge.
+    pub faults: Arc<Faults>,
+}
+
+impl Default for RideServiceConfig {
+    /// The reference thresholds and no faults.
+    fn default() -> Self {
+        Self {
+            thresholds: Thresholds::default(),
+            faults: Arc::new(Faults::none()),
+        }
+    }
+}
+
+/// The outcome of a request, ready to be sent by any transport.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiReply {
+    /// HTTP status code.
+    pub status: u16,
+    /// JSON body: `{"message": ...}` on success, `{"error": ...}` otherwise.
+    pub body: serde_json::Value,
+    /// Whether this is the stored response of a finished key (`Idempotent-Replayed: true`).
+    pub replayed: bool,
+    /// Seconds after which a retry may succeed (`Retry-After`, on the in-progress 409).
+    pub retry_after_s: Option<u64>,
+}
+
+impl ApiReply {
+    /// An error reply `{"error": message}`.
+    pub fn error(status: u16, message: &str) -> Self {
+        Self {
+            status,
+            body: json!({ "error": message }),
+            replayed: false,
+            retry_after_s: None,
+        }
+    }
+
+    fn stored(resp: StoredResponse, replayed: bool) -> Self {
+        Self {
+            status: resp.status,
+            body: resp.body,
+            replayed,
+            retry_after_s: None,
+        }
+    }
+
+    fn internal() -> Self {
+        Self::error(500, messages::INTERNAL)
+    }
+}
+
+/// Why a request stopped before its final response.
+#[derive(Debug)]
+enum Failure {
+    /// A concurrent request won: 409, unlock.
+    Conflict(String),
+    /// Anything else: 500, unlock.
+    Internal(String),
+    /// A simulated process crash: 500, the lock stays.
+    Crashed,
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(m) => Self::Conflict(m),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Runs ride requests through their atomic phases.
+pub struct RideService {
+    store: Arc<dyn RideStore>,
+    payments: Arc<dyn PaymentGateway>,
+    clock: Arc<dyn Clock>,
+    config: RideServiceConfig,
+}
+
+impl std::fmt::Debug for RideService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RideService")
+            .field("store", &self.store.describe())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RideService {
+    /// A service over these ports.
+    pub fn new(
+        store: Arc<dyn RideStore>,
+        payments: Arc<dyn PaymentGateway>,
+        clock: Arc<dyn Clock>,
+        config: RideServiceConfig,
+    ) -> Self {
+        Self {
+            store,
+            payments,
+            clock,
+            config,
+        }
+    }
+
+    /// The service's settings.
+    pub fn config(&self) -> &RideServiceConfig {
+        &self.config
+    }
+
+    /// Handles `POST /rides` for an authenticated user with a validated key and request.
+    ///
+    /// Never fails: every outcome, including store and processor failures, is an [`ApiReply`]
+    /// with the reference's status and message.
+    #[tracing::instrument(
+        skip_all,
+        fields(user = user.id, key = %key.as_str(), correlation = tracing::field::Empty)
+    )]
+    pub async fn create_ride(
+        &self,
+        user: &User,
+        key: &IdempotencyKey,
+        request: &RideRequest,
+        origin_ip: &str,
+    ) -> ApiReply {
+        let correlation = Uuid::new_v4();
+        tracing::Span::current().record("correlation", tracing::field::display(correlation));
+        let begin = BeginRequest {
+            user_id: user.id,
+            key: key.clone(),
+            params: request.params,
+            method: "POST".into(),
+            path: "/rides".into(),
+            now_ms: self.clock.now_ms(),
+            thresholds: self.config.thresholds,
+        };
+        let record = match self.store.begin(&begin).await {
+            Ok(Begun::Proceed(record)) => record,
+            Ok(Begun::Replay(resp)) => {
+                tracing::debug!(status = resp.status, "replaying a finished key");
+                return ApiReply::stored(resp, true);
+            }
+            Ok(Begun::Mismatch) => return ApiReply::error(409, messages::PARAMS_MISMATCH),
+            Ok(Begun::InProgress) => {
+                let mut reply = ApiReply::error(409, messages::IN_PROGRESS);
+                reply.retry_after_s = Some(self.retry_after_s(user.id, key).await);
+                return reply;
+            }
+            // Phase 1 failed: no key of ours to unlock (reference 2.4).
+            Err(StoreError::Conflict(m)) => {
+                tracing::info!(reason = %m, "conflict while taking the key");
+                return ApiReply::error(409, messages::CONFLICT);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "phase 1 failed");
+                return ApiReply::internal();
+            }
+        };
+        let key_id = record.id;
+        match self
+            .drive(record, user, request.raise_error, origin_ip, correlation)
+            .await
+        {
+            Ok(resp) => ApiReply::stored(resp, false),
+            Err(Failure::Crashed) => {
+                tracing::warn!(key_id, "simulated API crash: the key stays locked");
+                ApiReply::internal()
+            }
+            Err(Failure::Conflict(m)) => {
+                tracing::info!(key_id, reason = %m, "conflict in an atomic phase");
+                self.unlock(key_id).await;
+                ApiReply::error(409, messages::CONFLICT)
+            }
+            Err(Failure::Internal(m)) => {
+                tracing::error!(key_id, error = %m, "atomic phase failed");
+                self.unlock(key_id).await;
+                ApiReply::internal()
+            }
+        }
+    }
+
+    /// The completer's entry point: pushes an abandoned key through the same code path as
+    /// [`RideService::create_ride`], with the key's stored parameters (`raise_error` off,
+    /// origin `127.0.0.1`).
+    pub async fn complete(&self, key: &KeyRecord, user: &User) -> ApiReply {
+        let Ok(idempotency_key) = IdempotencyKey::parse(Some(&key.key)) else {
+            tracing::error!(key_id = key.id, "stored key text is not a valid key");
+            return ApiReply::internal();
+        };
+        let request = RideRequest {
+            params: key.request_params,
+            raise_error: false,
+        };
+        self.create_ride(user, &idempotency_key, &request, "127.0.0.1")
+            .await
+    }
+
+    /// Runs phases from the key's recovery point until a response is stored.
+    async fn drive(
+        &self,
+        mut record: KeyRecord,
+        user: &User,
+        raise_error: bool,
+        origin_ip: &str,
+        correlation: Uuid,
+    ) -> Result<StoredResponse, Failure> {
+        let corr = Some(correlation);
+        let mut charged_here = false;
+        loop {
+            let phase = match record.next_phase() {
+                NextPhase::Respond(resp) => return Ok(resp),
+                NextPhase::CreateRide => Phase::create_ride(&record, origin_ip, corr),
+                NextPhase::Charge => {
+                    let phase = self.charge(&record, user, raise_error, corr).await?;
+                    charged_here = true;
+                    phase
+                }
+                NextPhase::StageReceipt => {
+                    // Fault injection point: the process "dies" after its charge and before
+                    // its last phase. Only a request that charged in this very call rolls, so
+                    // a retry or the completer always gets through.
+                    if charged_here && self.config.faults.api_crash() {
+                        return Err(Failure::Crashed);
+                    }
+                    let ride = self.ride_for(&record).await?;
+                    Phase::receipt(&record, ride.id, corr)
+                }
+            };
+            let expected = record.recovery_point;
+            record = self
+                .store
+                .run_phase(record.id, expected, &phase, self.clock.now_ms())
+                .await?;
+            tracing::debug!(
+                key_id = record.id,
+                recovery_point = record.recovery_point.as_str(),
+                "atomic phase committed"
+            );
+        }
+    }
+
+    /// `ride_created`: calls the processor and returns the phase that records its outcome.
+    async fn charge(
+        &self,
+        record: &KeyRecord,
+        user: &User,
+        raise_error: bool,
+        corr: Option<Uuid>,
+    ) -> Result<Phase, Failure> {
+        let row = self.ride_for(record).await?;
+        if raise_error {
+            return Err(Failure::Internal(
+                "raise_error was requested: failing the charge phase".into(),
+            ));
+        }
+        let ride = ride_state(&row);
+        let req = ChargeRequest {
+            idempotency_key: record.processor_key(),
+            customer: user.email.clone(),
+            amount_cents: RIDE_CHARGE_CENTS,
+            currency: RIDE_CHARGE_CURRENCY.into(),
+            description: format!("Charge for ride {}", row.id),
+        };
+        match self.payments.charge(&req).await {
+            Ok(charge) => Ok(Phase::charged(&ride, row.id, &charge.id, corr)),
+            Err(PaymentError::CardDeclined(m)) => Ok(Phase::declined(&ride, row.id, &m, corr)),
+            Err(PaymentError::Processor(m)) => {
+                tracing::warn!(error = %m, "payment processor error (stored as a final 503)");
+                Ok(Phase::processor_error(row.id))
+            }
+            Err(e @ PaymentError::Unavailable(_)) => Err(Failure::Internal(e.to_string())),
+        }
+    }
+
+    /// The ride created for the key; its absence past `started` is a bug (500).
+    async fn ride_for(&self, record: &KeyRecord) -> Result<RideRow, Failure> {
+        self.store.ride_for_key(record.id).await?.ok_or_else(|| {
+            Failure::Internal(format!(
+                "Bug! Should have ride for key at {}.",
+                record.recovery_point.as_str()
+            ))
+        })
+    }
+
+    /// Releases the key's lock after a failed phase; errors are logged and swallowed.
+    async fn unlock(&self, key_id: i64) {
+        if let Err(e) = self.store.unlock(key_id).await {
+            tracing::error!(key_id, error = %e, "Failed to unlock key {key_id}.");
+        }
+    }
+
+    /// Seconds until the lock holding `key` expires (at least 1).
+    async fn retry_after_s(&self, user_id: i64, key: &IdempotencyKey) -> u64 {
+        let now = self.clock.now_ms();
+        let timeout = self.config.thresholds.lock_timeout_ms;
+        match self.store.key(user_id, key.as_str()).await {
+            Ok(Some(KeyRecord {
+                locked_at_ms: Some(at),
+                ..
+            })) => {
+                let remaining_ms = (at + timeout - now).max(0);
+                u64::try_from((remaining_ms + 999) / 1000)
+                    .unwrap_or(1)
+                    .max(1)
+            }
+            _ => 1,
+        }
+    }
+}
+
+/// The ride aggregate as the ride row describes it.
+fn ride_state(row: &RideRow) -> Ride {
+    let mut events = vec![RideEvent::Requested {
+        user_id: row.user_id,
+        distance_mm: row.distance_mm,
+    }];
+    if let Some(charge_id) = &row.charge_id {
+        events.push(RideEvent::Charged {
+            charge_id: charge_id.clone(),
+        });
+    }
+    Ride::from_events(&events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use domain::{RecoveryPoint, RideParams};
+    use mockall::predicate::eq;
+    use ports::{Charge, ManualClock, Truth};
+
+    use crate::faults::FaultConfig;
+
+    mockall::mock! {
+        pub Store {}
+        #[async_trait]
+        impl RideStore for Store {
+            fn describe(&self) -> String;
+            async fn ping(&self) -> Result<(), StoreError>;
+            async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
+            async fn ensure_user(&self, email: &str) -> Result<User, StoreError>;
+            async fn begin(&self, req: &BeginRequest) -> Result<Begun, StoreError>;
+            async fn run_phase(
+                &self,
+                key_id: i64,
+                expected: RecoveryPoint,
+                phase: &Phase,
+                now_ms: i64,
+            ) -> Result<KeyRecord, StoreError>;
+            async fn unlock(&self, key_id: i64) -> Result<(), StoreError>;
+            async fn key(&self, user_id: i64, key: &str) -> Result<Option<KeyRecord>, StoreError>;
+            async fn put_key(&self, key: &KeyRecord) -> Result<KeyRecord, StoreError>;
+            async fn ride_for_key(&self, key_id: i64) -> Result<Option<RideRow>, StoreError>;
+            async fn ride(&self, ride_id: i64) -> Result<Option<RideRow>, StoreError>;
+            async fn rides_for_user(
+                &self,
+                user_id: i64,
+                before_id: Option<i64>,
+                limit: u32,
+            ) -> Result<Vec<RideRow>, StoreError>;
+            async fn completable_keys(
+                &self,
+                now_ms: i64,
+                thresholds: &Thresholds,
+                limit: u32,
+            ) -> Result<Vec<(KeyRecord, User)>, StoreError>;
+            async fn reap_keys(
+                &self,
+                now_ms: i64,
+                thresholds: &Thresholds,
+                limit: u32,
+            ) -> Result<u64, StoreError>;
+            async fn truth(&self) -> Result<Truth, StoreError>;
+        }
+    }
+
+    mockall::mock! {
+        pub Payments {}
+        #[async_trait]
+        impl PaymentGateway for Payments {
+            async fn charge(&self, req: &ChargeRequest) -> Result<Charge, PaymentError>;
+        }
+    }
+
+    const KEY_ID: i64 = 42;
+
+    fn user() -> User {
+        User {
+            id: 1,
+            email: "user@example.com".into(),
+        }
+    }
+
+    fn key_text() -> IdempotencyKey {
+        IdempotencyKey::parse(Some("0123456789abcdefghij")).unwrap()
+    }
+
+    fn params() -> RideParams {
+        RideParams::new(0.0, 0.0, 0.0, 0.0).unwrap()
+    }
+
+    fn record(rp: RecoveryPoint) -> KeyRecord {
+        KeyRecord {
+            id: KEY_ID,
+            user_id: 1,
+            key: key_text().as_str().to_owned(),
+            created_at_ms: 0,
+            last_run_at_ms: 0,
+            locked_at_ms: Some(0),
+            request_method: "POST".into(),
+            request_path: "/rides".into(),
+            request_params: params(),
+            recovery_point: rp,
+            response: None,
+        }
+    }
+
+    fn ride_row() -> RideRow {
+        RideRow {
+            id: 7,
+            user_id: 1,
+            idempotency_key_id: Some(KEY_ID),
+            params: params(),
+            distance_mm: 0,
+            charge_id: None,
+            created_at_ms: 0,
+        }
+    }
+
+    fn request(raise_error: bool) -> RideRequest {
+        RideRequest {
+            params: params(),
+            raise_error,
+        }
+    }
+
+    fn service(store: MockStore, payments: MockPayments, faults: Faults) -> RideService {
+        RideService::new(
+            Arc::new(store),
+            Arc::new(payments),
+            Arc::new(ManualClock::new(1_000_000)),
+            RideServiceConfig {
+                thresholds: Thresholds::default(),
+                faults: Arc::new(faults),
+            },
+        )
+    }
+
+    /// A store whose key proceeds from `rp` and whose key has a ride.
+    fn store_from(rp: RecoveryPoint) -> MockStore {
+        let mut store = MockStore::new();
+        store
+            .expect_begin()
+            .returning(move |_| Ok(Begun::Proceed(record(rp))));
+        store
+            .expect_ride_for_key()
+            .with(eq(KEY_ID))
+            .returning(|_| Ok(Some(ride_row())));
+        store
+    }
+
+    #[tokio::test]
+    async fn a_conflict_in_a_phase_answers_409_and_unlocks() {
+        let mut store = store_from(RecoveryPoint::Started);
+        store
+            .expect_run_phase()
+            .times(1)
+            .returning(|_, _, _, _| Err(StoreError::Conflict("40001".into())));
+        store
+            .expect_unlock()
+            .with(eq(KEY_ID))
+            .times(1)
+            .returning(|_| Ok(()));
+        let svc = service(store, MockPayments::new(), Faults::none());
+        let reply = svc
+            .create_ride(&user(), &key_text(), &request(false), "1.2.3.4")
+            .await;
+        assert_eq!(reply.status, 409);
+        assert_eq!(reply.body["error"], messages::CONFLICT);
+        assert!(!reply.replayed);
+    }
+
+    #[tokio::test]
+    async fn an_internal_error_answers_500_and_unlocks() {
+        let mut store = store_from(RecoveryPoint::RideCreated);
+        store.expect_run_phase().never();
+        store
+            .expect_unlock()
+            .with(eq(KEY_ID))
+            .times(1)
+            .returning(|_| Err(StoreError::Unavailable("down".into())));
+        let mut payments = MockPayments::new();
+        payments
+            .expect_charge()
+            .times(1)
+            .returning(|_| Err(PaymentError::Unavailable("timeout".into())));
+        let svc = service(store, payments, Faults::none());
+        let reply = svc
+            .create_ride(&user(), &key_text(), &request(false), "1.2.3.4")
+            .await;
+        assert_eq!(reply.status, 500);
+        assert_eq!(reply.body["error"], messages::INTERNAL);
+    }
+
+    #[tokio::test]
+    async fn raise_error_answers_500_before_charging_and_unlocks() {
+        let mut store = store_from(RecoveryPoint::RideCreated);
+        store.expect_unlock().times(1).returning(|_| Ok(()));
+        let mut payments = MockPayments::new();
+        payments.expect_charge().never();
+        let svc = service(store, payments, Faults::none());
+        let reply = svc
+            .create_ride(&user(), &key_text(), &request(true), "1.2.3.4")
+            .await;
+        assert_eq!(reply.status, 500);
+    }
+
+    #[tokio::test]
+    async fn a_simulated_crash_answers_500_and_keeps_the_lock() {
+        let mut store = store_from(RecoveryPoint::RideCreated);
+        store
+            .expect_run_phase()
+            .with(
+                eq(KEY_ID),
+                eq(RecoveryPoint::RideCreated),
+                mockall::predicate::always(),
+                mockall::predicate::always(),
+            )
+            .times(1)
+            .returning(|_, _, _, _| Ok(record(RecoveryPoint::ChargeCreated)));
+        store.expect_unlock().never();
+        let mut payments = MockPayments::new();
+        payments.expect_charge().times(1).returning(|_| {
+            Ok(Charge {
+                id: "ch_1".into(),
+                amount_cents: 2000,
+            })
+        });
+        let faults = Faults::new(FaultConfig {
+            api_crash_rate: 1.0,
+            ..FaultConfig::none()
+        });
+        let svc = service(store, payments, faults);
+        let reply = svc
+            .create_ride(&user(), &key_text(), &request(false), "1.2.3.4")
+            .await;
+        assert_eq!(reply.status, 500);
+        assert_eq!(reply.body["error"], messages::INTERNAL);
+        assert_eq!(svc.config().faults.counts().api_crashes, 1);
+    }
+
+    #[tokio::test]
+    async fn a_finished_key_is_replayed() {
+        let mut store = MockStore::new();
+        store.expect_begin().returning(|_| {
+            Ok(Begun::Replay(StoredResponse {
+                status: 201,
+                body: json!({"message": "hello"}),
+            }))
+        });
+        store.expect_run_phase().never();
+        let svc = service(store, MockPayments::new(), Faults::none());
+        let reply = svc
+            .create_ride(&user(), &key_text(), &request(false), "1.2.3.4")
+            .await;
+        assert_eq!(reply.status, 201);
+        assert_eq!(reply.body["message"], "hello");
+        assert!(reply.replayed);
+    }
+
+    #[tokio::test]
+    async fn in_progress_answers_409_with_the_remaining_lock_time() {
+        let mut store = MockStore::new();
+        store.expect_begin().returning(|_| Ok(Begun::InProgress));
+        store.expect_key().returning(|_, _| {
+            let mut r = record(RecoveryPoint::Started);
+            r.locked_at_ms = Some(1_000_000 - 30_000);
+            Ok(Some(r))
+        });
+        store.expect_unlock().never();
+        let svc = service(store, MockPayments::new(), Faults::none());
+        let reply = svc
+            .create_ride(&user(), &key_text(), &request(false), "1.2.3.4")
+            .await;
+        assert_eq!(reply.status, 409);
+        assert_eq!(reply.body["error"], messages::IN_PROGRESS);
+        assert_eq!(reply.retry_after_s, Some(60));
+    }
+
+    #[tokio::test]
+    async fn the_processor_is_called_with_the_processor_key_and_the_phases_chain() {
+        let mut store = store_from(RecoveryPoint::RideCreated);
+        store
+            .expect_run_phase()
+            .with(
+                eq(KEY_ID),
+                eq(RecoveryPoint::RideCreated),
+                mockall::predicate::always(),
+                mockall::predicate::always(),
+            )
+            .times(1)
+            .returning(|_, _, _, _| Ok(record(RecoveryPoint::ChargeCreated)));
+        store
+            .expect_run_phase()
+            .with(
+                eq(KEY_ID),
+                eq(RecoveryPoint::ChargeCreated),
+                mockall::predicate::always(),
+                mockall::predicate::always(),
+            )
+            .times(1)
+            .returning(|_, _, _, _| {
+                let mut r = record(RecoveryPoint::Finished);
+                r.response = Some(StoredResponse::created());
+                r.locked_at_ms = None;
+                Ok(r)
+            });
+        store.expect_unlock().never();
+        let mut payments = MockPayments::new();
+        payments
+            .expect_charge()
+            .withf(|req| {
+                req.idempotency_key == record(RecoveryPoint::RideCreated).processor_key()
+                    && req.customer == "user@example.com"
+                    && req.amount_cents == 2000
+                    && req.currency == "usd"
+                    && req.description == "Charge for ride 7"
+            })
+            .times(1)
+            .returning(|_| {
+                Ok(Charge {
+                    id: "ch_1".into(),
+                    amount_cents: 2000,
+                })
+            });
+        let svc = service(store, payments, Faults::none());
+        let reply = svc
+            .create_ride(&user(), &key_text(), &request(false), "1.2.3.4")
+            .await;
+        assert_eq!(reply.status, 201);
+        assert_eq!(reply.body["message"], messages::CREATED);
+        assert!(!reply.replayed);
+    }
+
+    #[tokio::test]
+    async fn a_declined_card_finishes_with_402() {
+        let mut store = store_from(RecoveryPoint::RideCreated);
+        store
+            .expect_run_phase()
+            .withf(|_, _, phase, _| {
+                phase.then
+                    == domain::KeyTransition::Finish(StoredResponse::card_declined(
+                        "Your card was declined.",
+                    ))
+            })
+            .times(1)
+            .returning(|_, _, phase, _| {
+                let mut r = record(RecoveryPoint::Finished);
+                if let domain::KeyTransition::Finish(resp) = &phase.then {
+                    r.response = Some(resp.clone());
+                }
+                Ok(r)
+            });
+        let mut payments = MockPayments::new();
+        payments
+            .expect_charge()
+            .returning(|_| Err(PaymentError::CardDeclined("Your card was declined.".into())));
+        let svc = service(store, payments, Faults::none());
+        let reply = svc
+            .create_ride(&user(), &key_text(), &request(false), "1.2.3.4")
+            .await;
+        assert_eq!(reply.status, 402);
+        assert_eq!(
+            reply.body["error"],
+            "Error from payment processor: Your card was declined."
+        );
+    }
+
+    #[tokio::test]
+    async fn complete_runs_the_stored_params_without_raise_error() {
+        let mut store = MockStore::new();
+        store
+            .expect_begin()
+            .withf(|req| {
+                req.user_id == 1
+                    && req.key.as_str() == "0123456789abcdefghij"
+                    && req.params == params()
+                    && req.method == "POST"
+                    && req.path == "/rides"
+            })
+            .times(1)
+            .returning(|_| {
+                let mut r = record(RecoveryPoint::Finished);
+                r.response = Some(StoredResponse::created());
+                Ok(Begun::Proceed(r))
+            });
+        let svc = service(store, MockPayments::new(), Faults::none());
+        let reply = svc.complete(&record(RecoveryPoint::Started), &user()).await;
+        assert_eq!(reply.status, 201);
+    }
+}

@@ -1,1 +1,513 @@
-//! wiring.
+//! Wiring: the ONLY place that turns URLs into adapters.
+//!
+//! Everything else in the app talks to `Arc<dyn Port>`s. A URL's scheme picks the backend:
+//!
+//! | scheme | store (`--store`) | log (`--log`) | feature |
+//! |---|---|---|---|
+//! | `memory://` | in-process, lost at exit | in-process | always |
+//! | `sqlite://PATH` | SQLite file (+ outbox + consumer state) | - | `sqlite` |
+//! | `sled://PATH` | - | embedded sled tree | `sled` |
+//! | `postgres://…`, `postgresql://…` | Postgres | outbox table (same URL: no streamer) or a log table | `postgres` |
+//! | `redis://…[/STREAM][?stream=NAME]` | - | Redis stream (default `rides`) | `redis` |
+//! | `kafka://…` | - | not built yet | `kafka` |
+//!
+//! A scheme whose cargo feature is not compiled in is a typed error
+//! ([`WiringError::FeatureNotEnabled`]) that says how to build it (STYLE rule 20: a
+//! `#[cfg(feature)]` arm beside a `#[cfg(not(feature))]` arm).
+//!
+//! A `memory://` store and a `memory://` log share nothing: they are two independent objects,
+//! exactly as a SQLite store and a sled log would be. When the log is Postgres and its URL is
+//! the store's URL, the log *is* the store's outbox table (read in commit order), so no
+//! streamer is needed.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ports::{ConsumerStore, Log, Outbox, RideStore};
+use thiserror::Error;
+
+/// The producer name of the stores opened here (travels with every record's sequence).
+pub const PRODUCER: &str = "rides";
+
+/// Why a URL could not be wired.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum WiringError {
+    /// The scheme is known but its cargo feature was not compiled in.
+    #[error(
+        "the {role} URL {url} needs the `{feature}` feature: cargo run -p app --features {feature} -- …"
+    )]
+    FeatureNotEnabled {
+        /// `store` or `log`.
+        role: &'static str,
+        /// The URL, without its password.
+        url: String,
+        /// The cargo feature to enable.
+        feature: &'static str,
+    },
+    /// The scheme is not one this build knows for that role.
+    #[error("unsupported {role} URL {url}: expected one of {supported}")]
+    UnknownScheme {
+        /// `store` or `log`.
+        role: &'static str,
+        /// The URL, without its password.
+        url: String,
+        /// The schemes that this role supports.
+        supported: &'static str,
+    },
+    /// The backend is planned but not built yet.
+    #[error("the {role} URL {url} names a backend that is not built yet ({what})")]
+    NotBuilt {
+        /// `store` or `log`.
+        role: &'static str,
+        /// The URL, without its password.
+        url: String,
+        /// What is missing.
+        what: &'static str,
+    },
+    /// The URL has no path or is malformed.
+    #[error("invalid {role} URL {url}: {why}")]
+    Invalid {
+        /// `store` or `log`.
+        role: &'static str,
+        /// The URL, without its password.
+        url: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+}
+
+const STORE_SCHEMES: &str = "memory://, sqlite://PATH, postgres://…";
+const LOG_SCHEMES: &str = "memory://, sled://PATH, postgres://…, redis://…, kafka://…";
+
+/// The three views of one canonical store.
+#[derive(Clone)]
+pub struct Stores {
+    /// The canonical store.
+    pub store: Arc<dyn RideStore>,
+    /// Its outbox (read by the streamer).
+    pub outbox: Arc<dyn Outbox>,
+    /// Its consumer state store.
+    pub consumers: Arc<dyn ConsumerStore>,
+    /// The URL it was opened from.
+    pub url: String,
+    #[cfg(feature = "postgres")]
+    postgres: Option<Arc<adapters::postgres::PostgresStore>>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores")
+            .field("store", &self.store.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An opened log, and whether a streamer must feed it from the outbox.
+#[derive(Clone)]
+pub struct OpenedLog {
+    /// The log.
+    pub log: Arc<dyn Log>,
+    /// `false` when the log reads the store's outbox directly (Postgres log on the store).
+    pub needs_streamer: bool,
+}
+
+impl std::fmt::Debug for OpenedLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedLog")
+            .field("log", &self.log.describe())
+            .field("needs_streamer", &self.needs_streamer)
+            .finish()
+    }
+}
+
+/// The scheme of a URL (`sqlite` for `sqlite://x`), lower case, and what follows `://`.
+pub(crate) fn split_scheme(url: &str) -> Option<(String, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    if scheme.is_empty()
+        || !scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '+')
+    {
+        return None;
+    }
+    Some((scheme.to_ascii_lowercase(), rest))
+}
+
+/// The URL without the password of its user info, for messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// A filesystem path from `scheme://PATH`, with its parent directory created when `create`.
+fn file_path<'a>(role: &'static str, url: &'a str, rest: &'a str) -> Result<&'a str, WiringError> {
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() {
+        return Err(WiringError::Invalid {
+            role,
+            url: redact(url),
+            why: "the URL has no path",
+        });
+    }
+    Ok(path)
+}
+
+#[allow(dead_code)] // used by the file-backed arms, which depend on features
+fn create_parent(path: &str) -> anyhow::Result<()> {
+    if let Some(parent) = Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", parent.display()))?;
+    }
+    Ok(())
+}
+
+/// Opens the canonical store named by `url`.
+///
+/// # Errors
+/// A [`WiringError`] for an unknown or not compiled-in scheme; the adapter's error when the
+/// store cannot be opened.
+pub async fn open_store(url: &str) -> anyhow::Result<Stores> {
+    let role = "store";
+    let Some((scheme, rest)) = split_scheme(url) else {
+        return Err(WiringError::UnknownScheme {
+            role,
+            url: redact(url),
+            supported: STORE_SCHEMES,
+        }
+        .into());
+    };
+    match scheme.as_str() {
+        "memory" => {
+            let store = Arc::new(adapters::memory::MemoryStore::new(PRODUCER));
+            Ok(Stores {
+                store: store.clone(),
+                outbox: store,
+                consumers: Arc::new(adapters::memory::MemoryConsumerStore::new()),
+                url: url.to_owned(),
+                #[cfg(feature = "postgres")]
+                postgres: None,
+            })
+        }
+        #[cfg(feature = "sqlite")]
+        "sqlite" => {
+            let path = file_path(role, url, rest)?;
+            if path != ":memory:" {
+                create_parent(path)?;
+            }
+            let store = Arc::new(
+                adapters::sqlite::SqliteStore::connect(url)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("opening {}: {e}", redact(url)))?,
+            );
+            Ok(Stores {
+                store: store.clone(),
+                outbox: store.clone(),
+                consumers: store,
+                url: url.to_owned(),
+                #[cfg(feature = "postgres")]
+                postgres: None,
+            })
+        }
+        #[cfg(not(feature = "sqlite"))]
+        "sqlite" => {
+            let _ = rest;
+            Err(feature_missing(role, url, "sqlite"))
+        }
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => {
+            let store = Arc::new(
+                adapters::postgres::PostgresStore::connect(
+                    url,
+                    adapters::postgres::PgOptions::default(),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("opening {}: {e}", redact(url)))?,
+            );
+            Ok(Stores {
+                store: store.clone(),
+                outbox: store.clone(),
+                consumers: store.clone(),
+                url: url.to_owned(),
+                postgres: Some(store),
+            })
+        }
+        #[cfg(not(feature = "postgres"))]
+        "postgres" | "postgresql" => Err(feature_missing(role, url, "postgres")),
+        _ => Err(WiringError::UnknownScheme {
+            role,
+            url: redact(url),
+            supported: STORE_SCHEMES,
+        }
+        .into()),
+    }
+}
+
+#[allow(dead_code)] // only used when some feature is off
+fn feature_missing(role: &'static str, url: &str, feature: &'static str) -> anyhow::Error {
+    WiringError::FeatureNotEnabled {
+        role,
+        url: redact(url),
+        feature,
+    }
+    .into()
+}
+
+/// The stream name and the connection URL of a `redis://` log URL: `?stream=NAME` wins, then
+/// a non-numeric path (`redis://host/NAME`; a numeric path is Redis's database number), else
+/// `rides`.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn redis_stream(url: &str) -> (String, String) {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut rest_query = Vec::new();
+    let mut stream = None;
+    for pair in query.into_iter().flat_map(|q| q.split('&')) {
+        match pair.split_once('=') {
+            Some(("stream", v)) if !v.is_empty() => stream = Some(v.to_owned()),
+            _ if !pair.is_empty() => rest_query.push(pair),
+            _ => {}
+        }
+    }
+    let mut base = base.to_owned();
+    if let Some((_, rest)) = base.split_once("://")
+        && let Some(slash) = rest.find('/')
+    {
+        let path = rest[slash + 1..].to_owned();
+        if !path.is_empty() && !path.chars().all(|c| c.is_ascii_digit()) {
+            let cut = base.len() - path.len() - 1;
+            base.truncate(cut);
+            stream.get_or_insert(path);
+        }
+    }
+    if !rest_query.is_empty() {
+        base = format!("{base}?{}", rest_query.join("&"));
+    }
+    (stream.unwrap_or_else(|| "rides".to_owned()), base)
+}
+
+/// Opens the log named by `url`, next to the store `stores` (a Postgres log on the store's
+/// own URL reuses the store and needs no streamer).
+///
+/// # Errors
+/// A [`WiringError`] for an unknown or not compiled-in scheme; the adapter's error when the
+/// log cannot be opened.
+pub async fn open_log(url: &str, stores: &Stores) -> anyhow::Result<OpenedLog> {
+    let role = "log";
+    let _ = stores;
+    let Some((scheme, rest)) = split_scheme(url) else {
+        return Err(WiringError::UnknownScheme {
+            role,
+            url: redact(url),
+            supported: LOG_SCHEMES,
+        }
+        .into());
+    };
+    let _ = rest;
+    let log: Arc<dyn Log> = match scheme.as_str() {
+        "memory" => Arc::new(adapters::memory::MemoryLog::new()),
+        #[cfg(feature = "sled")]
+        "sled" => {
+            let path = file_path(role, url, rest)?;
+            create_parent(path)?;
+            Arc::new(
+                adapters::sled::SledLog::open(path)
+                    .map_err(|e| anyhow::anyhow!("opening {}: {e}", redact(url)))?,
+            )
+        }
+        #[cfg(not(feature = "sled"))]
+        "sled" => return Err(feature_missing(role, url, "sled")),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => {
+            if let Some(pg) = stores.postgres.as_ref().filter(|_| stores.url == url) {
+                return Ok(OpenedLog {
+                    log: Arc::new(pg.log()),
+                    needs_streamer: false,
+                });
+            }
+            Arc::new(
+                adapters::postgres::PostgresLog::connect(
+                    url,
+                    adapters::postgres::PgOptions::default(),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("opening {}: {e}", redact(url)))?,
+            )
+        }
+        #[cfg(not(feature = "postgres"))]
+        "postgres" | "postgresql" => return Err(feature_missing(role, url, "postgres")),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => {
+            let (stream, conn) = redis_stream(url);
+            Arc::new(
+                adapters::redis::RedisLog::connect(&conn, &stream)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("opening {}: {e}", redact(url)))?,
+            )
+        }
+        #[cfg(not(feature = "redis"))]
+        "redis" | "rediss" => return Err(feature_missing(role, url, "redis")),
+        "kafka" => {
+            return Err(WiringError::NotBuilt {
+                role,
+                url: redact(url),
+                what: "the kafka log adapter is planned; use sled://, redis:// or postgres://",
+            }
+            .into());
+        }
+        _ => {
+            return Err(WiringError::UnknownScheme {
+                role,
+                url: redact(url),
+                supported: LOG_SCHEMES,
+            }
+            .into());
+        }
+    };
+    Ok(OpenedLog {
+        log,
+        needs_streamer: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wiring_error(e: anyhow::Error) -> WiringError {
+        e.downcast::<WiringError>().expect("a WiringError")
+    }
+
+    #[test]
+    fn schemes_are_split_and_lower_cased() {
+        assert_eq!(
+            split_scheme("SQLite://./x.db"),
+            Some(("sqlite".into(), "./x.db"))
+        );
+        assert_eq!(split_scheme("memory://"), Some(("memory".into(), "")));
+        assert_eq!(split_scheme("no-scheme"), None);
+        assert_eq!(split_scheme("://x"), None);
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact("sled://./data/log"), "sled://./data/log");
+    }
+
+    #[test]
+    fn redis_stream_names_come_from_the_query_or_the_path() {
+        assert_eq!(
+            redis_stream("redis://127.0.0.1:6379"),
+            ("rides".into(), "redis://127.0.0.1:6379".into())
+        );
+        assert_eq!(
+            redis_stream("redis://127.0.0.1:6379/2"),
+            ("rides".into(), "redis://127.0.0.1:6379/2".into())
+        );
+        assert_eq!(
+            redis_stream("redis://h/orders"),
+            ("orders".into(), "redis://h".into())
+        );
+        assert_eq!(
+            redis_stream("redis://h/1?stream=s1&x=y"),
+            ("s1".into(), "redis://h/1?x=y".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_schemes_list_the_supported_ones() {
+        let e = wiring_error(open_store("mysql://h/db").await.unwrap_err());
+        assert!(matches!(
+            e,
+            WiringError::UnknownScheme { role: "store", .. }
+        ));
+        assert!(e.to_string().contains("sqlite://PATH"), "{e}");
+        let stores = open_store("memory://").await.unwrap();
+        let e = wiring_error(open_log("ftp://x", &stores).await.unwrap_err());
+        assert!(e.to_string().contains("sled://PATH"), "{e}");
+        let e = wiring_error(open_log("nonsense", &stores).await.unwrap_err());
+        assert!(matches!(e, WiringError::UnknownScheme { role: "log", .. }));
+    }
+
+    #[tokio::test]
+    async fn kafka_is_a_clear_not_built_error() {
+        let stores = open_store("memory://").await.unwrap();
+        let e = wiring_error(
+            open_log("kafka://localhost:9092", &stores)
+                .await
+                .unwrap_err(),
+        );
+        assert!(matches!(e, WiringError::NotBuilt { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn memory_store_and_memory_log_are_independent() {
+        let stores = open_store("memory://").await.unwrap();
+        let log = open_log("memory://", &stores).await.unwrap();
+        assert!(log.needs_streamer);
+        assert_eq!(log.log.len().await.unwrap(), 0);
+        assert_eq!(stores.outbox.staged().await.unwrap(), 0);
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    #[tokio::test]
+    async fn postgres_without_its_feature_names_the_feature() {
+        let e = wiring_error(open_store("postgres://u:pw@h/db").await.unwrap_err());
+        assert_eq!(
+            e,
+            WiringError::FeatureNotEnabled {
+                role: "store",
+                url: "postgres://u:***@h/db".into(),
+                feature: "postgres"
+            }
+        );
+        assert!(e.to_string().contains("--features postgres"), "{e}");
+    }
+
+    #[cfg(not(feature = "redis"))]
+    #[tokio::test]
+    async fn redis_without_its_feature_names_the_feature() {
+        let stores = open_store("memory://").await.unwrap();
+        let e = wiring_error(
+            open_log("redis://127.0.0.1:6379", &stores)
+                .await
+                .unwrap_err(),
+        );
+        assert!(
+            matches!(
+                e,
+                WiringError::FeatureNotEnabled {
+                    feature: "redis",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn a_redis_url_is_not_a_store() {
+        let e = wiring_error(open_store("redis://127.0.0.1:6379").await.unwrap_err());
+        assert!(matches!(e, WiringError::UnknownScheme { .. }), "{e}");
+    }
+}

@@ -97,6 +97,10 @@ pub struct Batch {
 ///   appended (no busy polling, no fixed sleep).
 /// - `trim(cps)` removes only records that every position in `cps` has passed; with an empty
 ///   `cps` it removes nothing.
+#[allow(
+    clippy::len_without_is_empty,
+    reason = "`len` is a remote count for stats and tests; emptiness is never asked on its own"
+)]
 #[async_trait]
 pub trait Log: Send + Sync + 'static {
     /// A human-readable description, e.g. `sled:///var/lib/rides/log` (no secrets).

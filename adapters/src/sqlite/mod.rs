@@ -1,1 +1,258 @@
-//! sqlite adapter.
+//! SQLite: the canonical store, its outbox and the consumers' state, in one file (sqlx).
+//!
+//! [`SqliteStore`] implements [`ports::RideStore`], [`ports::Outbox`] and
+//! [`ports::ConsumerStore`]. It is the embedded default: `rides demo` needs no server.
+//!
+//! # Concurrency (DESIGN.md section 8)
+//!
+//! SQLite allows one writer at a time. A *deferred* transaction (`BEGIN`) that reads first and
+//! writes later must upgrade its lock, and when another connection wrote in between the upgrade
+//! fails at once with "database is locked": the busy timeout does not help. So:
+//!
+//! - The file is in WAL mode: readers never block the writer and the writer never blocks them.
+//! - Every connection has a 5 s busy timeout, foreign keys on, and `synchronous = NORMAL`. In
+//!   WAL mode that is durable against a process crash (`kill -9`), which is what we promise;
+//!   only a power loss can lose the last transactions.
+//! - Every write runs in a transaction that starts with `BEGIN IMMEDIATE`, which takes the
+//!   write lock up front (waiting up to the busy timeout) instead of upgrading later, and goes
+//!   through a pool of exactly one connection, so writers of this process queue in the pool
+//!   (fairly, without spinning in the busy handler) and writers of other processes queue on
+//!   the file lock. Reads use a separate pool of several connections.
+//!
+//! # Sequencing the outbox
+//!
+//! Staged records get their sequence from `staged_records.seq INTEGER PRIMARY KEY
+//! AUTOINCREMENT`, assigned at insert. Because every write transaction holds the write lock
+//! from its first statement to its commit, transactions are serialized: a transaction that
+//! inserts sequence `n` commits before the next one can even start, so sequences become
+//! visible in exactly the order they were assigned. A reader therefore never sees sequence `n`
+//! while a smaller one is still to come: the [`ports::Outbox`] contract holds without the
+//! snapshot tricks Postgres needs (invariant 4). `AUTOINCREMENT` (rather than plain `rowid`)
+//! guarantees that a sequence is never reused after the highest records were removed.
+//!
+//! The producer name is generated once per database file (`sqlite-` and 8 random hex digits,
+//! stored in the `meta` table), so two SQLite stores feeding one log never share sequences.
+//!
+//! # Wake-ups
+//!
+//! [`ports::Outbox::wait_staged`] waits on a [`tokio::sync::Notify`] that a committed phase
+//! with staged records notifies; writers in other processes are noticed when the caller's
+//! timeout expires (the streamer's bounded poll).
+//!
+//! # URLs
+//!
+//! `sqlite://<path>` (the file is created if missing; relative paths are relative to the
+//! working directory) and `sqlite::memory:` (a private in-memory database, for tests: one
+//! connection serves reads and writes, and the data lives as long as the store).
+
+mod consumer;
+mod error;
+mod outbox;
+mod store;
+
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ports::StoreError;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+use tokio::sync::Notify;
+
+use self::error::Error;
+
+/// How long a connection waits for the write lock before giving up with
+/// [`StoreError::Unavailable`].
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections of the read pool (the write pool always has exactly one).
+const READ_CONNECTIONS: u32 = 4;
+
+/// The embedded schema, from `adapters/migrations/sqlite/`.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Options of [`SqliteStore::connect_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// Apply the embedded migrations while connecting (what [`SqliteStore::connect`] does).
+    pub migrate: bool,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self { migrate: true }
+    }
+}
+
+/// The SQLite store: rides, idempotency keys, outbox and consumer state in one file.
+///
+/// Cheap to clone: clones share the connection pools and the staging wake-up.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The URL as given (SQLite URLs carry no secrets).
+    url: String,
+    /// Exactly one connection: every write transaction goes through it.
+    writer: SqlitePool,
+    /// Reads (the same pool as `writer` for an in-memory database).
+    reader: SqlitePool,
+    /// The producer name, known once the schema exists.
+    producer: OnceLock<String>,
+    /// Notified after a committed phase staged records.
+    staged: Notify,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("url", &self.inner.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `url` and applies the migrations.
+    ///
+    /// `url` is `sqlite://<path>` or `sqlite::memory:`.
+    ///
+    /// # Errors
+    /// [`StoreError::Other`] for a URL that is not a SQLite URL or a failed migration;
+    /// [`StoreError::Unavailable`] naming the path when the file cannot be opened.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, SqliteOptions::default()).await
+    }
+
+    /// Opens (creating if missing) the database at `url`, applying the migrations only when
+    /// `options.migrate` is set.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::connect`]; also [`StoreError::Other`] when the database was already
+    /// migrated by a newer version of this program.
+    pub async fn connect_with(url: &str, options: SqliteOptions) -> Result<Self, StoreError> {
+        if !url.starts_with("sqlite:") {
+            return Err(StoreError::Other(format!(
+                "not a SQLite URL: {url:?} (expected sqlite://<path> or sqlite::memory:)"
+            )));
+        }
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Other(format!("bad SQLite URL {url:?}: {e}")))?
+            .create_if_missing(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true)
+            .synchronous(SqliteSynchronous::Normal);
+        let path = connect.get_filename().display().to_string();
+        let unavailable = |e: sqlx::Error| {
+            StoreError::Unavailable(format!("cannot open SQLite database {path}: {e}"))
+        };
+
+        let (writer, reader) = if in_memory {
+            // One connection that never closes: closing it would drop the database.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(connect)
+                .await
+                .map_err(unavailable)?;
+            (pool.clone(), pool)
+        } else {
+            let connect = connect.journal_mode(SqliteJournalMode::Wal);
+            // The writer connects first, so WAL mode is set before any reader opens the file.
+            let writer = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(connect.clone())
+                .await
+                .map_err(unavailable)?;
+            let reader = SqlitePoolOptions::new()
+                .max_connections(READ_CONNECTIONS)
+                .connect_with(connect)
+                .await
+                .map_err(unavailable)?;
+            (writer, reader)
+        };
+
+        let store = Self {
+            inner: Arc::new(Inner {
+                url: url.to_owned(),
+                writer,
+                reader,
+                producer: OnceLock::new(),
+                staged: Notify::new(),
+            }),
+        };
+        if options.migrate {
+            store.migrate().await?;
+        } else {
+            // Without migrations the schema may not exist yet; `migrate` loads it later.
+            let _ = store.load_producer().await;
+        }
+        Ok(store)
+    }
+
+    /// Applies the embedded migrations that are not applied yet, then makes sure the store
+    /// has its producer name.
+    ///
+    /// # Errors
+    /// [`StoreError::Other`] when a migration fails or the database was migrated by a newer
+    /// version; [`StoreError::Unavailable`] when the database cannot be reached.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.inner.writer).await.map_err(|e| {
+            StoreError::Other(format!(
+                "cannot migrate SQLite database {}: {e}",
+                self.inner.url
+            ))
+        })?;
+        self.load_producer().await.map_err(Into::into)
+    }
+
+    /// A cheap health check (`SELECT 1`).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the database cannot be reached.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.inner.reader)
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::from(e).into())
+    }
+
+    /// Reads the producer name, generating it on first use.
+    async fn load_producer(&self) -> Result<(), Error> {
+        if self.inner.producer.get().is_some() {
+            return Ok(());
+        }
+        let candidate = format!("sqlite-{:08x}", rand::random::<u32>());
+        let mut tx = self.write().await?;
+        sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('producer', ?)")
+            .bind(&candidate)
+            .execute(&mut *tx)
+            .await?;
+        let name: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'producer'")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let _ = self.inner.producer.set(name);
+        Ok(())
+    }
+
+    /// Starts a write transaction: the single writer connection, `BEGIN IMMEDIATE`.
+    async fn write(&self) -> Result<Transaction<'static, Sqlite>, Error> {
+        Ok(self.inner.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// The read pool.
+    fn reader(&self) -> &SqlitePool {
+        &self.inner.reader
+    }
+}
+
+#[cfg(test)]
+mod tests;

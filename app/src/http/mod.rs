@@ -1,1 +1,109 @@
-//! The HTTP API.
+//! The HTTP API (axum).
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /rides` | create a ride under an `Idempotency-Key` (reference 2.3) |
+//! | `GET /rides` | the caller's rides, newest first, paged with `?limit=` and `?before=` |
+//! | `GET /rides/{id}` | one of the caller's rides |
+//! | `GET /healthz` | 200 when the store answers, else 503 |
+//! | `GET /stats` | consumers' positions, totals and lags (from a [`StatsProvider`]) |
+//!
+//! # Design choices
+//!
+//! - Handlers are thin: they authenticate, validate in the reference's order (credentials, then
+//!   key, then parameters) and hand over to [`RideService`]; the service decides everything
+//!   else and answers with an [`crate::rides::ApiReply`].
+//! - Every response is JSON, including 404 for unknown routes and 405 for a wrong method, and
+//!   every error goes through [`ApiError`] (one status table, internals logged, not sent).
+//! - Handlers do not use extractors that can reject with axum's plain-text errors: the body,
+//!   the query and path parameters are read raw and decoded here, so a bad input always gets a
+//!   clear JSON 4xx and never a panic.
+//! - The client's address comes from [`ConnectInfo`] when the server provides it ([`serve`]
+//!   does), and defaults to `127.0.0.1` otherwise (tests with `oneshot`, the completer).
+
+mod error;
+mod handlers;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::routing::get;
+use ports::RideStore;
+
+use crate::rides::RideService;
+
+pub use error::ApiError;
+
+/// Something that can describe the system's progress for `GET /stats`.
+#[async_trait]
+pub trait StatsProvider: Send + Sync {
+    /// A JSON document: each consumer's position, total and lag, and whatever else helps.
+    async fn stats(&self) -> serde_json::Value;
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The ride service (`POST /rides`).
+    pub rides: Arc<RideService>,
+    /// The canonical store (authentication, reads, health).
+    pub store: Arc<dyn RideStore>,
+    /// The source of `GET /stats`; `None` answers 404.
+    pub stats: Option<Arc<dyn StatsProvider>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("rides", &self.rides)
+            .field("store", &self.store.describe())
+            .field("stats", &self.stats.is_some())
+            .finish()
+    }
+}
+
+/// The API's router, with JSON 404 and 405 fallbacks.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/rides",
+            get(handlers::list_rides).post(handlers::create_ride),
+        )
+        .route("/rides/{id}", get(handlers::get_ride))
+        .route("/healthz", get(handlers::healthz))
+        .route("/stats", get(handlers::stats))
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then drains in-flight requests.
+///
+/// Handlers see the client's address ([`ConnectInfo`]).
+///
+/// # Errors
+/// The I/O error that stopped the server.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "API listening");
+    }
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// The client's IP as text, `127.0.0.1` when the server did not record it.
+fn client_ip(info: Option<&ConnectInfo<SocketAddr>>) -> String {
+    info.map_or_else(|| "127.0.0.1".to_owned(), |ci| ci.0.ip().to_string())
+}

@@ -34,8 +34,14 @@ pub async fn postgres_url() -> String {
         }
         match Postgres::default().with_tag("15-alpine").start().await {
             Ok(c) => {
-                let port = c.get_host_port_ipv4(5432).await.unwrap_or_else(|e| panic!("{e}"));
-                (format!("postgres://postgres:postgres@127.0.0.1:{port}/postgres"), Some(c))
+                let port = c
+                    .get_host_port_ipv4(5432)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                (
+                    format!("postgres://postgres:postgres@127.0.0.1:{port}/postgres"),
+                    Some(c),
+                )
             }
             Err(e) => panic!("{}", how_to("Postgres", "RIDES_TEST_POSTGRES_URL", &e)),
         }
@@ -54,8 +60,10 @@ pub async fn redis_url() -> String {
             }
             match Redis::default().with_tag("7.2").start().await {
                 Ok(c) => {
-                    let port =
-                        c.get_host_port_ipv4(REDIS_PORT).await.unwrap_or_else(|e| panic!("{e}"));
+                    let port = c
+                        .get_host_port_ipv4(REDIS_PORT)
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
                     (format!("redis://127.0.0.1:{port}"), Some(c))
                 }
                 Err(e) => panic!("{}", how_to("Redis", "RIDES_TEST_REDIS_URL", &e)),
@@ -69,4 +77,40 @@ pub async fn redis_url() -> String {
 /// A unique, SQL-safe name for a test's schema, stream or key prefix.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+static KAFKA: OnceCell<(
+    String,
+    Option<ContainerAsync<testcontainers_modules::kafka::apache::Kafka>>,
+)> = OnceCell::const_new();
+
+/// Kafka bootstrap servers (`host:port[,host:port]`); tests use their own topics.
+pub async fn kafka_brokers() -> String {
+    use testcontainers_modules::kafka::apache;
+    KAFKA
+        .get_or_init(|| async {
+            if let Ok(brokers) = std::env::var("RIDES_TEST_KAFKA_BROKERS") {
+                return (brokers, None);
+            }
+            match apache::Kafka::default().start().await {
+                Ok(c) => {
+                    let port = c
+                        .get_host_port_ipv4(apache::KAFKA_PORT)
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    (format!("127.0.0.1:{port}"), Some(c))
+                }
+                Err(e) => panic!(
+                    "{}",
+                    how_to(
+                        "Kafka broker",
+                        "RIDES_TEST_KAFKA_BROKERS (scripts/services.sh starts tansu)",
+                        &e
+                    )
+                ),
+            }
+        })
+        .await
+        .0
+        .clone()
 }

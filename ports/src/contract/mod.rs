@@ -10,8 +10,26 @@
 //! ports::store_contract_tests!(Sqlite);
 //! ```
 //!
+//! | macro | factory | suites |
+//! |---|---|---|
+//! | [`log_contract_tests!`](crate::log_contract_tests) | [`LogFactory`] | [`log`] |
+//! | [`store_contract_tests!`](crate::store_contract_tests) | [`StoreFactory`] | [`store`] (store + outbox), [`consumer`] |
+//! | [`payment_contract_tests!`](crate::payment_contract_tests) | [`PaymentFactory`] | [`payment`] |
+//!
 //! Scenarios are plain `pub async fn name(factory: &dyn Factory)` functions that panic with a
 //! message naming the broken rule. Each one documents its preconditions.
+//!
+//! # Design choices
+//!
+//! - **Backend-neutral.** Scenarios use the port traits only. They never assume one lane, a
+//!   position encoding, or that a read returns everything at once: they read in a loop until
+//!   they have what they expect, and check order per `(producer, lane)`.
+//! - **Isolated.** Every scenario takes a `fresh()` log or store from the factory, so tests
+//!   run in parallel against one server without seeing each other.
+//! - **Bounded.** Every wait has an upper bound ([`fixtures::WAIT_LIMIT`]) and every scenario
+//!   one more ([`fixtures::SCENARIO_LIMIT`]), so a broken adapter fails instead of hanging.
+//!   Timing assertions are upper bounds only ("woke well before the 30 s timeout").
+//! - **One copy of the fixtures** ([`fixtures`]), shared by every backend.
 
 use std::sync::Arc;
 
@@ -20,8 +38,11 @@ pub use async_trait::async_trait;
 use crate::{ConsumerStore, Log, Outbox, PaymentGateway, RideStore};
 
 pub mod consumer;
+pub mod fixtures;
 pub mod log;
 pub mod payment;
+#[cfg(test)]
+mod self_check;
 pub mod store;
 
 /// Makes logs for the log contract.
@@ -61,4 +82,111 @@ pub trait StoreFactory: Send + Sync + 'static {
 pub trait PaymentFactory: Send + Sync + 'static {
     /// A gateway whose transient-error rate is zero.
     fn gateway(&self) -> Arc<dyn PaymentGateway>;
+}
+
+/// Stamps one test per `suite::scenario`; the common body of the three public macros.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __contract_tests {
+    ($factory:expr; $($suite:ident :: $name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let factory = $factory;
+                $crate::contract::fixtures::bounded(
+                    ::core::stringify!($name),
+                    $crate::contract::$suite::$name(&factory),
+                )
+                .await;
+            }
+        )*
+    };
+}
+
+/// Stamps one `#[tokio::test]` per scenario of [`contract::log`](crate::contract::log) for a
+/// [`LogFactory`](crate::contract::LogFactory) expression.
+///
+/// The calling crate needs `tokio` (features `macros`, `rt-multi-thread`) as a dev-dependency.
+///
+/// ```ignore
+/// ports::log_contract_tests!(MemoryLogs);
+/// ```
+#[macro_export]
+macro_rules! log_contract_tests {
+    ($factory:expr $(,)?) => {
+        $crate::__contract_tests!($factory;
+            log::append_then_read_in_order,
+            log::read_resumes_from_a_position,
+            log::read_respects_max,
+            log::read_waits_and_wakes_on_append,
+            log::read_on_empty_log_times_out_empty,
+            log::duplicates_are_kept,
+            log::lag_counts_records_after_a_position,
+            log::len_counts_records,
+            log::trim_never_removes_unread,
+            log::invalid_position_is_an_error,
+            log::double_send_leaves_fold_unchanged,
+            log::consumer_crash_before_commit_never_applies_twice,
+            log::concurrent_appenders_keep_per_producer_order,
+            log::reopen_keeps_records_and_positions,
+        );
+    };
+}
+
+/// Stamps one `#[tokio::test]` per scenario of [`contract::store`](crate::contract::store)
+/// (canonical store and outbox) and [`contract::consumer`](crate::contract::consumer) for a
+/// [`StoreFactory`](crate::contract::StoreFactory) expression.
+///
+/// The calling crate needs `tokio` (features `macros`, `rt-multi-thread`) as a dev-dependency.
+///
+/// ```ignore
+/// ports::store_contract_tests!(SqliteStores::default());
+/// ```
+#[macro_export]
+macro_rules! store_contract_tests {
+    ($factory:expr $(,)?) => {
+        $crate::__contract_tests!($factory;
+            store::fresh_store_has_the_reference_users,
+            store::begin_creates_a_locked_key_at_started,
+            store::begin_decisions,
+            store::concurrent_begins_with_one_key_have_one_winner,
+            store::phases_chain_to_finished,
+            store::run_phase_at_the_wrong_recovery_point_conflicts_and_writes_nothing,
+            store::run_phase_on_an_unknown_key_is_not_found,
+            store::unlock_clears_the_lock_only,
+            store::completer_eligibility,
+            store::reaper_deletes_old_keys_and_keeps_their_rides,
+            store::rides_for_user_newest_first_with_paging,
+            store::ride_by_id,
+            store::truth_counts_rides_distance_and_unfinished_keys,
+            store::outbox_peek_is_in_seq_order_and_remove_is_exact,
+            store::wait_staged_wakes_on_a_phase,
+            store::concurrent_writers_nothing_skipped_nothing_phantom,
+            store::store_survives_reopen,
+            consumer::register_is_idempotent_and_starts_at_start,
+            consumer::save_then_load,
+            consumer::save_with_a_stale_version_conflicts_and_changes_nothing,
+            consumer::list_returns_every_registered_consumer,
+        );
+    };
+}
+
+/// Stamps one `#[tokio::test]` per scenario of [`contract::payment`](crate::contract::payment)
+/// for a [`PaymentFactory`](crate::contract::PaymentFactory) expression.
+///
+/// The calling crate needs `tokio` (features `macros`, `rt-multi-thread`) as a dev-dependency.
+///
+/// ```ignore
+/// ports::payment_contract_tests!(FakeProcessor);
+/// ```
+#[macro_export]
+macro_rules! payment_contract_tests {
+    ($factory:expr $(,)?) => {
+        $crate::__contract_tests!($factory;
+            payment::success_returns_a_charge,
+            payment::same_key_same_charge,
+            payment::different_keys_different_charges,
+            payment::declined_card_for_the_bad_source_user,
+        );
+    };
 }

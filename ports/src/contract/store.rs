@@ -1,1 +1,918 @@
-//! Scenarios for the store contract.
+//! Scenarios for the store contract ([`crate::RideStore`]) and the outbox contract
+//! ([`crate::Outbox`]).
+//!
+//! Timestamps are passed in by the scenarios (`now_ms`), so the key life cycle (locks that go
+//! stale, completer and reaper thresholds) is checked without waiting: a key "created 72 h
+//! ago" is simply a key put with that `created_at_ms`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use domain::{KeyRecord, LogRecord, Phase, RecoveryPoint, StoredResponse, Thresholds};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::fixtures::{
+    BAD_SOURCE_USER, USER, begin_request, create_ride, finish, hello_response, is_conflict,
+    key_fixture, key_text, now_ms, params, proceed, ride_for, user, within,
+};
+use super::{StoreFactory, StoreUnderTest};
+use crate::{Begun, StoreError, Truth};
+
+async fn key_of(sut: &StoreUnderTest, user_id: i64, key: &str) -> Option<KeyRecord> {
+    sut.store
+        .key(user_id, key)
+        .await
+        .unwrap_or_else(|e| panic!("key({user_id}, {key}) failed: {e}"))
+}
+
+async fn truth(sut: &StoreUnderTest) -> Truth {
+    sut.store
+        .truth()
+        .await
+        .unwrap_or_else(|e| panic!("truth failed: {e}"))
+}
+
+async fn staged(sut: &StoreUnderTest) -> u64 {
+    sut.outbox
+        .staged()
+        .await
+        .unwrap_or_else(|e| panic!("staged failed: {e}"))
+}
+
+async fn peek(sut: &StoreUnderTest, max: usize) -> Vec<LogRecord> {
+    sut.outbox
+        .peek(max)
+        .await
+        .unwrap_or_else(|e| panic!("peek({max}) failed: {e}"))
+}
+
+async fn put_key(sut: &StoreUnderTest, key: &KeyRecord) -> KeyRecord {
+    sut.store
+        .put_key(key)
+        .await
+        .unwrap_or_else(|e| panic!("put_key of a new key must succeed: {e}"))
+}
+
+fn assert_strictly_increasing(records: &[LogRecord], rule: &str) {
+    for w in records.windows(2) {
+        assert!(
+            w[0].seq < w[1].seq,
+            "{rule}: seq {} came before seq {}",
+            w[0].seq,
+            w[1].seq
+        );
+    }
+}
+
+/// Rule: a fresh store holds the two reference users; an unknown email is `None`;
+/// `ensure_user` creates a user once and then returns the same one.
+/// Preconditions: a fresh store.
+pub async fn fresh_store_has_the_reference_users(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let good = user(&sut, USER).await;
+    let bad = user(&sut, BAD_SOURCE_USER).await;
+    assert_eq!(good.email, USER, "user_by_email returned another email");
+    assert_eq!(
+        bad.email, BAD_SOURCE_USER,
+        "user_by_email returned another email"
+    );
+    assert_ne!(
+        good.id, bad.id,
+        "the reference users must have distinct ids"
+    );
+    let nobody = sut.store.user_by_email("nobody@example.com").await;
+    assert_eq!(nobody, Ok(None), "an unknown email must be None");
+    let again = sut.store.ensure_user(USER).await;
+    assert_eq!(
+        again,
+        Ok(good),
+        "ensure_user of an existing email must return that user"
+    );
+    let new = sut
+        .store
+        .ensure_user("contract-new@example.com")
+        .await
+        .unwrap_or_else(|e| panic!("ensure_user of a new email must succeed: {e}"));
+    assert_eq!(new.email, "contract-new@example.com");
+    assert_eq!(
+        sut.store.ensure_user("contract-new@example.com").await,
+        Ok(new.clone()),
+        "ensure_user must be idempotent"
+    );
+    assert_eq!(
+        sut.store.user_by_email("contract-new@example.com").await,
+        Ok(Some(new)),
+        "an ensured user must be found by email"
+    );
+}
+
+/// Rule: phase 1 with a new key inserts it locked at `started`, with the request's
+/// parameters, method and path, created and last run now.
+/// Preconditions: a fresh store.
+pub async fn begin_creates_a_locked_key_at_started(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let now = now_ms();
+    let text = key_text("begin");
+    let k = proceed(&sut, &begin_request(u.id, &text, params(1), now)).await;
+    let expected = KeyRecord {
+        id: k.id,
+        locked_at_ms: Some(now),
+        ..key_fixture(u.id, &text, params(1), now)
+    };
+    assert_eq!(k, expected, "a new key must be locked at `started`");
+    assert_eq!(
+        key_of(&sut, u.id, &text).await,
+        Some(expected),
+        "the new key must be stored as returned"
+    );
+    assert_eq!(
+        key_of(&sut, u.id + 1_000_000, &text).await,
+        None,
+        "keys are scoped per user"
+    );
+}
+
+/// Rule (reference 2.5): other parameters → `Mismatch`; a live lock → `InProgress` (both
+/// write nothing); a lock older than `lock_timeout_ms` → `Proceed`, taking the lock and
+/// bumping `last_run_at`; a finished key → `Replay` of exactly its stored response.
+/// Preconditions: a fresh store.
+pub async fn begin_decisions(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let t = Thresholds::default();
+    let now = now_ms();
+    let text = key_text("decide");
+    let created = proceed(&sut, &begin_request(u.id, &text, params(1), now)).await;
+
+    let mismatch = sut
+        .store
+        .begin(&begin_request(u.id, &text, params(2), now + 1_000))
+        .await;
+    assert_eq!(
+        mismatch,
+        Ok(Begun::Mismatch),
+        "other parameters must be a Mismatch"
+    );
+    let busy = sut
+        .store
+        .begin(&begin_request(u.id, &text, params(1), now + 1_000))
+        .await;
+    assert_eq!(
+        busy,
+        Ok(Begun::InProgress),
+        "a locked key must be InProgress"
+    );
+    assert_eq!(
+        key_of(&sut, u.id, &text).await,
+        Some(created.clone()),
+        "Mismatch and InProgress must write nothing"
+    );
+
+    let later = now + t.lock_timeout_ms + 1;
+    let resumed = proceed(&sut, &begin_request(u.id, &text, params(1), later)).await;
+    assert_eq!(
+        resumed,
+        KeyRecord {
+            locked_at_ms: Some(later),
+            last_run_at_ms: later,
+            ..created
+        },
+        "a stale lock must be taken over, bumping last_run_at and nothing else"
+    );
+    assert_eq!(key_of(&sut, u.id, &text).await, Some(resumed));
+
+    let done_text = key_text("done");
+    let mut done = key_fixture(u.id, &done_text, params(1), now);
+    done.recovery_point = RecoveryPoint::Finished;
+    done.response = Some(hello_response());
+    let done = put_key(&sut, &done).await;
+    let replay = sut
+        .store
+        .begin(&begin_request(u.id, &done_text, params(1), now))
+        .await;
+    assert_eq!(
+        replay,
+        Ok(Begun::Replay(hello_response())),
+        "a finished key must replay its stored response"
+    );
+    assert_eq!(
+        key_of(&sut, u.id, &done_text).await,
+        Some(done),
+        "a replay must write nothing"
+    );
+}
+
+/// Rule: of 8 concurrent phase-1 calls with one new key exactly one proceeds; the others get
+/// `InProgress` or [`StoreError::Conflict`], and one key exists afterwards.
+/// Preconditions: a fresh store.
+pub async fn concurrent_begins_with_one_key_have_one_winner(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let text = key_text("race");
+    let req = begin_request(u.id, &text, params(1), now_ms());
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = Arc::clone(&sut.store);
+        let req = req.clone();
+        tasks.push(tokio::spawn(async move { store.begin(&req).await }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        match within("a concurrent begin", t).await {
+            Ok(Ok(Begun::Proceed(_))) => winners += 1,
+            Ok(Ok(Begun::InProgress)) => {}
+            Ok(Err(e)) if is_conflict(&e) => {}
+            other => panic!("a losing begin must be InProgress or Conflict, got {other:?}"),
+        }
+    }
+    assert_eq!(winners, 1, "exactly one concurrent begin must Proceed");
+    assert!(
+        key_of(&sut, u.id, &text).await.is_some(),
+        "the key must exist"
+    );
+    assert_eq!(
+        truth(&sut).await.unfinished_keys,
+        1,
+        "concurrent begins must leave exactly one key"
+    );
+}
+
+/// Rule: the phases chain `started → ride_created → charge_created → finished`; each commits
+/// its ride write, key transition and staged records; the outbox then holds exactly
+/// `ride.created`, `ride.charged`, `receipt.requested` about the ride, under the outbox's
+/// producer, with strictly increasing seqs.
+/// Preconditions: a fresh store.
+pub async fn phases_chain_to_finished(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let now = now_ms();
+    let p = params(3);
+    let k = proceed(&sut, &begin_request(u.id, &key_text("chain"), p, now)).await;
+
+    let phase = Phase::create_ride(&k, "127.0.0.1", None);
+    let k1 = sut
+        .store
+        .run_phase(k.id, RecoveryPoint::Started, &phase, now)
+        .await
+        .unwrap_or_else(|e| panic!("create_ride from `started` must commit: {e}"));
+    assert_eq!(k1.recovery_point, RecoveryPoint::RideCreated);
+    assert!(k1.locked_at_ms.is_some(), "a recovery point keeps the lock");
+    let ride = ride_for(&sut, k.id).await;
+    assert_eq!(ride.distance_mm, p.distance_mm(), "the ride's distance");
+    assert_eq!(ride.user_id, u.id, "the ride's owner");
+    assert_eq!(ride.params, p, "the ride's parameters");
+    assert_eq!(ride.idempotency_key_id, Some(k.id), "the ride's key");
+    assert_eq!(ride.charge_id, None, "a new ride is not charged");
+
+    finish(&sut, &k1, &ride, "ch_contract_chain").await;
+    let done = key_of(&sut, u.id, &k.key)
+        .await
+        .unwrap_or_else(|| panic!("key vanished"));
+    assert_eq!(done.recovery_point, RecoveryPoint::Finished);
+    assert_eq!(done.locked_at_ms, None, "finishing releases the lock");
+    assert_eq!(
+        done.response,
+        Some(StoredResponse::created()),
+        "finished response"
+    );
+    assert_eq!(
+        ride_for(&sut, k.id).await.charge_id.as_deref(),
+        Some("ch_contract_chain"),
+        "the charged phase stores the charge id"
+    );
+
+    let staged_records = peek(&sut, 100).await;
+    let kinds: Vec<&str> = staged_records.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["ride.created", "ride.charged", "receipt.requested"],
+        "the outbox must hold exactly the three records of the chain, in order"
+    );
+    let producer = sut.outbox.producer();
+    for r in &staged_records {
+        assert_eq!(
+            r.payload["ride_id"], ride.id,
+            "staged records carry the ride id"
+        );
+        assert_eq!(
+            r.producer, producer,
+            "staged records carry the outbox's producer"
+        );
+    }
+    assert_strictly_increasing(&staged_records, "staged records");
+    assert_eq!(staged(&sut).await, 3, "staged() counts the staged records");
+    assert_eq!(
+        truth(&sut).await,
+        Truth {
+            rides: 1,
+            distance_mm: p.distance_mm(),
+            unfinished_keys: 0
+        }
+    );
+}
+
+/// Rule: `run_phase` with a key that is not at `expected` fails with
+/// [`StoreError::Conflict`] and writes nothing (no ride, no staged record, key unchanged),
+/// including a retry of a phase that already committed.
+/// Preconditions: a fresh store.
+pub async fn run_phase_at_the_wrong_recovery_point_conflicts_and_writes_nothing(
+    f: &dyn StoreFactory,
+) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let now = now_ms();
+    let k = proceed(
+        &sut,
+        &begin_request(u.id, &key_text("wrong"), params(1), now),
+    )
+    .await;
+    let phase = Phase::create_ride(&k, "127.0.0.1", None);
+    let wrong = sut
+        .store
+        .run_phase(k.id, RecoveryPoint::RideCreated, &phase, now)
+        .await;
+    assert!(
+        matches!(wrong, Err(StoreError::Conflict(_))),
+        "a phase at the wrong recovery point must be a Conflict, got {wrong:?}"
+    );
+    assert_eq!(
+        key_of(&sut, u.id, &k.key).await,
+        Some(k.clone()),
+        "key changed"
+    );
+    assert_eq!(
+        sut.store.ride_for_key(k.id).await,
+        Ok(None),
+        "a ride was written"
+    );
+    assert_eq!(staged(&sut).await, 0, "a record was staged");
+    assert_eq!(
+        truth(&sut).await,
+        Truth {
+            unfinished_keys: 1,
+            ..Truth::default()
+        }
+    );
+
+    let k1 = sut
+        .store
+        .run_phase(k.id, RecoveryPoint::Started, &phase, now)
+        .await
+        .unwrap_or_else(|e| panic!("create_ride from `started` must commit: {e}"));
+    let before = (truth(&sut).await, peek(&sut, 100).await);
+    let again = sut
+        .store
+        .run_phase(k.id, RecoveryPoint::Started, &phase, now)
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::Conflict(_))),
+        "re-running a committed phase must be a Conflict, got {again:?}"
+    );
+    assert_eq!(
+        (truth(&sut).await, peek(&sut, 100).await),
+        before,
+        "a conflicting phase must not write a second ride or record"
+    );
+    assert_eq!(key_of(&sut, u.id, &k.key).await, Some(k1), "key changed");
+}
+
+/// Rule: `run_phase` on a key that does not exist fails with [`StoreError::NotFound`].
+/// Preconditions: a fresh store.
+pub async fn run_phase_on_an_unknown_key_is_not_found(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let now = now_ms();
+    let ghost = KeyRecord {
+        id: 987_654_321,
+        ..key_fixture(u.id, &key_text("ghost"), params(1), now)
+    };
+    let phase = Phase::create_ride(&ghost, "127.0.0.1", None);
+    let r = sut
+        .store
+        .run_phase(ghost.id, RecoveryPoint::Started, &phase, now)
+        .await;
+    assert!(
+        matches!(r, Err(StoreError::NotFound(_))),
+        "run_phase on an unknown key must be NotFound, got {r:?}"
+    );
+    assert_eq!(staged(&sut).await, 0, "a failed phase staged a record");
+    assert_eq!(truth(&sut).await, Truth::default(), "a failed phase wrote");
+}
+
+/// Rule: `unlock` clears the lock and nothing else; the key can then be resumed at once.
+/// Preconditions: a fresh store.
+pub async fn unlock_clears_the_lock_only(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let now = now_ms();
+    let (k, _) = create_ride(&sut, u.id, params(1), now).await;
+    assert!(k.locked_at_ms.is_some(), "precondition: the key is locked");
+    sut.store
+        .unlock(k.id)
+        .await
+        .unwrap_or_else(|e| panic!("unlock failed: {e}"));
+    assert_eq!(
+        key_of(&sut, u.id, &k.key).await,
+        Some(KeyRecord {
+            locked_at_ms: None,
+            ..k.clone()
+        }),
+        "unlock must clear the lock and change nothing else"
+    );
+    let resumed = proceed(&sut, &begin_request(u.id, &k.key, params(1), now + 1)).await;
+    assert_eq!(
+        resumed.recovery_point,
+        RecoveryPoint::RideCreated,
+        "a resumed key continues from its recovery point"
+    );
+}
+
+/// Rule (reference 2.12, completer): a key created 301 s ago, last run 61 s ago, unlocked and
+/// unfinished is listed with its user; one created now, run now, finished or freshly locked
+/// is not; an empty store lists nothing.
+/// Preconditions: a fresh store.
+pub async fn completer_eligibility(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let t = Thresholds::default();
+    let now = now_ms();
+    let list = |now| {
+        let store = Arc::clone(&sut.store);
+        async move {
+            store
+                .completable_keys(now, &t, 1000)
+                .await
+                .unwrap_or_else(|e| panic!("completable_keys failed: {e}"))
+        }
+    };
+    assert!(
+        list(now).await.is_empty(),
+        "an empty store has nothing to complete"
+    );
+
+    let old = |tag: &str| {
+        let mut k = key_fixture(u.id, &key_text(tag), params(1), now - 301_000);
+        k.last_run_at_ms = now - 61_000;
+        k
+    };
+    let eligible = put_key(&sut, &old("eligible")).await;
+    let mut young = old("young");
+    young.created_at_ms = now;
+    put_key(&sut, &young).await;
+    let mut recent = old("recent");
+    recent.last_run_at_ms = now;
+    put_key(&sut, &recent).await;
+    let mut finished = old("finished");
+    finished.recovery_point = RecoveryPoint::Finished;
+    finished.response = Some(StoredResponse::created());
+    put_key(&sut, &finished).await;
+    let mut locked = old("locked");
+    locked.locked_at_ms = Some(now);
+    put_key(&sut, &locked).await;
+
+    let listed = list(now).await;
+    let ids: Vec<i64> = listed.iter().map(|(k, _)| k.id).collect();
+    assert_eq!(
+        ids,
+        [eligible.id],
+        "only the key created 301 s ago and run 61 s ago is completable"
+    );
+    assert_eq!(listed[0].0, eligible, "the completable key as stored");
+    assert_eq!(listed[0].1, u, "a completable key comes with its user");
+}
+
+/// Rule (reference 2.8): the reaper deletes keys created more than 72 h ago (whatever their
+/// recovery point) and keeps younger ones; rides of a reaped key stay, with their key
+/// reference cleared.
+/// Preconditions: a fresh store.
+pub async fn reaper_deletes_old_keys_and_keeps_their_rides(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let t = Thresholds::default();
+    let now = now_ms();
+    let reap = || async {
+        sut.store
+            .reap_keys(now, &t, 1000)
+            .await
+            .unwrap_or_else(|e| panic!("reap_keys failed: {e}"))
+    };
+    assert_eq!(reap().await, 0, "an empty store has nothing to reap");
+    let (old, ride) = create_ride(&sut, u.id, params(1), now - t.reap_after_ms - 1_000).await;
+    let young = put_key(&sut, &key_fixture(u.id, &key_text("young"), params(1), now)).await;
+    assert_eq!(
+        reap().await,
+        1,
+        "exactly the key created 72 h + 1 s ago is reaped"
+    );
+    assert_eq!(
+        key_of(&sut, u.id, &old.key).await,
+        None,
+        "the reaped key is gone"
+    );
+    assert_eq!(
+        key_of(&sut, u.id, &young.key).await,
+        Some(young),
+        "a key created now must not be reaped"
+    );
+    assert_eq!(
+        sut.store.ride(ride.id).await,
+        Ok(Some(crate::RideRow {
+            idempotency_key_id: None,
+            ..ride
+        })),
+        "the ride of a reaped key stays, with its key reference cleared"
+    );
+    assert_eq!(reap().await, 0, "nothing left to reap");
+}
+
+/// Rule: `rides_for_user` lists one user's rides newest first (decreasing ids), at most
+/// `limit`, and pages with `before_id` without duplicates or gaps.
+/// Preconditions: a fresh store.
+pub async fn rides_for_user_newest_first_with_paging(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let other = user(&sut, BAD_SOURCE_USER).await;
+    let now = now_ms();
+    let mut created = Vec::new();
+    for n in 0..5 {
+        created.push(create_ride(&sut, u.id, params(n), now).await.1);
+    }
+    create_ride(&sut, other.id, params(9), now).await;
+    let page = |before, limit| {
+        let store = Arc::clone(&sut.store);
+        async move {
+            store
+                .rides_for_user(u.id, before, limit)
+                .await
+                .unwrap_or_else(|e| panic!("rides_for_user failed: {e}"))
+        }
+    };
+    let all = page(None, 10).await;
+    let mut expected = created.clone();
+    expected.sort_by_key(|r| std::cmp::Reverse(r.id));
+    assert_eq!(
+        all, expected,
+        "a user's rides, newest first, and only theirs"
+    );
+
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let p = page(before, 2).await;
+        assert!(p.len() <= 2, "rides_for_user must respect its limit");
+        let Some(last) = p.last() else { break };
+        before = Some(last.id);
+        paged.extend(p);
+    }
+    assert_eq!(
+        paged, expected,
+        "paging with before_id must list every ride once"
+    );
+}
+
+/// Rule: `ride(id)` returns the stored ride, and `None` for an unknown id.
+/// Preconditions: a fresh store.
+pub async fn ride_by_id(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let (_, ride) = create_ride(&sut, u.id, params(4), now_ms()).await;
+    assert_eq!(
+        sut.store.ride(ride.id).await,
+        Ok(Some(ride.clone())),
+        "ride by id"
+    );
+    assert_eq!(
+        sut.store.ride(ride.id + 1_000_000).await,
+        Ok(None),
+        "an unknown ride id must be None"
+    );
+}
+
+/// Rule: `truth` counts rides, the sum of their distances, and keys not yet finished.
+/// Preconditions: a fresh store.
+pub async fn truth_counts_rides_distance_and_unfinished_keys(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let now = now_ms();
+    assert_eq!(
+        truth(&sut).await,
+        Truth::default(),
+        "a fresh store is empty"
+    );
+    let (k1, r1) = create_ride(&sut, u.id, params(1), now).await;
+    let (_, r2) = create_ride(&sut, u.id, params(2), now).await;
+    proceed(
+        &sut,
+        &begin_request(u.id, &key_text("idle"), params(3), now),
+    )
+    .await;
+    finish(&sut, &k1, &r1, "ch_contract_truth").await;
+    let mut done = key_fixture(u.id, &key_text("done"), params(1), now);
+    done.recovery_point = RecoveryPoint::Finished;
+    done.response = Some(hello_response());
+    put_key(&sut, &done).await;
+    assert_eq!(
+        truth(&sut).await,
+        Truth {
+            rides: 2,
+            distance_mm: r1.distance_mm + r2.distance_mm,
+            unfinished_keys: 2,
+        },
+        "truth: 2 rides, their distance, and the 2 keys not finished"
+    );
+}
+
+/// Rule: `peek` returns staged records in increasing seq order without removing them;
+/// `remove` removes exactly the given seqs (not "everything up to"), and counts only what it
+/// removed; `staged` counts what is left.
+/// Preconditions: a fresh store.
+pub async fn outbox_peek_is_in_seq_order_and_remove_is_exact(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let now = now_ms();
+    assert!(peek(&sut, 10).await.is_empty(), "a fresh outbox is empty");
+    for n in 0..5 {
+        create_ride(&sut, u.id, params(n), now).await;
+    }
+    let all = peek(&sut, 100).await;
+    assert_eq!(all.len(), 5, "five phases staged five records");
+    assert_strictly_increasing(&all, "peek");
+    assert_eq!(
+        peek(&sut, 2).await,
+        all[..2],
+        "peek(2) returns the two lowest seqs"
+    );
+    assert_eq!(peek(&sut, 100).await, all, "peek must not remove");
+    assert_eq!(staged(&sut).await, 5);
+
+    let remove = |seqs: Vec<u64>| {
+        let outbox = Arc::clone(&sut.outbox);
+        async move {
+            outbox
+                .remove(&seqs)
+                .await
+                .unwrap_or_else(|e| panic!("remove failed: {e}"))
+        }
+    };
+    assert_eq!(
+        remove(vec![all[1].seq, all[3].seq]).await,
+        2,
+        "remove two seqs"
+    );
+    let left = peek(&sut, 100).await;
+    assert_eq!(
+        left,
+        [all[0].clone(), all[2].clone(), all[4].clone()],
+        "remove must delete exactly the given seqs"
+    );
+    assert_eq!(staged(&sut).await, 3);
+    assert_eq!(
+        remove(vec![all[1].seq, all[3].seq]).await,
+        0,
+        "removing removed seqs removes nothing"
+    );
+    let rest: Vec<u64> = left.iter().map(|r| r.seq).collect();
+    assert_eq!(remove(rest).await, 3);
+    assert_eq!(staged(&sut).await, 0);
+    assert!(peek(&sut, 100).await.is_empty(), "the outbox is drained");
+}
+
+/// Rule: `wait_staged` returns soon after a phase stages records, well before its timeout
+/// (a 30 s wait must return within 10 s).
+/// Preconditions: a fresh store.
+pub async fn wait_staged_wakes_on_a_phase(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let waiter = {
+        let outbox = Arc::clone(&sut.outbox);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            outbox.wait_staged(Duration::from_secs(30)).await;
+            started.elapsed()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    create_ride(&sut, u.id, params(1), now_ms()).await;
+    let elapsed = within("wait_staged after a phase", waiter)
+        .await
+        .unwrap_or_else(|e| panic!("waiter task panicked: {e}"));
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "wait_staged must wake when a phase stages records, but took {elapsed:?}"
+    );
+}
+
+/// What the concurrent-writers scenario observed.
+#[derive(Default)]
+struct Drained {
+    seqs: Vec<u64>,
+    ride_ids: Vec<i64>,
+}
+
+/// Rule (invariant 4): with 16 concurrent writers (random delays, about one phase in five
+/// failing on purpose and rolling back) and one drainer that peeks and removes, the drainer
+/// sees seqs strictly increasing across the whole run, and exactly the rides of the
+/// committed phases: zero skipped, zero phantom. `truth().rides` agrees.
+/// Preconditions: a fresh store. A correct phase that loses a race ([`StoreError::Conflict`])
+/// counts as rolled back, as the trait allows.
+pub async fn concurrent_writers_nothing_skipped_nothing_phantom(f: &dyn StoreFactory) {
+    const WRITERS: u64 = 16;
+    const PHASES: u64 = 40;
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let done = Arc::new(AtomicBool::new(false));
+
+    let drainer = {
+        let outbox = Arc::clone(&sut.outbox);
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut seen = Drained::default();
+            loop {
+                let finished = done.load(Ordering::SeqCst);
+                let batch = outbox
+                    .peek(100)
+                    .await
+                    .unwrap_or_else(|e| panic!("peek under load failed: {e}"));
+                if batch.is_empty() {
+                    if finished {
+                        return seen;
+                    }
+                    outbox.wait_staged(Duration::from_millis(20)).await;
+                    continue;
+                }
+                let seqs: Vec<u64> = batch.iter().map(|r| r.seq).collect();
+                for r in &batch {
+                    if let Some(last) = seen.seqs.last() {
+                        assert!(
+                            *last < r.seq,
+                            "outbox returned seq {} after seq {last} was drained (a skip)",
+                            r.seq
+                        );
+                    }
+                    seen.seqs.push(r.seq);
+                    let id = r.payload["ride_id"]
+                        .as_i64()
+                        .unwrap_or_else(|| panic!("a staged record without ride_id: {r:?}"));
+                    seen.ride_ids.push(id);
+                }
+                let removed = outbox
+                    .remove(&seqs)
+                    .await
+                    .unwrap_or_else(|e| panic!("remove under load failed: {e}"));
+                assert_eq!(
+                    removed,
+                    seqs.len() as u64,
+                    "remove must remove what was peeked"
+                );
+            }
+        })
+    };
+
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let sut = sut.clone();
+        writers.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(0x5eed + w);
+            let mut created = Vec::new();
+            for i in 0..PHASES {
+                let n = (w * PHASES + i) as u32;
+                let req = begin_request(u.id, &key_text("load"), params(n), now_ms());
+                let key = match sut.store.begin(&req).await {
+                    Ok(Begun::Proceed(k)) => k,
+                    Err(e) if is_conflict(&e) => continue,
+                    other => panic!("begin with a unique new key must Proceed, got {other:?}"),
+                };
+                let pause = rng.random_range(0..=3);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                let fail = rng.random_ratio(1, 5);
+                let expected = if fail {
+                    RecoveryPoint::RideCreated
+                } else {
+                    RecoveryPoint::Started
+                };
+                let phase = Phase::create_ride(&key, "127.0.0.1", None);
+                match sut
+                    .store
+                    .run_phase(key.id, expected, &phase, now_ms())
+                    .await
+                {
+                    Ok(_) if fail => panic!("a phase at the wrong recovery point committed"),
+                    Ok(_) => created.push(ride_for(&sut, key.id).await.id),
+                    Err(e) if is_conflict(&e) => {}
+                    Err(e) => panic!("a phase under load failed with a non-conflict: {e}"),
+                }
+            }
+            created
+        }));
+    }
+    let mut created = BTreeSet::new();
+    for w in writers {
+        let ids = within("a writer task", w)
+            .await
+            .unwrap_or_else(|e| panic!("writer task panicked: {e}"));
+        created.extend(ids);
+    }
+    done.store(true, Ordering::SeqCst);
+    let drained = within("the drainer", drainer)
+        .await
+        .unwrap_or_else(|e| panic!("drainer task panicked: {e}"));
+
+    let drained_ids: BTreeSet<i64> = drained.ride_ids.iter().copied().collect();
+    assert_eq!(
+        drained_ids.len(),
+        drained.ride_ids.len(),
+        "a ride's record was drained twice"
+    );
+    let skipped: Vec<_> = created.difference(&drained_ids).collect();
+    let phantom: Vec<_> = drained_ids.difference(&created).collect();
+    assert!(
+        skipped.is_empty() && phantom.is_empty(),
+        "drained records must match committed phases: skipped {skipped:?}, phantom {phantom:?}"
+    );
+    assert!(!created.is_empty(), "no phase committed at all");
+    assert_eq!(
+        truth(&sut).await.rides,
+        created.len() as u64,
+        "truth must count exactly the committed rides"
+    );
+}
+
+/// Rule: a reopened store (a process killed and restarted) still has its keys, rides, staged
+/// records and consumer checkpoints, and keeps sequencing above the seqs it handed out.
+/// Preconditions: a fresh store; skipped when the factory's `reopen` returns `None` (memory).
+pub async fn store_survives_reopen(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let now = now_ms();
+    let (k1, r1) = create_ride(&sut, u.id, params(1), now).await;
+    finish(&sut, &k1, &r1, "ch_contract_reopen").await;
+    let (k2, r2) = create_ride(&sut, u.id, params(2), now).await;
+    let position = crate::Position::new("contract-position-7");
+    let state = serde_json::json!({"rides": 2});
+    sut.consumers
+        .save("contract-consumer", 0, &position, &state, now)
+        .await
+        .unwrap_or_else(|e| panic!("consumer save failed: {e}"));
+    let before_keys = (
+        key_of(&sut, u.id, &k1.key).await,
+        key_of(&sut, u.id, &k2.key).await,
+    );
+    let before_r1 = sut.store.ride(r1.id).await.ok().flatten();
+    assert_eq!(
+        before_r1.as_ref().and_then(|r| r.charge_id.as_deref()),
+        Some("ch_contract_reopen"),
+        "precondition: the first ride is charged"
+    );
+    let before_staged = peek(&sut, 100).await;
+    let before_truth = truth(&sut).await;
+    let before_consumer = sut.consumers.load("contract-consumer").await;
+
+    let Some(sut) = f.reopen(sut).await else {
+        return;
+    };
+    assert_eq!(
+        (
+            key_of(&sut, u.id, &k1.key).await,
+            key_of(&sut, u.id, &k2.key).await
+        ),
+        before_keys,
+        "keys lost or changed across a restart"
+    );
+    assert_eq!(
+        sut.store.ride_for_key(k1.id).await,
+        Ok(before_r1),
+        "a charged ride lost or changed across a restart"
+    );
+    assert_eq!(
+        sut.store.ride(r2.id).await,
+        Ok(Some(r2)),
+        "ride lost across a restart"
+    );
+    assert_eq!(
+        peek(&sut, 100).await,
+        before_staged,
+        "staged records lost across a restart"
+    );
+    assert_eq!(
+        truth(&sut).await,
+        before_truth,
+        "truth changed across a restart"
+    );
+    assert_eq!(
+        sut.consumers.load("contract-consumer").await,
+        before_consumer,
+        "a consumer checkpoint lost across a restart"
+    );
+
+    create_ride(&sut, u.id, params(3), now).await;
+    let after = peek(&sut, 100).await;
+    let last_before = before_staged.last().map(|r| r.seq).unwrap_or_default();
+    assert!(
+        after.last().is_some_and(|r| r.seq > last_before),
+        "a restarted store must sequence new records above the ones it handed out"
+    );
+}

@@ -1,0 +1,235 @@
+//! The Postgres-only log: the store's outbox table, read by seq.
+//!
+//! Positions are the decimal seq of the last record read (`""` is the start); there is one
+//! lane. Reads run the sequencer first, then return `seq > position` in seq order, and wait on
+//! `LISTEN` (or poll, in poll-only mode) when there is nothing yet. Trimming deletes what every
+//! checkpoint has passed. Records appended from another store keep their producer and
+//! producer seq, so consumers' duplicate rule works across a change of log backend.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::LogRecord;
+use ports::{Batch, Delivery, Log, LogError, Position, StoreError};
+use tokio::time::Instant;
+
+use super::error::PgError;
+use super::outbox::{RECORD_COLUMNS, insert, record_from_row};
+use super::{PgOptions, PostgresStore};
+
+/// The log over a Postgres store's outbox table. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct PostgresLog {
+    store: PostgresStore,
+}
+
+/// Parses a position: start, or the decimal seq of the last record read.
+fn parse_position(p: &Position) -> Result<i64, LogError> {
+    if p.is_start() {
+        return Ok(0);
+    }
+    let s = p.as_str();
+    if !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(LogError::InvalidPosition(s.to_owned()));
+    }
+    s.parse::<i64>()
+        .map_err(|_| LogError::InvalidPosition(s.to_owned()))
+}
+
+impl PostgresLog {
+    /// Connects to `url` with its own pool (see [`PostgresStore::connect`]); the log lives in
+    /// the store's outbox table, so `url` and `opts.schema` name the store.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`] when the server cannot be reached; [`LogError::Other`] for
+    /// a bad URL, a failed migration or an unmigrated database.
+    pub async fn connect(url: &str, opts: PgOptions) -> Result<Self, LogError> {
+        let store = PostgresStore::connect(url, opts)
+            .await
+            .map_err(|e| match e {
+                StoreError::Unavailable(m) | StoreError::Conflict(m) => LogError::Unavailable(m),
+                StoreError::NotFound(m) | StoreError::Other(m) => LogError::Other(m),
+            })?;
+        Ok(Self::from_store(store))
+    }
+
+    pub(crate) fn from_store(store: PostgresStore) -> Self {
+        Self { store }
+    }
+
+    /// The store whose outbox this log reads.
+    pub fn store(&self) -> &PostgresStore {
+        &self.store
+    }
+
+    /// How long the log is being held back right now: the age of the oldest open transaction
+    /// in this database that holds a transaction id (it has written something), other than
+    /// this call's own; `None` when there is none.
+    ///
+    /// In this adapter's scheme a long transaction delays only *its own* staged records (they
+    /// are sequenced when it commits); records of transactions that commit after it are
+    /// sequenced and delivered at once. The metric is still what operators watch: it bounds
+    /// how late a committed record can appear, and long write transactions also stall
+    /// vacuum.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`] when the server cannot be reached.
+    pub async fn held_back(&self) -> Result<Option<Duration>, LogError> {
+        let secs: Option<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM (now() - min(xact_start)))::float8 \
+             FROM pg_stat_activity \
+             WHERE datname = current_database() AND backend_xid IS NOT NULL \
+               AND state <> 'idle' AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(self.store.pool())
+        .await
+        .map_err(PgError::from)?;
+        Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
+    }
+
+    /// Reads, returning the records with their log seqs (the record's own `seq` is its
+    /// producer seq, which differs for appended records).
+    async fn read_batch(&self, after: i64, max: usize) -> Result<Option<Batch>, PgError> {
+        self.store.sequence().await?;
+        let sql = format!(
+            "SELECT seq AS log_seq, {RECORD_COLUMNS} FROM outbox WHERE seq > $1 \
+             ORDER BY seq LIMIT $2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(after)
+            .bind(i64::try_from(max).unwrap_or(i64::MAX))
+            .fetch_all(self.store.pool())
+            .await?;
+        let Some(last) = rows.last() else {
+            return Ok(None);
+        };
+        let last: i64 = sqlx::Row::try_get(last, "log_seq")?;
+        let producer = &self.store.inner.producer;
+        let deliveries = rows
+            .iter()
+            .map(|r| record_from_row(r, producer).map(|record| Delivery { lane: 0, record }))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Batch {
+            deliveries,
+            next: Position::new(last.to_string()),
+        }))
+    }
+}
+
+#[async_trait]
+impl Log for PostgresLog {
+    fn describe(&self) -> String {
+        self.store.inner.describe.clone()
+    }
+
+    async fn ping(&self) -> Result<(), LogError> {
+        sqlx::query("SELECT 1")
+            .execute(self.store.pool())
+            .await
+            .map_err(PgError::from)?;
+        Ok(())
+    }
+
+    async fn append(&self, records: &[LogRecord]) -> Result<(), LogError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let staged: Vec<_> = records.iter().map(LogRecord::unsequenced).collect();
+        let mut tx = self.store.pool().begin().await.map_err(PgError::from)?;
+        insert(
+            &mut tx,
+            staged
+                .iter()
+                .zip(records)
+                .map(|(n, r)| (n, Some((r.producer.as_str(), r.seq)))),
+        )
+        .await?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(self.store.inner.wake.channel())
+            .execute(&mut *tx)
+            .await
+            .map_err(PgError::from)?;
+        tx.commit().await.map_err(PgError::from)?;
+        self.store.inner.wake.bump();
+        Ok(())
+    }
+
+    async fn read(&self, from: &Position, max: usize, wait: Duration) -> Result<Batch, LogError> {
+        let after = parse_position(from)?;
+        let empty = || Batch {
+            deliveries: vec![],
+            next: from.clone(),
+        };
+        if max == 0 {
+            return Ok(empty());
+        }
+        let deadline = Instant::now() + wait;
+        let wake = &self.store.inner.wake;
+        let mut rx = wake.subscribe();
+        loop {
+            if let Some(batch) = self.read_batch(after, max).await? {
+                return Ok(batch);
+            }
+            if Instant::now() >= deadline {
+                return Ok(empty());
+            }
+            wake.wait(&mut rx, deadline).await;
+        }
+    }
+
+    async fn lag(&self, from: &Position) -> Result<u64, LogError> {
+        let after = parse_position(from)?;
+        self.store.sequence().await?;
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE seq IS NULL OR seq > $1")
+                .bind(after)
+                .fetch_one(self.store.pool())
+                .await
+                .map_err(PgError::from)?;
+        Ok(u64::try_from(n).unwrap_or_default())
+    }
+
+    async fn trim(&self, checkpoints: &[Position]) -> Result<u64, LogError> {
+        let mut min: Option<i64> = None;
+        let mut has_start = false;
+        for cp in checkpoints {
+            if cp.is_start() {
+                has_start = true;
+                continue;
+            }
+            let p = parse_position(cp)?;
+            min = Some(min.map_or(p, |m| m.min(p)));
+        }
+        let Some(min) = min.filter(|_| !has_start) else {
+            return Ok(0);
+        };
+        let done = sqlx::query("DELETE FROM outbox WHERE seq <= $1")
+            .bind(min)
+            .execute(self.store.pool())
+            .await
+            .map_err(PgError::from)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn len(&self) -> Result<u64, LogError> {
+        Ok(self.store.staged_inner().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_decimal_seqs() {
+        assert_eq!(parse_position(&Position::start()), Ok(0));
+        assert_eq!(parse_position(&Position::new("42")), Ok(42));
+        for bad in ["-1", "1-0", "abc", "99999999999999999999", "+3", " 4"] {
+            assert_eq!(
+                parse_position(&Position::new(bad)),
+                Err(LogError::InvalidPosition(bad.to_owned())),
+                "{bad}"
+            );
+        }
+    }
+}

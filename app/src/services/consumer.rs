@@ -1,0 +1,302 @@
+//! The distance consumer: folds `ride.created` records into a total, transactionally.
+//!
+//! One step: load the checkpoint (state + position + version), read the next batch after the
+//! position (the blocking read is the wake-up: it returns as soon as a record is appended),
+//! fold the batch into the state with [`DistanceState::apply`], then save state and new
+//! position in ONE call of the consumer store, guarded by the version that was loaded.
+//!
+//! This consumer is *transactional*: its result and its position move together, so a crash
+//! anywhere before the save leaves both at the old values and the batch is simply read again.
+//! Duplicates in the log (double sends, redelivery) are skipped by the producer's sequence
+//! (see `domain::distance`), never by timing. The state is reloaded at every step instead of
+//! being cached: a step costs one extra read, and the consumer can never drift from what it
+//! has committed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use domain::{Applied, DistanceState};
+use ports::{Clock, ConsumerStore, Log};
+use tokio_util::sync::CancellationToken;
+
+use super::{BATCH_SIZE, Outcome, Step, run_loop};
+use crate::faults::Faults;
+use crate::metrics::Metrics;
+
+/// A consumer crash injected on purpose (after folding, before commit).
+#[derive(Debug, thiserror::Error)]
+#[error("simulated crash of consumer {0} before commit")]
+pub struct SimulatedCrash(pub String);
+
+/// Log → distance state, with its checkpoint in the consumer store.
+pub struct DistanceConsumer {
+    name: String,
+    log: Arc<dyn Log>,
+    consumers: Arc<dyn ConsumerStore>,
+    clock: Arc<dyn Clock>,
+    faults: Arc<Faults>,
+    metrics: Arc<Metrics>,
+    batch: usize,
+    wait: Duration,
+    registered: AtomicBool,
+}
+
+impl DistanceConsumer {
+    /// A consumer named `name` (batch 1000, blocking reads of up to 1 s).
+    pub fn new(
+        name: impl Into<String>,
+        log: Arc<dyn Log>,
+        consumers: Arc<dyn ConsumerStore>,
+        clock: Arc<dyn Clock>,
+        faults: Arc<Faults>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            log,
+            consumers,
+            clock,
+            faults,
+            metrics,
+            batch: BATCH_SIZE,
+            wait: Duration::from_secs(1),
+            registered: AtomicBool::new(false),
+        }
+    }
+
+    /// Sets how long one read waits for records.
+    pub fn with_wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// The consumer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Registers the consumer so the trimmer waits for it (done by [`Self::run`] too).
+    ///
+    /// # Errors
+    /// When the consumer store cannot be reached.
+    pub async fn register(&self) -> anyhow::Result<()> {
+        self.consumers
+            .register(&self.name)
+            .await
+            .with_context(|| format!("registering consumer {}", self.name))
+    }
+
+    /// Folds and commits one batch; returns [`Outcome::Worked`] with the number of records
+    /// read (duplicates included).
+    ///
+    /// # Errors
+    /// When a port fails, when the save conflicts with another process of the same name, or
+    /// on a [`SimulatedCrash`]; in each case nothing was committed.
+    pub async fn step(&self) -> anyhow::Result<Outcome> {
+        let checkpoint = self.consumers.load(&self.name).await?;
+        let (position, version, mut state) = match checkpoint {
+            Some(cp) if cp.version > 0 => {
+                let state: DistanceState = serde_json::from_value(cp.state)
+                    .with_context(|| format!("state of consumer {}", self.name))?;
+                (cp.position, cp.version, state)
+            }
+            Some(cp) => (cp.position, 0, DistanceState::default()),
+            None => (ports::Position::start(), 0, DistanceState::default()),
+        };
+        let batch = self.log.read(&position, self.batch, self.wait).await?;
+        if batch.deliveries.is_empty() {
+            return Ok(Outcome::Idle);
+        }
+        let mut counted_at = Vec::new();
+        for d in &batch.deliveries {
+            match state.apply(d.lane, &d.record) {
+                Applied::Counted => counted_at.push(d.record.recorded_at_ms),
+                Applied::Rejected(why) => {
+                    tracing::warn!(consumer = %self.name, %why, "record rejected");
+                }
+                Applied::Duplicate | Applied::Ignored => {}
+            }
+        }
+        if self.faults.consumer_crash() {
+            tracing::debug!(consumer = %self.name, "fault injected: crashing before commit");
+            return Err(SimulatedCrash(self.name.clone()).into());
+        }
+        let json = serde_json::to_value(&state)?;
+        let now = self.clock.now_ms();
+        self.consumers
+            .save(&self.name, version, &batch.next, &json, now)
+            .await?;
+        for at in counted_at {
+            self.metrics.record_latency(now - at);
+        }
+        Ok(Outcome::Worked(batch.deliveries.len() as u64))
+    }
+
+    /// Registers, then steps until `shutdown` is cancelled (retrying the registration).
+    pub async fn run(self, shutdown: CancellationToken) {
+        run_loop(self, shutdown).await;
+    }
+}
+
+#[async_trait]
+impl Step for DistanceConsumer {
+    fn name(&self) -> String {
+        format!("consumer {}", self.name)
+    }
+    async fn step(&self) -> anyhow::Result<Outcome> {
+        // Registering in the loop (once) means a store that is down at start-up is retried
+        // like any other failure.
+        if !self.registered.load(Ordering::Relaxed) {
+            self.register().await?;
+            self.registered.store(true, Ordering::Relaxed);
+        }
+        DistanceConsumer::step(self).await
+    }
+    async fn idle(&self) {
+        // The blocking read already waited for records.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::faults::FaultConfig;
+    use crate::services::mocks::{MockConsumers, MockLog, ride_record};
+    use mockall::predicate::{always, eq};
+    use ports::{Batch, Checkpoint, ConsumerStoreError, Delivery, ManualClock, Position};
+
+    fn log_with(records: Vec<(u64, u64)>) -> MockLog {
+        let mut log = MockLog::new();
+        log.expect_read().returning(move |_, _, _| {
+            Ok(Batch {
+                deliveries: records
+                    .iter()
+                    .map(|(seq, d)| Delivery {
+                        lane: 0,
+                        record: ride_record(*seq, *d, 1_000),
+                    })
+                    .collect(),
+                next: Position::new("9"),
+            })
+        });
+        log
+    }
+
+    fn consumer(
+        log: MockLog,
+        cs: MockConsumers,
+        faults: Faults,
+    ) -> (DistanceConsumer, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let c = DistanceConsumer::new(
+            "a",
+            Arc::new(log),
+            Arc::new(cs),
+            Arc::new(ManualClock::new(1_250)),
+            Arc::new(faults),
+            metrics.clone(),
+        );
+        (c, metrics)
+    }
+
+    fn registered(cs: &mut MockConsumers) {
+        cs.expect_load().returning(|_| {
+            Ok(Some(Checkpoint {
+                position: Position::start(),
+                state: serde_json::Value::Null,
+                version: 0,
+                updated_at_ms: 0,
+            }))
+        });
+    }
+
+    #[tokio::test]
+    async fn folds_skips_the_double_send_and_commits_state_with_position() {
+        let mut cs = MockConsumers::new();
+        registered(&mut cs);
+        cs.expect_save()
+            .with(
+                eq("a"),
+                eq(0u64),
+                eq(Position::new("9")),
+                always(),
+                eq(1_250i64),
+            )
+            .times(1)
+            .returning(|_, _, _, state, _| {
+                let s: DistanceState = serde_json::from_value(state.clone()).unwrap();
+                assert_eq!((s.rides, s.distance_mm, s.duplicates), (2, 5_000, 1));
+                Ok(1)
+            });
+        let (c, metrics) = consumer(
+            log_with(vec![(1, 2_000), (1, 2_000), (2, 3_000)]),
+            cs,
+            Faults::none(),
+        );
+        assert_eq!(c.step().await.unwrap(), Outcome::Worked(3));
+        assert_eq!(metrics.latency().p50, 250);
+    }
+
+    #[tokio::test]
+    async fn a_refused_save_is_an_error_and_is_not_retried_within_the_step() {
+        let mut cs = MockConsumers::new();
+        registered(&mut cs);
+        cs.expect_save()
+            .times(1)
+            .returning(|n, _, _, _, _| Err(ConsumerStoreError::Conflict(n.to_owned())));
+        let (c, metrics) = consumer(log_with(vec![(1, 2_000)]), cs, Faults::none());
+        assert!(c.step().await.is_err());
+        assert_eq!(metrics.latency().samples, 0, "nothing counted as consumed");
+    }
+
+    #[tokio::test]
+    async fn a_simulated_crash_commits_nothing() {
+        let mut cs = MockConsumers::new();
+        registered(&mut cs);
+        cs.expect_save().never();
+        let faults = Faults::new(FaultConfig {
+            consumer_crash_rate: 1.0,
+            ..FaultConfig::none()
+        });
+        let (c, _) = consumer(log_with(vec![(1, 2_000)]), cs, faults);
+        let err = c.step().await.unwrap_err();
+        assert!(err.downcast_ref::<SimulatedCrash>().is_some(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn resumes_from_the_saved_state_and_version() {
+        let mut cs = MockConsumers::new();
+        cs.expect_load().returning(|_| {
+            let mut s = DistanceState::default();
+            s.apply(0, &ride_record(1, 2_000, 0));
+            Ok(Some(Checkpoint {
+                position: Position::new("1"),
+                state: serde_json::to_value(&s).unwrap(),
+                version: 4,
+                updated_at_ms: 1,
+            }))
+        });
+        cs.expect_save()
+            .with(eq("a"), eq(4u64), always(), always(), always())
+            .times(1)
+            .returning(|_, _, _, state, _| {
+                let s: DistanceState = serde_json::from_value(state.clone()).unwrap();
+                assert_eq!((s.rides, s.distance_mm), (2, 5_000));
+                Ok(5)
+            });
+        let (c, _) = consumer(log_with(vec![(1, 2_000), (2, 3_000)]), cs, Faults::none());
+        assert_eq!(c.step().await.unwrap(), Outcome::Worked(2));
+    }
+
+    #[tokio::test]
+    async fn nothing_to_read_is_idle_and_saves_nothing() {
+        let mut cs = MockConsumers::new();
+        registered(&mut cs);
+        cs.expect_save().never();
+        let (c, _) = consumer(log_with(vec![]), cs, Faults::none());
+        assert_eq!(c.step().await.unwrap(), Outcome::Idle);
+    }
+}

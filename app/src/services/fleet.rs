@@ -1,0 +1,344 @@
+//! The fleet: the API and every background service in one process.
+//!
+//! `rides serve` and `rides demo` both start a [`Fleet`]. Each service is a tokio task sharing
+//! one shutdown token. [`Fleet::stop`] cancels the token and waits: a step that has started
+//! finishes (drain), the API stops accepting and finishes its in-flight requests.
+//! [`Fleet::abort`] is the in-process stand-in for `kill -9`: every task is dropped wherever
+//! it is, and nothing is drained.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use domain::Thresholds;
+use ports::{Clock, SystemClock};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{Completer, DistanceConsumer, Reaper, Streamer, Trimmer};
+use crate::faults::Faults;
+use crate::metrics::Metrics;
+use crate::rides::{RideService, RideServiceConfig};
+use crate::wiring::{OpenedLog, Stores};
+
+/// How long each service waits when idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intervals {
+    /// The streamer's longest wait for an outbox wake-up.
+    pub streamer_poll: Duration,
+    /// A consumer's blocking read.
+    pub consumer_wait: Duration,
+    /// The completer's pause after a run with nothing to do.
+    pub completer: Duration,
+    /// The reaper's pause after a run with nothing to do.
+    pub reaper: Duration,
+    /// The trimmer's pause after a run with nothing to do.
+    pub trimmer: Duration,
+}
+
+impl Intervals {
+    /// The reference's timings (5 s pauses; reads block up to 1 s).
+    pub fn production() -> Self {
+        Self {
+            streamer_poll: Duration::from_millis(250),
+            consumer_wait: Duration::from_secs(1),
+            completer: Duration::from_secs(5),
+            reaper: Duration::from_secs(5),
+            trimmer: Duration::from_secs(5),
+        }
+    }
+
+    /// Short pauses, for the demo and the tests.
+    pub fn demo() -> Self {
+        Self {
+            streamer_poll: Duration::from_millis(100),
+            consumer_wait: Duration::from_millis(500),
+            completer: Duration::from_millis(200),
+            reaper: Duration::from_secs(1),
+            trimmer: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// Where the API listens (`None`: no API).
+    pub listen: Option<SocketAddr>,
+    /// Run the streamer (ignored when the log needs none).
+    pub streamer: bool,
+    /// The distance consumers to run, by name.
+    pub consumers: Vec<String>,
+    /// Run the completer.
+    pub completer: bool,
+    /// Run the reaper.
+    pub reaper: bool,
+    /// Run the trimmer.
+    pub trimmer: bool,
+    /// Key life-cycle thresholds.
+    pub thresholds: Thresholds,
+    /// The fault injector shared by every service.
+    pub faults: Arc<Faults>,
+    /// Idle waits.
+    pub intervals: Intervals,
+    /// Seed of the fake payment processor.
+    pub seed: u64,
+}
+
+impl FleetConfig {
+    /// Everything (API on `listen`, streamer, consumers `distance-a` and `distance-b`,
+    /// completer, reaper, trimmer), production thresholds, no faults.
+    pub fn everything(listen: Option<SocketAddr>) -> Self {
+        Self {
+            listen,
+            streamer: true,
+            consumers: vec!["distance-a".into(), "distance-b".into()],
+            completer: true,
+            reaper: true,
+            trimmer: true,
+            thresholds: Thresholds::default(),
+            faults: Arc::new(Faults::none()),
+            intervals: Intervals::production(),
+            seed: 0,
+        }
+    }
+
+    /// Only the given services: everything off, then the caller turns pieces on.
+    pub fn nothing() -> Self {
+        Self {
+            listen: None,
+            streamer: false,
+            consumers: Vec::new(),
+            completer: false,
+            reaper: false,
+            trimmer: false,
+            ..Self::everything(None)
+        }
+    }
+}
+
+/// The running fleet.
+pub struct Fleet {
+    shutdown: CancellationToken,
+    tasks: Vec<(String, JoinHandle<()>)>,
+    addr: Option<SocketAddr>,
+    stats: Arc<FleetStats>,
+    rides: Arc<RideService>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field(
+                "tasks",
+                &self.tasks.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `GET /stats` and the demo's progress lines read.
+pub struct FleetStats {
+    /// The stores.
+    pub stores: Stores,
+    /// The log.
+    pub log: OpenedLog,
+    /// The fault injector.
+    pub faults: Arc<Faults>,
+    /// Latency samples.
+    pub metrics: Arc<Metrics>,
+    /// When the fleet started.
+    pub started: Instant,
+}
+
+#[async_trait]
+impl crate::http::StatsProvider for FleetStats {
+    async fn stats(&self) -> serde_json::Value {
+        match crate::demo::collect_verdict(&self.stores, &self.log).await {
+            Ok(mut v) => {
+                v.faults = self.faults.counts();
+                v.latency_ms = self.metrics.latency();
+                v.uptime_s = self.started.elapsed().as_secs_f64();
+                serde_json::to_value(&v).unwrap_or_default()
+            }
+            Err(e) => serde_json::json!({"error": format!("{e:#}")}),
+        }
+    }
+}
+
+impl Fleet {
+    /// Starts the configured services on `stores` and `log`.
+    ///
+    /// # Errors
+    /// When the API cannot bind its address.
+    pub async fn start(
+        stores: &Stores,
+        log: &OpenedLog,
+        config: FleetConfig,
+    ) -> anyhow::Result<Self> {
+        let shutdown = CancellationToken::new();
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let metrics = Arc::new(Metrics::new());
+        let payments = Arc::new(adapters::payment::FakeProcessor::new(0.0, config.seed));
+        let rides = Arc::new(RideService::new(
+            stores.store.clone(),
+            payments,
+            clock.clone(),
+            RideServiceConfig {
+                thresholds: config.thresholds,
+                faults: config.faults.clone(),
+            },
+        ));
+        let stats = Arc::new(FleetStats {
+            stores: stores.clone(),
+            log: log.clone(),
+            faults: config.faults.clone(),
+            metrics: metrics.clone(),
+            started: Instant::now(),
+        });
+        let mut tasks = Vec::new();
+        let mut addr = None;
+        if let Some(listen) = config.listen {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding the API to {listen}: {e}"))?;
+            addr = Some(listener.local_addr()?);
+            let state = crate::http::AppState {
+                rides: rides.clone(),
+                store: stores.store.clone(),
+                stats: Some(stats.clone() as Arc<dyn crate::http::StatsProvider>),
+            };
+            let stop = shutdown.clone().cancelled_owned();
+            tasks.push((
+                "api".to_owned(),
+                tokio::spawn(async move {
+                    if let Err(e) = crate::http::serve(listener, state, stop).await {
+                        tracing::error!(error = %e, "the API stopped");
+                    }
+                }),
+            ));
+        }
+        let i = config.intervals;
+        if config.streamer && log.needs_streamer {
+            let s = Streamer::new(
+                stores.outbox.clone(),
+                log.log.clone(),
+                config.faults.clone(),
+            )
+            .with_poll(i.streamer_poll);
+            tasks.push(("streamer".to_owned(), tokio::spawn(s.run(shutdown.clone()))));
+        }
+        for name in &config.consumers {
+            let c = DistanceConsumer::new(
+                name.clone(),
+                log.log.clone(),
+                stores.consumers.clone(),
+                clock.clone(),
+                config.faults.clone(),
+                metrics.clone(),
+            )
+            .with_wait(i.consumer_wait);
+            // Registered before the trimmer can run, so it never trims what `name` needs.
+            if let Err(e) = c.register().await {
+                tracing::warn!(consumer = %name, error = %format!("{e:#}"), "could not register yet");
+            }
+            tasks.push((
+                format!("consumer {name}"),
+                tokio::spawn(c.run(shutdown.clone())),
+            ));
+        }
+        if config.completer {
+            let c = Completer::new(
+                stores.store.clone(),
+                rides.clone(),
+                clock.clone(),
+                config.thresholds,
+            )
+            .with_interval(i.completer);
+            tasks.push((
+                "completer".to_owned(),
+                tokio::spawn(c.run(shutdown.clone())),
+            ));
+        }
+        if config.reaper {
+            let r = Reaper::new(stores.store.clone(), clock.clone(), config.thresholds)
+                .with_interval(i.reaper);
+            tasks.push(("reaper".to_owned(), tokio::spawn(r.run(shutdown.clone()))));
+        }
+        if config.trimmer {
+            let t =
+                Trimmer::new(log.log.clone(), stores.consumers.clone()).with_interval(i.trimmer);
+            tasks.push(("trimmer".to_owned(), tokio::spawn(t.run(shutdown.clone()))));
+        }
+        Ok(Self {
+            shutdown,
+            tasks,
+            addr,
+            stats,
+            rides,
+        })
+    }
+
+    /// The API's address, when it runs.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    /// The stats shared with `GET /stats`.
+    pub fn stats(&self) -> &Arc<FleetStats> {
+        &self.stats
+    }
+
+    /// The ride service the API and the completer use.
+    pub fn rides(&self) -> &Arc<RideService> {
+        &self.rides
+    }
+
+    /// The shutdown token (cancel it to make [`Self::wait`] return).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until one task ends by itself (a bug or a fatal error) or the token is cancelled,
+    /// and returns the name of the task that ended, if any.
+    pub async fn wait(&mut self) -> Option<String> {
+        if self.tasks.is_empty() {
+            self.shutdown.cancelled().await;
+            return None;
+        }
+        let watch = futures::future::select_all(self.tasks.iter_mut().map(|(_, h)| h));
+        tokio::select! {
+            () = self.shutdown.cancelled() => None,
+            (_, idx, _) = watch => Some(self.tasks[idx].0.clone()),
+        }
+    }
+
+    /// Drains: cancels the token and waits (up to `deadline`) for every task to finish its
+    /// current step; tasks still running then are aborted.
+    pub async fn stop(self, deadline: Duration) {
+        self.shutdown.cancel();
+        let start = Instant::now();
+        for (name, mut handle) in self.tasks {
+            let left = deadline.saturating_sub(start.elapsed());
+            if tokio::time::timeout(left, &mut handle).await.is_err() {
+                tracing::warn!(task = %name, "did not stop in time; aborting it");
+                handle.abort();
+                let _ = handle.await;
+            }
+        }
+    }
+
+    /// Stops abruptly, as close to `kill -9` as a process can do to itself: every task is
+    /// dropped wherever it is (no drain), and the call returns once they are all gone, so the
+    /// adapters' files are released.
+    pub async fn abort(self) {
+        for (_, h) in &self.tasks {
+            h.abort();
+        }
+        for (_, h) in self.tasks {
+            let _ = h.await;
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The trimmer: removes log records that every registered consumer has passed.
+//!
+//! It asks the consumer store for every registered checkpoint and hands them all to
+//! [`Log::trim`], which removes only what *all* of them have passed. With no registered
+//! consumer it trims nothing (the log contract refuses an empty list too): a consumer that has
+//! not started yet must not lose records. A consumer that registered but never saved sits at
+//! the start and holds trimming back entirely.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ports::{ConsumerStore, Log, Position};
+use tokio_util::sync::CancellationToken;
+
+use super::{Outcome, Step, run_loop};
+
+/// Log records every consumer has passed → removed.
+pub struct Trimmer {
+    log: Arc<dyn Log>,
+    consumers: Arc<dyn ConsumerStore>,
+    interval: Duration,
+}
+
+impl Trimmer {
+    /// A trimmer (idle interval 5 s).
+    pub fn new(log: Arc<dyn Log>, consumers: Arc<dyn ConsumerStore>) -> Self {
+        Self {
+            log,
+            consumers,
+            interval: Duration::from_secs(5),
+        }
+    }
+
+    /// Sets how long to wait after a run that removed nothing.
+    pub fn with_interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// Trims once; [`Outcome::Worked`] with the number of records removed.
+    ///
+    /// # Errors
+    /// When the consumer store or the log fails.
+    pub async fn step(&self) -> anyhow::Result<Outcome> {
+        let positions: Vec<Position> = self
+            .consumers
+            .list()
+            .await?
+            .into_iter()
+            .map(|(_, cp)| cp.position)
+            .collect();
+        if positions.is_empty() {
+            return Ok(Outcome::Idle);
+        }
+        let n = self.log.trim(&positions).await?;
+        Ok(if n == 0 {
+            Outcome::Idle
+        } else {
+            tracing::debug!(n, "trimmed the log");
+            Outcome::Worked(n)
+        })
+    }
+
+    /// Steps until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        run_loop(self, shutdown).await;
+    }
+}
+
+#[async_trait]
+impl Step for Trimmer {
+    fn name(&self) -> String {
+        "trimmer".into()
+    }
+    async fn step(&self) -> anyhow::Result<Outcome> {
+        Trimmer::step(self).await
+    }
+    async fn idle(&self) {
+        tokio::time::sleep(self.interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::mocks::{MockConsumers, MockLog};
+    use mockall::predicate::eq;
+    use ports::Checkpoint;
+
+    fn cp(p: &str) -> Checkpoint {
+        Checkpoint {
+            position: Position::new(p),
+            state: serde_json::Value::Null,
+            version: 1,
+            updated_at_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn never_trims_without_a_registered_consumer() {
+        let mut cs = MockConsumers::new();
+        cs.expect_list().returning(|| Ok(vec![]));
+        let mut log = MockLog::new();
+        log.expect_trim().never();
+        let t = Trimmer::new(Arc::new(log), Arc::new(cs));
+        assert_eq!(t.step().await.unwrap(), Outcome::Idle);
+    }
+
+    #[tokio::test]
+    async fn trims_below_every_registered_checkpoint() {
+        let mut cs = MockConsumers::new();
+        cs.expect_list()
+            .returning(|| Ok(vec![("a".into(), cp("5")), ("b".into(), cp("3"))]));
+        let mut log = MockLog::new();
+        log.expect_trim()
+            .with(eq(vec![Position::new("5"), Position::new("3")]))
+            .times(1)
+            .returning(|_| Ok(3));
+        let t = Trimmer::new(Arc::new(log), Arc::new(cs));
+        assert_eq!(t.step().await.unwrap(), Outcome::Worked(3));
+    }
+}
