@@ -14,10 +14,10 @@
 //!
 //! Every adapter passes the contract suites of `ports::contract` (see `tests/contract_*.rs`).
 
-#[cfg(any(test, feature = "memory"))]
-pub mod memory;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(any(test, feature = "memory"))]
+pub mod memory;
 #[cfg(feature = "payment")]
 pub mod payment;
 #[cfg(feature = "postgres")]

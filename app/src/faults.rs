@@ -35,12 +35,22 @@ pub struct FaultConfig {
 impl FaultConfig {
     /// No faults.
     pub fn none() -> Self {
-        Self { double_send_rate: 0.0, consumer_crash_rate: 0.0, api_crash_rate: 0.0, seed: 0 }
+        Self {
+            double_send_rate: 0.0,
+            consumer_crash_rate: 0.0,
+            api_crash_rate: 0.0,
+            seed: 0,
+        }
     }
 
     /// The demo's rates: about 10 % of each kind.
     pub fn demo(seed: u64) -> Self {
-        Self { double_send_rate: 0.1, consumer_crash_rate: 0.1, api_crash_rate: 0.1, seed }
+        Self {
+            double_send_rate: 0.1,
+            consumer_crash_rate: 0.1,
+            api_crash_rate: 0.1,
+            seed,
+        }
     }
 }
 
@@ -147,7 +157,10 @@ mod tests {
 
     #[test]
     fn same_seed_same_decisions() {
-        let (a, b) = (Faults::new(FaultConfig::demo(3)), Faults::new(FaultConfig::demo(3)));
+        let (a, b) = (
+            Faults::new(FaultConfig::demo(3)),
+            Faults::new(FaultConfig::demo(3)),
+        );
         let da: Vec<bool> = (0..200).map(|_| a.api_crash()).collect();
         let db: Vec<bool> = (0..200).map(|_| b.api_crash()).collect();
         assert_eq!(da, db);

@@ -24,8 +24,12 @@ pub struct DistanceState {
     pub rides: u64,
     /// Sum of their distances, in millimetres.
     pub distance_mm: u64,
-    /// Highest sequence applied, per `producer/lane`.
+    /// Highest sequence applied, per `producer/lane` of the current log.
     pub high_water: BTreeMap<String, u64>,
+    /// Per producer, the highest sequence applied on earlier logs (set by
+    /// [`DistanceState::start_new_log`]); anything at or below it is a duplicate.
+    #[serde(default)]
+    pub floors: BTreeMap<String, u64>,
     /// Records skipped as duplicates (for the verdict; not part of the result).
     pub duplicates: u64,
     /// Records that could not be read (bad payload); skipped with a warning.
@@ -55,11 +59,12 @@ struct RideCreated {
 impl DistanceState {
     /// Applies one record read from `lane`; see the module docs for the duplicate rule.
     pub fn apply(&mut self, lane: u32, record: &LogRecord) -> Applied {
+        let floor = self.floors.get(&record.producer).copied().unwrap_or(0);
         let hw = self
             .high_water
             .entry(format!("{}/{lane}", record.producer))
             .or_insert(0);
-        if record.seq <= *hw {
+        if record.seq <= (*hw).max(floor) {
             self.duplicates += 1;
             return Applied::Duplicate;
         }
@@ -93,6 +98,21 @@ impl DistanceState {
             self.apply(lane, r);
         }
         self.rides - before
+    }
+
+    /// Moves on to a new log after a cutover: the lanes of the new log are unrelated to the old
+    /// ones, so each producer's high-water marks collapse into one floor (their maximum). Every
+    /// record at or below the floor was published on the old log, which was read to its end, so
+    /// it is a duplicate wherever it shows up again.
+    pub fn start_new_log(&mut self) {
+        for (key, hw) in std::mem::take(&mut self.high_water) {
+            let producer = key
+                .rsplit_once('/')
+                .map_or(key.as_str(), |(p, _)| p)
+                .to_owned();
+            let floor = self.floors.entry(producer).or_insert(0);
+            *floor = (*floor).max(hw);
+        }
     }
 
     /// The total distance in metres.
@@ -156,6 +176,20 @@ mod tests {
         assert_eq!(s.apply(1, &ride(5, 1)), Applied::Counted);
         assert_eq!(s.apply(0, &ride(3, 1)), Applied::Counted);
         assert_eq!(s.apply(1, &ride(4, 1)), Applied::Duplicate);
+    }
+
+    #[test]
+    fn a_new_log_with_other_lanes_still_skips_what_the_old_log_carried() {
+        let mut s = DistanceState::default();
+        s.apply(0, &ride(1, 10));
+        s.apply(0, &ride(2, 10));
+        s.start_new_log();
+        // The new log has three lanes; seq 2 shows up again on lane 2 (re-sent after a relay
+        // crash across the cutover), seq 3 is new.
+        assert_eq!(s.apply(2, &ride(2, 10)), Applied::Duplicate);
+        assert_eq!(s.apply(1, &ride(3, 10)), Applied::Counted);
+        assert_eq!(s.apply(2, &ride(4, 10)), Applied::Counted);
+        assert_eq!((s.rides, s.distance_mm), (4, 40));
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub mod kinds {
     pub const RIDE_DECLINED: &str = "ride.declined";
     /// A receipt must be sent (the reference's staged job `send_ride_receipt`).
     pub const RECEIPT_REQUESTED: &str = "receipt.requested";
+    /// Control record: every record sequenced after this one is published on another log;
+    /// payload `{"to": "<log url>"}`. See [`super::NewRecord::cutover`].
+    pub const LOG_CUTOVER: &str = "log.cutover";
 }
 
 /// The stream every Rocket Rides record is published on.
@@ -48,6 +51,23 @@ pub struct NewRecord {
 }
 
 impl NewRecord {
+    /// The control record that moves publishing to the log at `to_url`: the streamer appends
+    /// it to the current log as that log's last record (a seal), and publishes every record
+    /// sequenced after it on the new log; a consumer that reads it finishes the old log there
+    /// and continues at the start of the new one.
+    pub fn cutover(to_url: &str, now_ms: i64) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            stream: RIDES_STREAM.to_owned(),
+            key: "log".to_owned(),
+            kind: kinds::LOG_CUTOVER.to_owned(),
+            payload: serde_json::json!({ "to": to_url }),
+            correlation_id: None,
+            causation_id: None,
+            recorded_at_ms: now_ms,
+        }
+    }
+
     /// Gives the record its producer and commit-ordered sequence number.
     pub fn sequenced(self, producer: impl Into<String>, seq: u64) -> LogRecord {
         LogRecord {
@@ -107,6 +127,13 @@ impl LogRecord {
     /// Returns a [`RecordError`] naming the problem when the bytes are not a record.
     pub fn from_json(bytes: &[u8]) -> Result<Self, RecordError> {
         serde_json::from_slice(bytes).map_err(|e| RecordError(e.to_string()))
+    }
+
+    /// The target log URL when this is a [`kinds::LOG_CUTOVER`] record.
+    pub fn cutover_target(&self) -> Option<&str> {
+        (self.kind == kinds::LOG_CUTOVER)
+            .then(|| self.payload.get("to")?.as_str())
+            .flatten()
     }
 
     /// The record without its sequence, e.g. to stage it again.
@@ -191,6 +218,19 @@ mod tests {
         );
         assert_eq!((r.producer.as_str(), r.seq), ("rides", 9));
         assert_eq!(LogRecord::from_json(&r.to_json()).unwrap(), r);
+    }
+
+    #[test]
+    fn cutover_records_name_their_target() {
+        let r = NewRecord::cutover("kafka://b:9092/rides", 5).sequenced("p", 3);
+        assert_eq!(r.cutover_target(), Some("kafka://b:9092/rides"));
+        let other = RecordDraft::from_event(
+            &RideEvent::Charged {
+                charge_id: "c".into(),
+            },
+            None,
+        );
+        assert_eq!(other.build(1, 0).sequenced("p", 4).cutover_target(), None);
     }
 
     #[test]

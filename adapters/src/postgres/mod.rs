@@ -115,21 +115,26 @@ impl PostgresStore {
     async fn open(url: &str, opts: PgOptions) -> Result<Self, PgError> {
         let target = Target::new(url, &opts)?;
         // One direct connection first: an unreachable server fails at once (the pool would
-        // retry until its acquire timeout), and it runs the migrations.
+        // retry until its acquire timeout).
         let mut conn = PgConnection::connect_with(&target.connect).await?;
+        if opts.migrate
+            && let Some(schema) = &opts.schema
+        {
+            // The name was checked to be a plain identifier.
+            let sql = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await?;
+        }
+        // Closing politely is best effort; the pool makes its own connections.
+        let _ = conn.close().await;
+        let pool = target.pool(&opts);
         if opts.migrate {
-            if let Some(schema) = &opts.schema {
-                // The name was checked to be a plain identifier.
-                let sql = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut conn)
-                    .await?;
-            }
-            MIGRATOR.run(&mut conn).await?;
+            MIGRATOR.run(&pool).await?;
         }
         let producer: Option<String> =
             sqlx::query_scalar("SELECT value FROM meta WHERE name = 'producer'")
-                .fetch_optional(&mut conn)
+                .fetch_optional(&pool)
                 .await
                 .map_err(|e| match PgError::from(e) {
                     PgError::Other(m) => PgError::Other(format!(
@@ -140,9 +145,6 @@ impl PostgresStore {
                 })?;
         let producer =
             producer.ok_or_else(|| PgError::Other("meta.producer is missing".to_owned()))?;
-        // Closing politely is best effort; the pool makes its own connections.
-        let _ = conn.close().await;
-        let pool = target.pool(&opts);
         let wake = Wakeup::new(opts.listen, target.channel.clone(), target.listener_pool());
         Ok(Self {
             inner: Arc::new(Inner {
