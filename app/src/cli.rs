@@ -197,7 +197,7 @@ pub enum Command {
         /// Concurrent simulated clients.
         #[arg(long, env = "RIDES_CONCURRENCY", default_value_t = 8)]
         concurrency: usize,
-        /// The data directory (default ./data/demo-<seed>, wiped first if an earlier demo
+        /// The data directory (default `./data/demo-<seed>`, wiped first if an earlier demo
         /// made it). --store/--log given explicitly win over it.
         #[arg(long, env = "RIDES_DATA_DIR")]
         data_dir: Option<PathBuf>,

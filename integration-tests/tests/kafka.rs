@@ -141,3 +141,16 @@ async fn an_unreachable_broker_is_unavailable() {
         "an unreachable broker must be Unavailable (retryable), got {err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zz_probe() {
+    let log = open(&harness::unique("probe")).await;
+    log.append(&rides("probe", 1, 4)).await.unwrap();
+    let b = log.read(&Position::start(), 100, Duration::from_millis(300)).await.unwrap();
+    eprintln!("next {}", b.next);
+    let t = std::time::Instant::now();
+    let r = log.trim(&[b.next.clone()]).await;
+    eprintln!("trim {r:?} after {:?}", t.elapsed());
+    eprintln!("len {:?}", log.len().await);
+    eprintln!("ping {:?}", log.ping().await);
+}

@@ -18,6 +18,17 @@ pub struct KafkaOptions {
     /// How long `append` waits for a record to be acknowledged, retries included, before it
     /// fails with [`LogError::Unavailable`] (`message.timeout.ms`, default 30 s).
     pub delivery_timeout: Duration,
+    /// At most this many records per produce batch (`batch.num.messages`; default `None`,
+    /// librdkafka's 10 000). `Some(1)` for brokers whose `ListOffsets(latest)` reports the
+    /// base offset of the last *batch* + 1 instead of the last record + 1 (tansu 0.6 with
+    /// in-memory storage); with such a broker `lag` and `len` undercount and a read could
+    /// take "nothing there" for an answer. URL parameter `batch_records=N`.
+    pub batch_records: Option<u32>,
+    /// Whether `trim` deletes records with `DeleteRecords` (default `true`). `false` for
+    /// brokers that cannot (tansu 0.6 with in-memory storage drops the connection): `trim`
+    /// then removes nothing and returns 0, and the topic must be bounded with retention.
+    /// URL parameter `delete_records=false`.
+    pub delete_records: bool,
 }
 
 impl Default for KafkaOptions {
@@ -27,11 +38,14 @@ impl Default for KafkaOptions {
             replication: 1,
             timeout: Duration::from_secs(10),
             delivery_timeout: Duration::from_secs(30),
+            batch_records: None,
+            delete_records: true,
         }
     }
 }
 
-/// A parsed `kafka://host:port[,host:port]/topic[?partitions=N&replication=R]` URL.
+/// A parsed `kafka://host:port[,host:port]/topic[?partitions=N&replication=R&batch_records=B&delete_records=false]`
+/// URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct KafkaUrl {
     pub(crate) brokers: String,
@@ -98,6 +112,12 @@ impl KafkaUrl {
             match k {
                 "partitions" => options.partitions = n()?,
                 "replication" => options.replication = n()?,
+                "batch_records" => options.batch_records = Some(n()?.unsigned_abs()),
+                "delete_records" => {
+                    options.delete_records = v
+                        .parse()
+                        .map_err(|_| bad(url, "delete_records must be true or false"))?;
+                }
                 _ => return Err(bad(url, &format!("unknown parameter {k:?}"))),
             }
         }
@@ -120,6 +140,9 @@ mod tests {
         assert_eq!(u.topic, "rides");
         assert_eq!(u.options.partitions, 6);
         assert_eq!(u.options.replication, 1);
+        let t = KafkaUrl::parse("kafka://a:1/t?batch_records=1&delete_records=false").unwrap();
+        assert_eq!(t.options.batch_records, Some(1));
+        assert!(!t.options.delete_records);
         let d = KafkaUrl::parse("kafka://127.0.0.1:9092/rides.log").unwrap();
         assert_eq!(d.options, KafkaOptions::default());
     }
@@ -135,6 +158,8 @@ mod tests {
             "kafka://a:1/t?partitions=0",
             "kafka://a:1/t?partitions=x",
             "kafka://a:1/t?color=red",
+            "kafka://a:1/t?delete_records=maybe",
+            "kafka://a:1/t?batch_records=0",
             "kafka://a:1/bad topic",
         ] {
             assert!(

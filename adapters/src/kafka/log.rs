@@ -120,13 +120,16 @@ impl KafkaLog {
                 "kafka: partitions and replication must be at least 1".into(),
             ));
         }
-        let producer: FutureProducer = client_config(brokers)
+        let mut producer = client_config(brokers);
+        producer
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", millis(options.delivery_timeout))
-            .set("linger.ms", "2")
-            .create()
-            .map_err(log_error)?;
+            .set("linger.ms", "2");
+        if let Some(n) = options.batch_records {
+            producer.set("batch.num.messages", n.max(1).to_string());
+        }
+        let producer: FutureProducer = producer.create().map_err(log_error)?;
         let admin: AdminClient<DefaultClientContext> =
             client_config(brokers).create().map_err(log_error)?;
         let meta: BaseConsumer = consumer_config(brokers).create().map_err(log_error)?;
@@ -468,7 +471,10 @@ impl Log for KafkaLog {
             .iter()
             .map(|cp| decode(cp, self.partitions))
             .collect::<Result<Vec<_>, _>>()?;
-        if decoded.is_empty() || checkpoints.iter().any(Position::is_start) {
+        if !self.options.delete_records
+            || decoded.is_empty()
+            || checkpoints.iter().any(Position::is_start)
+        {
             return Ok(0);
         }
         let before = self.watermarks().await?;

@@ -107,6 +107,15 @@ impl PostgresStore {
     /// transaction, one sequencer at a time (see the module docs). Returns how many rows it
     /// sequenced (0 also when another sequencer is running).
     pub(crate) async fn sequence(&self) -> Result<u64, PgError> {
+        // One cheap round trip (partial index) before the four of a sequencer run. A row that
+        // commits right after this check is simply sequenced by the next run.
+        let pending: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox WHERE seq IS NULL)")
+                .fetch_one(&self.inner.pool)
+                .await?;
+        if !pending {
+            return Ok(0);
+        }
         let mut tx = self.inner.pool.begin().await?;
         let locked: bool = sqlx::query_scalar(SEQUENCER_LOCK)
             .fetch_one(&mut *tx)
@@ -181,8 +190,8 @@ impl Outbox for PostgresStore {
     }
 
     async fn remove(&self, seqs: &[u64]) -> Result<u64, StoreError> {
-        // Our own records' seq is their producer seq; appended ones are matched by log seq
-        // too, which is what peek handed out as `coalesce(producer_seq, seq)` only for ours.
+        // The seqs peek handed out are `coalesce(producer_seq, seq)`: the log seq for this
+        // store's own records, the original producer seq for appended ones.
         let seqs: Vec<i64> = seqs.iter().filter_map(|s| i64::try_from(*s).ok()).collect();
         let done = sqlx::query(
             "DELETE FROM outbox WHERE coalesce(producer_seq, seq) = ANY($1) \

@@ -3,7 +3,7 @@
 //! An adapter's test file implements a factory ([`LogFactory`], [`StoreFactory`],
 //! [`PaymentFactory`]) and stamps one `#[tokio::test]` per scenario with the matching macro:
 //!
-//! ```ignore
+//! ```text
 //! struct Sqlite;
 //! #[ports::contract::async_trait]
 //! impl ports::contract::StoreFactory for Sqlite { /* ... */ }
@@ -108,7 +108,7 @@ macro_rules! __contract_tests {
 ///
 /// The calling crate needs `tokio` (features `macros`, `rt-multi-thread`) as a dev-dependency.
 ///
-/// ```ignore
+/// ```text
 /// ports::log_contract_tests!(MemoryLogs);
 /// ```
 #[macro_export]
@@ -139,7 +139,7 @@ macro_rules! log_contract_tests {
 ///
 /// The calling crate needs `tokio` (features `macros`, `rt-multi-thread`) as a dev-dependency.
 ///
-/// ```ignore
+/// ```text
 /// ports::store_contract_tests!(SqliteStores::default());
 /// ```
 #[macro_export]
@@ -176,7 +176,7 @@ macro_rules! store_contract_tests {
 ///
 /// The calling crate needs `tokio` (features `macros`, `rt-multi-thread`) as a dev-dependency.
 ///
-/// ```ignore
+/// ```text
 /// ports::payment_contract_tests!(FakeProcessor);
 /// ```
 #[macro_export]
