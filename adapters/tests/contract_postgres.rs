@@ -29,12 +29,50 @@ fn options(schema: &str) -> PgOptions {
     }
 }
 
-/// Connects to a new schema (the adapter creates it and migrates it).
+/// Seconds since the Unix epoch.
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// Connects to a new schema `rides_test_<secs>_<random>` (the adapter creates and migrates
+/// it). The first call of a process also drops the schemas earlier runs left behind (older
+/// than an hour), since a factory has no teardown hook.
 async fn fresh_store() -> PostgresStore {
-    let schema = format!("rides_test_{}", uuid::Uuid::new_v4().simple());
-    PostgresStore::connect(&url(), options(&schema))
+    static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    let schema = format!("rides_test_{}_{}", now_secs(), &random[..12]);
+    let store = PostgresStore::connect(&url(), options(&schema))
         .await
-        .unwrap_or_else(|e| panic!("connect to a fresh schema: {e}"))
+        .unwrap_or_else(|e| panic!("connect to a fresh schema: {e}"));
+    if !SWEPT.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        sweep_old_schemas(&store).await;
+    }
+    store
+}
+
+async fn sweep_old_schemas(store: &PostgresStore) {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'rides_test_%'",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap_or_default();
+    for name in names {
+        let created = name
+            .strip_prefix("rides_test_")
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|secs| secs.parse::<u64>().ok());
+        if created.is_some_and(|c| c + 3600 < now_secs()) {
+            let sql = format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
+            // Best effort: another process may be sweeping the same schema.
+            let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(store.pool())
+                .await;
+        }
+    }
 }
 
 async fn reconnect(schema: &str) -> PostgresStore {

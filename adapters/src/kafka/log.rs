@@ -90,6 +90,8 @@ impl std::fmt::Debug for KafkaLog {
 impl KafkaLog {
     /// Connects to `kafka://host:port[,host:port]/topic[?partitions=N&replication=R]`,
     /// creating the topic when it does not exist (default 3 partitions, replication 1).
+    /// `batch_records=N` and `delete_records=false` set the [`KafkaOptions`] fields of the
+    /// same names (both needed with tansu 0.6).
     ///
     /// # Errors
     /// [`LogError::Other`] for a malformed URL or a topic the broker refuses to create;

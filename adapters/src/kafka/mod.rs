@@ -55,7 +55,16 @@
 //! `trim` deletes, per partition, the records every checkpoint has passed with
 //! `DeleteRecords`; a broker that refuses it gets an error saying to bound the topic with
 //! retention instead (retention may drop records a slow consumer has not read; the
-//! checkpoint-driven trim never does).
+//! checkpoint-driven trim never does). With [`KafkaOptions::delete_records`] off, `trim`
+//! removes nothing and returns 0.
+//!
+//! # Broker compatibility: tansu 0.6 (the local test broker)
+//!
+//! Topic admin, idempotent produce, fetch and metadata work. Two gaps need options:
+//! `ListOffsets(latest)` answers the base offset of the last produce *batch* + 1, so
+//! watermarks are right only with one record per batch ([`KafkaOptions::batch_records`]
+//! `= Some(1)`); and `DeleteRecords` is not implemented by its in-memory storage (the broker
+//! drops the connection), so trimming needs [`KafkaOptions::delete_records`] `= false`.
 
 mod config;
 mod error;

@@ -114,3 +114,62 @@ pub async fn kafka_brokers() -> String {
         .0
         .clone()
 }
+
+/// A database of its own on the test Postgres server, dropped by [`FreshDb::drop_now`].
+pub struct FreshDb {
+    /// Its URL.
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+/// Replaces the database name of a Postgres URL.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+impl FreshDb {
+    /// Creates `rides_it_<uuid>` on the test server.
+    pub async fn create() -> Self {
+        use sqlx::Connection;
+        let admin = postgres_url().await;
+        let name = unique("rides_it");
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("connect to the test Postgres");
+        // `name` is generated here from a UUID: safe to splice.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+        Self {
+            url: with_database(&admin, &name),
+            admin,
+            name,
+        }
+    }
+
+    /// Drops the database (connections still open to it are terminated).
+    pub async fn drop_now(self) {
+        use sqlx::Connection;
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .execute(&mut conn)
+            .await;
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The whole fleet (API over real HTTP, streamer, two consumers, completer, reaper, trimmer,
+//! simulator) with every fault on, against real services, for every store × log combination
+//! the issue names. Each run must end with every consumer equal to the store's truth and every
+//! kind of fault injected at least once.
+
+mod harness;
+
+use std::time::Duration;
+
+use app::demo::{self, DemoOptions, Verdict};
+use harness::FreshDb;
+
+const RIDES: u64 = 300;
+
+fn options(seed: u64, store: String, log: String) -> DemoOptions {
+    let mut o = DemoOptions::new(RIDES, seed);
+    o.concurrency = 8;
+    o.progress = false;
+    o.settle_timeout = Duration::from_secs(120);
+    o.store = Some(store);
+    o.log = Some(log);
+    o
+}
+
+fn assert_converged(v: &Verdict) {
+    assert!(v.agree, "consumers disagree with the truth:\n{}", v.table());
+    assert_eq!(
+        v.truth.rides,
+        RIDES,
+        "every simulated ride exists once:\n{}",
+        v.table()
+    );
+    assert_eq!(v.truth.unfinished_keys, 0, "{}", v.table());
+    assert_eq!(v.consumers.len(), 2, "{}", v.table());
+    for c in &v.consumers {
+        assert_eq!(
+            (c.rides, c.distance_mm),
+            (v.truth.rides, v.truth.distance_mm),
+            "{}",
+            v.table()
+        );
+    }
+    let f = v.faults;
+    assert!(f.consumer_crashes > 0 && f.api_crashes > 0, "{f:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_store_with_redis_log_converges() {
+    let db = FreshDb::create().await;
+    let stream = harness::unique("rides_fleet");
+    let redis = format!(
+        "{}?stream={stream}",
+        harness::redis_url().await.trim_end_matches('/')
+    );
+    let v = demo::run_demo(options(11, db.url.clone(), redis))
+        .await
+        .unwrap();
+    assert_converged(&v);
+    assert!(v.faults.double_sends > 0, "{:?}", v.faults);
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_alone_converges_without_a_streamer() {
+    let db = FreshDb::create().await;
+    let v = demo::run_demo(options(12, db.url.clone(), db.url.clone()))
+        .await
+        .unwrap();
+    assert_converged(&v);
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_store_with_postgres_log_converges() {
+    let db = FreshDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("rides.db").display());
+    let v = demo::run_demo(options(13, store, db.url.clone()))
+        .await
+        .unwrap();
+    assert_converged(&v);
+    assert!(v.faults.double_sends > 0, "{:?}", v.faults);
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_store_with_sled_log_converges() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("rides.db").display());
+    let log = format!("sled://{}", dir.path().join("log").display());
+    let v = demo::run_demo(options(14, store, log)).await.unwrap();
+    assert_converged(&v);
+    assert!(v.faults.double_sends > 0, "{:?}", v.faults);
+}
+
+#[test]
+fn database_names_are_replaced_in_urls() {
+    assert_eq!(
+        harness::with_database("postgres://u@h:5432/test", "x"),
+        "postgres://u@h:5432/x"
+    );
+    assert_eq!(
+        harness::with_database("postgres://u@h/test?sslmode=disable", "x"),
+        "postgres://u@h/x?sslmode=disable"
+    );
+    assert_eq!(
+        harness::with_database("postgres://h", "x"),
+        "postgres://h/x"
+    );
+}
