@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use domain::Thresholds;
 
+use crate::bench::{self, LogBenchOptions, StoreBenchOptions};
 use crate::demo::{self, DemoOptions};
 use crate::faults::{FaultConfig, Faults};
 use crate::services::{Fleet, FleetConfig};
@@ -208,6 +209,67 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The project's own benchmarks (run them from a release build).
+    Bench {
+        /// Which benchmark.
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+/// The benchmarks of `rides bench`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Append, read and end-to-end latency of the `--log`, next to a raw-driver baseline
+    /// (Redis, Postgres). Without an explicit `--log`: a temporary sled log.
+    Log {
+        /// Records to append and read back.
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        /// Records per append.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Single-record appends measured for the end-to-end latency.
+        #[arg(long, default_value_t = 200)]
+        latency_samples: usize,
+        /// Skip the raw-driver baseline.
+        #[arg(long)]
+        no_baseline: bool,
+        /// Print the report as one JSON object on the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// `create_ride` throughput and latency on the `--store`, without HTTP. Without an
+    /// explicit `--store`: a temporary SQLite file.
+    Store {
+        /// Rides to create.
+        #[arg(long, default_value_t = 2000)]
+        rides: u64,
+        /// Concurrent tasks.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Print the report as one JSON object on the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Whether the flag `id` (e.g. `--store`) or the variable `env` was given explicitly.
+fn explicit(id: &str, env: &str) -> bool {
+    std::env::args().any(|a| a == id || a.starts_with(&format!("{id}=")))
+        || std::env::var_os(env).is_some()
+}
+
+/// Prints a report: a table on stdout, or with `json` the table on stderr and one JSON object
+/// on the last line of stdout.
+fn print_report(table: &str, report: &impl serde::Serialize, json: bool) -> anyhow::Result<()> {
+    if json {
+        eprint!("{table}");
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        print!("{table}");
+    }
+    Ok(())
 }
 
 /// Waits for SIGINT or SIGTERM.
@@ -371,6 +433,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(if v.agree { 0 } else { 1 })
         }
+        Command::Bench { what } => match what {
+            BenchCommand::Log {
+                records,
+                batch,
+                latency_samples,
+                no_baseline,
+                json,
+            } => {
+                let mut opts = LogBenchOptions::new(common.log.clone());
+                opts.explicit = explicit("--log", "RIDES_LOG");
+                opts.records = records;
+                opts.batch = batch;
+                opts.latency_samples = latency_samples;
+                opts.baseline = !no_baseline;
+                let report = bench::bench_log(opts).await?;
+                print_report(&report.table(), &report, json)?;
+                Ok(0)
+            }
+            BenchCommand::Store {
+                rides,
+                concurrency,
+                json,
+            } => {
+                let mut opts = StoreBenchOptions::new(common.store.clone());
+                opts.explicit = explicit("--store", "RIDES_STORE");
+                opts.rides = rides;
+                opts.concurrency = concurrency;
+                let report = bench::bench_store(opts).await?;
+                print_report(&report.table(), &report, json)?;
+                Ok(if report.failed == 0 { 0 } else { 1 })
+            }
+        },
     }
 }
 

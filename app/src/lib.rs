@@ -9,7 +9,9 @@
 //! - [`faults`]: seeded fault injection (double sends, consumer crashes, API crashes).
 //! - [`wiring`]: the only place that turns URLs into adapters.
 //! - [`simulator`], [`demo`], [`cli`]: the load generator, the one-command demo, the CLI.
+//! - [`bench`]: the project's own benchmarks (`rides bench log|store`).
 
+pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod faults;

@@ -1,9 +1,11 @@
 //! Contract suites against the Redis adapter.
 //!
 //! Needs a Redis (>= 6.2) at `RIDES_TEST_REDIS_URL`, e.g.
-//! `RIDES_TEST_REDIS_URL=redis://127.0.0.1:6379 cargo test -p adapters --features redis --test contract_redis`.
+//! `RIDES_TEST_REDIS_URL=redis://127.0.0.1:6379 cargo test -p integration-tests --test redis_contract`.
 //! Every log is a fresh stream key `rides-test-<uuid>`; the factory deletes its keys when the
 //! test ends.
+
+mod harness;
 
 use std::sync::{Arc, Mutex};
 
@@ -14,14 +16,9 @@ use ports::contract::{LogFactory, async_trait};
 /// The variable that names the test Redis.
 const URL_VAR: &str = "RIDES_TEST_REDIS_URL";
 
-/// The test Redis URL; fails loudly (never skips) when it is not set.
-fn redis_url() -> String {
-    std::env::var(URL_VAR).unwrap_or_else(|_| {
-        panic!(
-            "{URL_VAR} is not set: these tests need a Redis; run them with \
-             {URL_VAR}=redis://127.0.0.1:6379 (or the URL of your test Redis)"
-        )
-    })
+/// The test service URL: from the environment, a container, or a clear failure (see `harness`).
+async fn redis_url() -> String {
+    harness::redis_url().await
 }
 
 /// Opens logs on fresh stream keys and reconnects to them as a restarted process would.
@@ -35,7 +32,7 @@ struct RedisLogs {
 impl LogFactory for RedisLogs {
     async fn fresh(&self) -> Arc<dyn Log> {
         let stream = format!("rides-test-{}", uuid::Uuid::new_v4());
-        let log = RedisLog::connect(&redis_url(), &stream)
+        let log = RedisLog::connect(&redis_url().await, &stream)
             .await
             .unwrap_or_else(|e| panic!("connect to the test Redis ({URL_VAR}): {e}"));
         self.streams.lock().expect("streams lock").push(stream);
@@ -55,7 +52,7 @@ impl LogFactory for RedisLogs {
             "reopen: the caller must have dropped every other clone"
         );
         drop(log);
-        let log = RedisLog::connect(&redis_url(), &stream)
+        let log = RedisLog::connect(&redis_url().await, &stream)
             .await
             .unwrap_or_else(|e| panic!("reconnect to {stream}: {e}"));
         Some(Arc::new(log))
@@ -68,8 +65,12 @@ impl Drop for RedisLogs {
         if streams.is_empty() {
             return;
         }
-        // Best effort: a leftover key only costs a little memory on the test server.
-        if let Ok(client) = redis::Client::open(redis_url())
+        // Best effort: a leftover key only costs a little memory on the test server (and a
+        // container started by the harness disappears anyway).
+        let Ok(url) = std::env::var("RIDES_TEST_REDIS_URL") else {
+            return;
+        };
+        if let Ok(client) = redis::Client::open(url)
             && let Ok(mut conn) = client.get_connection()
         {
             let _: Result<(), _> = redis::cmd("DEL").arg(&streams).query(&mut conn);
@@ -84,7 +85,7 @@ ports::log_contract_tests!(RedisLogs::default());
 #[tokio::test]
 async fn persistence_is_reported() {
     let stream = format!("rides-test-{}", uuid::Uuid::new_v4());
-    let log = RedisLog::connect(&redis_url(), &stream)
+    let log = RedisLog::connect(&redis_url().await, &stream)
         .await
         .expect("connect");
     let shown = log.persistence().to_string();

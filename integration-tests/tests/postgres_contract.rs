@@ -4,21 +4,17 @@
 //! `RIDES_TEST_POSTGRES_URL`, so tests run in parallel without seeing each other; `reopen`
 //! drops the handle and connects again to the same schema, as a restarted process would.
 
+mod harness;
+
 use std::sync::Arc;
 
 use adapters::postgres::{PgOptions, PostgresLog, PostgresStore};
 use ports::Log;
 use ports::contract::{LogFactory, StoreFactory, StoreUnderTest, async_trait};
 
-/// The test database URL, or a panic that says how to provide one.
-fn url() -> String {
-    std::env::var("RIDES_TEST_POSTGRES_URL").unwrap_or_else(|_| {
-        panic!(
-            "RIDES_TEST_POSTGRES_URL is not set: point it at a Postgres database these tests may \
-             create schemas in, e.g. \
-             RIDES_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test"
-        )
-    })
+/// The test service URL: from the environment, a container, or a clear failure (see `harness`).
+async fn url() -> String {
+    harness::postgres_url().await
 }
 
 fn options(schema: &str) -> PgOptions {
@@ -44,7 +40,7 @@ async fn fresh_store() -> PostgresStore {
     static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let random = uuid::Uuid::new_v4().simple().to_string();
     let schema = format!("rides_test_{}_{}", now_secs(), &random[..12]);
-    let store = PostgresStore::connect(&url(), options(&schema))
+    let store = PostgresStore::connect(&url().await, options(&schema))
         .await
         .unwrap_or_else(|e| panic!("connect to a fresh schema: {e}"));
     if !SWEPT.swap(true, std::sync::atomic::Ordering::SeqCst) {
@@ -76,7 +72,7 @@ async fn sweep_old_schemas(store: &PostgresStore) {
 }
 
 async fn reconnect(schema: &str) -> PostgresStore {
-    PostgresStore::connect(&url(), options(schema))
+    PostgresStore::connect(&url().await, options(schema))
         .await
         .unwrap_or_else(|e| panic!("reconnect to {schema}: {e}"))
 }
@@ -127,7 +123,7 @@ impl LogFactory for PgLogs {
             .next()
             .unwrap_or_default()
             .to_owned();
-        let log = PostgresLog::connect(&url(), options(&schema))
+        let log = PostgresLog::connect(&url().await, options(&schema))
             .await
             .unwrap_or_else(|e| panic!("reconnect the log to {schema}: {e}"));
         Some(Arc::new(log))

@@ -9,6 +9,8 @@
 //! the log is drained, every reader must have read every committed record exactly once, no
 //! rolled-back record, and seqs that strictly increase.
 
+mod harness;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,14 +27,9 @@ const WRITERS: usize = 16;
 const RECORDS: usize = 10_000;
 const PER_WRITER: usize = RECORDS / WRITERS;
 
-fn url() -> String {
-    std::env::var("RIDES_TEST_POSTGRES_URL").unwrap_or_else(|_| {
-        panic!(
-            "RIDES_TEST_POSTGRES_URL is not set: point it at a Postgres database these tests may \
-             create schemas in, e.g. \
-             RIDES_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test"
-        )
-    })
+/// The test service URL: from the environment, a container, or a clear failure (see `harness`).
+async fn url() -> String {
+    harness::postgres_url().await
 }
 
 fn record(writer: usize, n: usize) -> NewRecord {
@@ -116,11 +113,11 @@ async fn concurrent_writers_with_delays_and_rollbacks_skip_nothing_and_invent_no
         max_connections: WRITERS as u32 + 6,
         ..PgOptions::default()
     };
-    let store = PostgresStore::connect(&url(), opts.clone())
+    let store = PostgresStore::connect(&url().await, opts.clone())
         .await
         .unwrap_or_else(|e| panic!("connect: {e}"));
     let poll_only = PostgresLog::connect(
-        &url(),
+        &url().await,
         PgOptions {
             listen: false,
             max_connections: 3,
