@@ -9,7 +9,7 @@
 //! | `sled://PATH` | - | embedded sled tree | `sled` |
 //! | `postgres://…`, `postgresql://…` | Postgres | outbox table (same URL: no streamer) or a log table | `postgres` |
 //! | `redis://…[/STREAM][?stream=NAME]` | - | Redis stream (default `rides`) | `redis` |
-//! | `kafka://…` | - | not built yet | `kafka` |
+//! | `kafka://HOST:PORT[,HOST:PORT]/TOPIC[?partitions=N]` | - | Kafka topic (created on connect) | `kafka` |
 //!
 //! A scheme whose cargo feature is not compiled in is a typed error
 //! ([`WiringError::FeatureNotEnabled`]) that says how to build it (STYLE rule 20: a
@@ -53,16 +53,6 @@ pub enum WiringError {
         url: String,
         /// The schemes that this role supports.
         supported: &'static str,
-    },
-    /// The backend is planned but not built yet.
-    #[error("the {role} URL {url} names a backend that is not built yet ({what})")]
-    NotBuilt {
-        /// `store` or `log`.
-        role: &'static str,
-        /// The URL, without its password.
-        url: String,
-        /// What is missing.
-        what: &'static str,
     },
     /// The URL has no path or is malformed.
     #[error("invalid {role} URL {url}: {why}")]
@@ -361,14 +351,14 @@ pub async fn open_log(url: &str, stores: &Stores) -> anyhow::Result<OpenedLog> {
         }
         #[cfg(not(feature = "redis"))]
         "redis" | "rediss" => return Err(feature_missing(role, url, "redis")),
-        "kafka" => {
-            return Err(WiringError::NotBuilt {
-                role,
-                url: redact(url),
-                what: "the kafka log adapter is planned; use sled://, redis:// or postgres://",
-            }
-            .into());
-        }
+        #[cfg(feature = "kafka")]
+        "kafka" => Arc::new(
+            adapters::kafka::KafkaLog::connect(url)
+                .await
+                .map_err(|e| anyhow::anyhow!("opening {}: {e}", redact(url)))?,
+        ),
+        #[cfg(not(feature = "kafka"))]
+        "kafka" => return Err(feature_missing(role, url, "kafka")),
         _ => {
             return Err(WiringError::UnknownScheme {
                 role,
@@ -448,15 +438,15 @@ mod tests {
         assert!(matches!(e, WiringError::UnknownScheme { role: "log", .. }));
     }
 
+    #[cfg(not(feature = "kafka"))]
     #[tokio::test]
-    async fn kafka_is_a_clear_not_built_error() {
+    async fn kafka_without_its_feature_names_the_feature() {
         let stores = open_store("memory://").await.unwrap();
-        let e = wiring_error(
-            open_log("kafka://localhost:9092", &stores)
-                .await
-                .unwrap_err(),
-        );
-        assert!(matches!(e, WiringError::NotBuilt { .. }), "{e}");
+        let e = open_log("kafka://localhost:9092/rides", &stores)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`kafka` feature"), "{e}");
     }
 
     #[tokio::test]

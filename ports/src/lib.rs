@@ -31,6 +31,6 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use consumer::{Checkpoint, ConsumerStore};
 pub use error::{ConsumerStoreError, LogError, PaymentError, StoreError};
 pub use log::{Batch, Delivery, Log, Position};
-pub use outbox::Outbox;
+pub use outbox::{Outbox, Route};
 pub use payment::{Charge, ChargeRequest, PaymentGateway};
 pub use store::{BeginRequest, Begun, RideRow, RideStore, Truth, User};

@@ -3,9 +3,25 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::LogRecord;
+use domain::{LogRecord, NewRecord};
+use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
+
+/// Where the streamer publishes: a log URL, and the sequence after which records go there.
+///
+/// A log cutover (`rides log cutover --to URL`) stages a `log.cutover` control record; when
+/// the streamer reaches it, it appends it to the current log as a seal and stores the route
+/// `{log_url: URL, after_seq: <the cutover record's seq>}`. From then on [`Outbox::peek`] only
+/// returns records sequenced after the cutover, which go to the new log. The route lives in
+/// the store so that a restarted streamer continues on the right log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// The log records are published on.
+    pub log_url: String,
+    /// Records at or below this sequence belong to earlier logs.
+    pub after_seq: u64,
+}
 
 /// Staged records waiting to be moved to the log.
 ///
@@ -14,7 +30,10 @@ use crate::error::StoreError;
 /// `n` while a record with a smaller sequence that will still be staged is missing.
 ///
 /// # Contract (checked by `contract::outbox`)
-/// - `peek` returns staged records in increasing sequence order and does not remove them.
+/// - `peek` returns staged records in increasing sequence order and does not remove them;
+///   with a [`Route`] set, only records above its `after_seq`.
+/// - `stage` sequences its records exactly like a phase's, in a transaction of its own.
+/// - `set_route` then `route` returns the same route, also after a restart.
 /// - `remove` removes exactly the given sequences (never "everything up to n").
 /// - `wait_staged` returns early when a phase staged records (in this process, or in any
 ///   process where the backend supports it), and otherwise after `timeout`.
@@ -23,7 +42,7 @@ pub trait Outbox: Send + Sync + 'static {
     /// The producer name this outbox sequences its records under.
     fn producer(&self) -> String;
 
-    /// Up to `max` staged records, lowest sequence first.
+    /// Up to `max` staged records above the route's `after_seq`, lowest sequence first.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the store cannot be reached.
@@ -43,6 +62,25 @@ pub trait Outbox: Send + Sync + 'static {
 
     /// Waits for a staging wake-up or `timeout`, whichever comes first.
     async fn wait_staged(&self, timeout: Duration);
+
+    /// Stages records outside any ride phase (control records such as a log cutover), in one
+    /// transaction, sequenced in commit order like every other staged record.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the store cannot be reached.
+    async fn stage(&self, records: &[NewRecord]) -> Result<(), StoreError>;
+
+    /// The streamer's current route, if a cutover ever set one.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the store cannot be reached.
+    async fn route(&self) -> Result<Option<Route>, StoreError>;
+
+    /// Stores the streamer's route (durably: a restarted streamer reads it back).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the store cannot be reached.
+    async fn set_route(&self, route: &Route) -> Result<(), StoreError>;
 }
 
 const _: fn(&dyn Outbox) = |_| {};
