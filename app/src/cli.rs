@@ -209,12 +209,33 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Log operations: swap the log of a running system, or show where records go.
+    Log {
+        /// What to do.
+        #[command(subcommand)]
+        what: LogCommand,
+    },
     /// The project's own benchmarks (run them from a release build).
     Bench {
         /// Which benchmark.
         #[command(subcommand)]
         what: BenchCommand,
     },
+}
+
+/// The operations of `rides log`.
+#[derive(Debug, Subcommand)]
+pub enum LogCommand {
+    /// Moves publishing from the current log to `--to` while everything keeps running: the
+    /// streamer seals the old log, consumers finish it and continue on the new one.
+    Cutover {
+        /// The new log's URL (any `--log` URL; the store's own Postgres URL for the
+        /// Postgres-only log).
+        #[arg(long, env = "RIDES_CUTOVER_TO")]
+        to: String,
+    },
+    /// Where records are published now, and which log each consumer reads.
+    Status,
 }
 
 /// The benchmarks of `rides bench`.
@@ -432,6 +453,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 print!("{}", v.table());
             }
             Ok(if v.agree { 0 } else { 1 })
+        }
+        Command::Log { what } => {
+            let stores = wiring::open_store(&common.store).await?;
+            let log = wiring::open_log(&common.log, &stores).await?;
+            match what {
+                LogCommand::Cutover { to } => {
+                    let from =
+                        crate::cutover::request(&stores, &log, &to, &ports::SystemClock).await?;
+                    println!(
+                        "cutover staged: records committed from now on go to {to}; the streamer seals {from} when it reaches the cutover record, and each consumer continues on {to} after the seal (watch with `rides log status`)"
+                    );
+                }
+                LogCommand::Status => {
+                    let s = crate::cutover::status(&stores, &log).await?;
+                    println!(
+                        "publishing on {} (after seq {})",
+                        s.publishing_on, s.after_seq
+                    );
+                    for (name, on) in s.consumers {
+                        println!("consumer {name} reads {on}");
+                    }
+                }
+            }
+            Ok(0)
         }
         Command::Bench { what } => match what {
             BenchCommand::Log {

@@ -17,7 +17,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use domain::{DistanceState, Thresholds};
+use domain::Thresholds;
+
+use crate::services::consumer::ConsumerState;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -156,20 +158,29 @@ pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result
         .truth()
         .await
         .context("reading the store's truth")?;
-    let staged = if log.needs_streamer {
+    // The log records are published on now (a cutover may have moved it).
+    let current = match stores.outbox.route().await.context("reading the route")? {
+        Some(route) => log.follow(&route.log_url).await?,
+        None => log.clone(),
+    };
+    let staged = if current.needs_streamer {
         stores.outbox.staged().await.context("reading the outbox")?
     } else {
         0
     };
     let mut consumers = Vec::new();
     for (name, cp) in stores.consumers.list().await.context("listing consumers")? {
-        let state: DistanceState = if cp.version == 0 {
-            DistanceState::default()
+        let saved = if cp.version == 0 {
+            ConsumerState::default()
         } else {
-            serde_json::from_value(cp.state)
+            ConsumerState::from_json(cp.state)
                 .with_context(|| format!("consumer {name} does not hold a distance state"))?
         };
-        let lag = log.log.lag(&cp.position).await.ok();
+        let lag = match &saved.log_url {
+            Some(url) => log.follow(url).await?.log.lag(&cp.position).await.ok(),
+            None => log.log.lag(&cp.position).await.ok(),
+        };
+        let state = saved.fold;
         consumers.push(ConsumerView {
             agrees: state.rides == truth.rides && state.distance_mm == truth.distance_mm,
             name,

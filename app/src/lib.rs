@@ -8,11 +8,13 @@
 //!   each a testable single step inside a loop that stops on shutdown.
 //! - [`faults`]: seeded fault injection (double sends, consumer crashes, API crashes).
 //! - [`wiring`]: the only place that turns URLs into adapters.
+//! - [`cutover`]: swapping the log of a live system (`rides log cutover --to URL`).
 //! - [`simulator`], [`demo`], [`cli`]: the load generator, the one-command demo, the CLI.
 //! - [`bench`]: the project's own benchmarks (`rides bench log|store`).
 
 pub mod bench;
 pub mod cli;
+pub mod cutover;
 pub mod demo;
 pub mod faults;
 pub mod http;

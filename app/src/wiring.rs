@@ -93,12 +93,61 @@ impl std::fmt::Debug for Stores {
 }
 
 /// An opened log, and whether a streamer must feed it from the outbox.
+///
+/// It also knows how to open the *other* logs a log cutover may lead to
+/// ([`OpenedLog::follow`]): every log URL is opened once per process and kept (a sled log can
+/// be opened by one handle per process only), so the streamer, the consumers, the trimmer and
+/// the verdict all share one handle per log.
 #[derive(Clone)]
 pub struct OpenedLog {
     /// The log.
     pub log: Arc<dyn Log>,
     /// `false` when the log reads the store's outbox directly (Postgres log on the store).
     pub needs_streamer: bool,
+    /// The URL it was opened from (the identity of the log in cutover records).
+    pub url: String,
+    registry: LogRegistry,
+}
+
+/// The logs of this process, by URL.
+#[derive(Clone)]
+struct LogRegistry {
+    stores: Stores,
+    opened: Arc<tokio::sync::Mutex<std::collections::HashMap<String, (Arc<dyn Log>, bool)>>>,
+}
+
+impl OpenedLog {
+    /// The log at `url`: this one when `url` is its own URL, else the process's handle on
+    /// that log, opened on first use.
+    ///
+    /// # Errors
+    /// As [`open_log`].
+    pub async fn follow(&self, url: &str) -> anyhow::Result<OpenedLog> {
+        if url == self.url {
+            return Ok(self.clone());
+        }
+        let mut opened = self.registry.opened.lock().await;
+        let (log, needs_streamer) = match opened.get(url) {
+            Some(found) => found.clone(),
+            None => {
+                let fresh = open_log_once(url, &self.registry.stores).await?;
+                opened.insert(url.to_owned(), fresh.clone());
+                fresh
+            }
+        };
+        Ok(OpenedLog {
+            log,
+            needs_streamer,
+            url: url.to_owned(),
+            registry: self.registry.clone(),
+        })
+    }
+
+    /// Whether `url` names this log (`None` names the log the process was started with,
+    /// which consumers that never saw a cutover are on).
+    pub fn is(&self, url: Option<&str>) -> bool {
+        url.is_none_or(|u| u == self.url)
+    }
 }
 
 impl std::fmt::Debug for OpenedLog {
@@ -106,7 +155,7 @@ impl std::fmt::Debug for OpenedLog {
         f.debug_struct("OpenedLog")
             .field("log", &self.log.describe())
             .field("needs_streamer", &self.needs_streamer)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -297,6 +346,22 @@ pub(crate) fn redis_stream(url: &str) -> (String, String) {
 /// A [`WiringError`] for an unknown or not compiled-in scheme; the adapter's error when the
 /// log cannot be opened.
 pub async fn open_log(url: &str, stores: &Stores) -> anyhow::Result<OpenedLog> {
+    let (log, needs_streamer) = open_log_once(url, stores).await?;
+    let registry = LogRegistry {
+        stores: stores.clone(),
+        opened: Arc::new(tokio::sync::Mutex::new(std::collections::HashMap::from([
+            (url.to_owned(), (log.clone(), needs_streamer)),
+        ]))),
+    };
+    Ok(OpenedLog {
+        log,
+        needs_streamer,
+        url: url.to_owned(),
+        registry,
+    })
+}
+
+async fn open_log_once(url: &str, stores: &Stores) -> anyhow::Result<(Arc<dyn Log>, bool)> {
     let role = "log";
     let _ = stores;
     let Some((scheme, rest)) = split_scheme(url) else {
@@ -324,10 +389,7 @@ pub async fn open_log(url: &str, stores: &Stores) -> anyhow::Result<OpenedLog> {
         #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => {
             if let Some(pg) = stores.postgres.as_ref().filter(|_| stores.url == url) {
-                return Ok(OpenedLog {
-                    log: Arc::new(pg.log()),
-                    needs_streamer: false,
-                });
+                return Ok((Arc::new(pg.log()), false));
             }
             Arc::new(
                 adapters::postgres::PostgresLog::connect(
@@ -368,10 +430,7 @@ pub async fn open_log(url: &str, stores: &Stores) -> anyhow::Result<OpenedLog> {
             .into());
         }
     };
-    Ok(OpenedLog {
-        log,
-        needs_streamer: true,
-    })
+    Ok((log, true))
 }
 
 #[cfg(test)]

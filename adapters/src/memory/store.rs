@@ -1,14 +1,16 @@
 //! The canonical store and its outbox, in memory.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{
-    KeyDecision, KeyRecord, KeyTransition, LogRecord, Phase, RecoveryPoint, RideWrite, Thresholds,
+    KeyDecision, KeyRecord, KeyTransition, LogRecord, NewRecord, Phase, RecoveryPoint, RideWrite,
+    Thresholds,
 };
-use ports::{BeginRequest, Begun, Outbox, RideRow, RideStore, StoreError, Truth, User};
+use ports::{BeginRequest, Begun, Outbox, RideRow, RideStore, Route, StoreError, Truth, User};
 use tokio::sync::Notify;
 
 use super::lock;
@@ -51,6 +53,8 @@ struct Inner {
     next_audit_id: i64,
     /// The next producer sequence; starts at 1 and is never reused.
     next_seq: u64,
+    /// The streamer's route, once a cutover set one.
+    route: Option<Route>,
 }
 
 impl Inner {
@@ -79,7 +83,15 @@ impl Inner {
             next_key_id: 1,
             next_audit_id: 1,
             next_seq: 1,
+            route: None,
         }
+    }
+
+    /// Stages `record` under the next producer sequence.
+    fn stage(&mut self, producer: &str, record: NewRecord) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.staged.insert(seq, record.sequenced(producer, seq));
     }
 
     fn insert_key(&mut self, mut key: KeyRecord) -> KeyRecord {
@@ -271,12 +283,7 @@ impl RideStore for MemoryStore {
 
             // The staged records, sequenced in commit order.
             for draft in &phase.records {
-                let seq = inner.next_seq;
-                inner.next_seq += 1;
-                let record = draft
-                    .build(ride_id, now_ms)
-                    .sequenced(self.producer.clone(), seq);
-                inner.staged.insert(seq, record);
+                inner.stage(&self.producer, draft.build(ride_id, now_ms));
             }
             staged_any = !phase.records.is_empty();
 
@@ -429,9 +436,15 @@ impl Outbox for MemoryStore {
     }
 
     async fn peek(&self, max: usize) -> Result<Vec<LogRecord>, StoreError> {
-        Ok(lock(&self.inner)
+        let inner = lock(&self.inner);
+        let from = inner
+            .route
+            .as_ref()
+            .map_or(Bound::Unbounded, |r| Bound::Excluded(r.after_seq));
+        Ok(inner
             .staged
-            .values()
+            .range((from, Bound::Unbounded))
+            .map(|(_, r)| r)
             .take(max)
             .cloned()
             .collect())
@@ -453,6 +466,30 @@ impl Outbox for MemoryStore {
         // `notify_one` leaves a permit when nobody waits, so a phase that staged records
         // between two waits makes the next wait return at once.
         let _ = tokio::time::timeout(timeout, self.staged_wakeup.notified()).await;
+    }
+
+    async fn stage(&self, records: &[NewRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        {
+            // One lock: the records get consecutive sequences, as a phase's do.
+            let mut inner = lock(&self.inner);
+            for record in records {
+                inner.stage(&self.producer, record.clone());
+            }
+        }
+        self.staged_wakeup.notify_one();
+        Ok(())
+    }
+
+    async fn route(&self) -> Result<Option<Route>, StoreError> {
+        Ok(lock(&self.inner).route.clone())
+    }
+
+    async fn set_route(&self, route: &Route) -> Result<(), StoreError> {
+        lock(&self.inner).route = Some(route.clone());
+        Ok(())
     }
 }
 

@@ -1,10 +1,14 @@
 //! The outbox table: staging (inside phases), the sequencer, and the streamer's view.
+//!
+//! The streamer's [`Route`] is one row of the `meta` table (`name = 'route'`, the route as
+//! JSON): written atomically, kept across restarts, and read by `peek` in the same statement
+//! (a scalar subquery), so routing costs no extra round trip.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{LogRecord, NewRecord};
-use ports::{Outbox, StoreError};
+use ports::{Outbox, Route, StoreError};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use tokio::time::Instant;
@@ -160,7 +164,10 @@ impl PostgresStore {
     async fn peek_inner(&self, max: usize) -> Result<Vec<LogRecord>, PgError> {
         self.sequence().await?;
         let sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM outbox WHERE seq IS NOT NULL ORDER BY seq LIMIT $1"
+            "SELECT {RECORD_COLUMNS} FROM outbox WHERE seq IS NOT NULL \
+             AND seq > coalesce((SELECT (value::jsonb ->> 'after_seq')::bigint FROM meta \
+                                 WHERE name = 'route'), 0) \
+             ORDER BY seq LIMIT $1"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(i64::try_from(max).unwrap_or(i64::MAX))
@@ -169,6 +176,48 @@ impl PostgresStore {
         rows.iter()
             .map(|r| record_from_row(r, &self.inner.producer))
             .collect()
+    }
+
+    /// Stages `records` in a transaction of their own, exactly as a phase stages its records.
+    async fn stage_inner(&self, records: &[NewRecord]) -> Result<(), PgError> {
+        let mut tx = self.inner.pool.begin().await?;
+        stage(&mut tx, self.inner.wake.channel(), records).await?;
+        tx.commit().await?;
+        self.inner.wake.bump();
+        Ok(())
+    }
+
+    async fn route_inner(&self) -> Result<Option<Route>, PgError> {
+        let value: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE name = 'route'")
+                .fetch_optional(&self.inner.pool)
+                .await?;
+        value
+            .map(|v| {
+                serde_json::from_str(&v)
+                    .map_err(|e| PgError::Other(format!("bad route {v:?} in meta: {e}")))
+            })
+            .transpose()
+    }
+
+    async fn set_route_inner(&self, route: &Route) -> Result<(), PgError> {
+        // Seqs are BIGINT: a larger `after_seq` could not be compared.
+        if i64::try_from(route.after_seq).is_err() {
+            return Err(PgError::Other(format!(
+                "route after_seq {} is out of range",
+                route.after_seq
+            )));
+        }
+        let value = serde_json::to_string(route)
+            .map_err(|e| PgError::Other(format!("cannot encode the route: {e}")))?;
+        sqlx::query(
+            "INSERT INTO meta (name, value) VALUES ('route', $1) \
+             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+        )
+        .bind(value)
+        .execute(&self.inner.pool)
+        .await?;
+        Ok(())
     }
 
     pub(crate) async fn staged_inner(&self) -> Result<u64, PgError> {
@@ -219,5 +268,19 @@ impl Outbox for PostgresStore {
                 return;
             }
         }
+    }
+    async fn stage(&self, records: &[NewRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        Ok(self.stage_inner(records).await?)
+    }
+
+    async fn route(&self) -> Result<Option<Route>, StoreError> {
+        Ok(self.route_inner().await?)
+    }
+
+    async fn set_route(&self, route: &Route) -> Result<(), StoreError> {
+        Ok(self.set_route_inner(route).await?)
     }
 }

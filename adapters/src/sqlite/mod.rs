@@ -32,11 +32,12 @@
 //!
 //! The producer name is generated once per database file (`sqlite-` and 8 random hex digits,
 //! stored in the `meta` table), so two SQLite stores feeding one log never share sequences.
+//! The streamer's [`ports::Route`] is another `meta` row (`route`, as JSON).
 //!
 //! # Wake-ups
 //!
 //! [`ports::Outbox::wait_staged`] waits on a [`tokio::sync::Notify`] that a committed phase
-//! with staged records notifies; writers in other processes are noticed when the caller's
+//! with staged records (or a committed [`ports::Outbox::stage`]) notifies; writers in other processes are noticed when the caller's
 //! timeout expires (the streamer's bounded poll).
 //!
 //! # URLs

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{LogRecord, NewRecord};
-use ports::{Outbox, StoreError};
-use sqlx::Row;
+use ports::{Outbox, Route, StoreError};
 use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::SqliteStore;
@@ -40,18 +40,86 @@ fn record_from_row(row: &SqliteRow, producer: &str) -> Result<LogRecord, Error> 
     Ok(record.sequenced(producer, seq))
 }
 
+/// Inserts one staged record; its sequence is assigned by `AUTOINCREMENT`. Phases and
+/// [`Outbox::stage`] share this statement, inside their own `BEGIN IMMEDIATE` transaction.
+pub(super) async fn insert_staged(
+    tx: &mut Transaction<'static, Sqlite>,
+    r: &NewRecord,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO staged_records (id, stream, key, kind, payload, correlation_id, \
+         causation_id, recorded_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(r.id.to_string())
+    .bind(&r.stream)
+    .bind(&r.key)
+    .bind(&r.kind)
+    .bind(serde_json::to_string(&r.payload)?)
+    .bind(r.correlation_id.map(|u| u.to_string()))
+    .bind(r.causation_id.map(|u| u.to_string()))
+    .bind(r.recorded_at_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 impl SqliteStore {
     async fn peek_tx(&self, max: usize) -> Result<Vec<LogRecord>, Error> {
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        // Sequences start at 1, so "no route" is "after 0".
         let rows = sqlx::query(
             "SELECT seq, id, stream, key, kind, payload, correlation_id, causation_id, \
-             recorded_at_ms FROM staged_records ORDER BY seq LIMIT ?",
+             recorded_at_ms FROM staged_records \
+             WHERE seq > coalesce((SELECT json_extract(value, '$.after_seq') FROM meta \
+                                   WHERE key = 'route'), 0) \
+             ORDER BY seq LIMIT ?",
         )
         .bind(limit)
         .fetch_all(self.reader())
         .await?;
         let producer = self.producer();
         rows.iter().map(|r| record_from_row(r, &producer)).collect()
+    }
+
+    /// Stages `records` in one `BEGIN IMMEDIATE` transaction, with the same insert as a phase.
+    async fn stage_tx(&self, records: &[NewRecord]) -> Result<(), Error> {
+        let mut tx = self.write().await?;
+        for r in records {
+            insert_staged(&mut tx, r).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn route_tx(&self) -> Result<Option<Route>, Error> {
+        let value: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'route'")
+                .fetch_optional(self.reader())
+                .await?;
+        value
+            .map(|v| serde_json::from_str(&v).map_err(|e| corrupt(format!("route {v:?}: {e}"))))
+            .transpose()
+    }
+
+    async fn set_route_tx(&self, route: &Route) -> Result<(), Error> {
+        // SQLite integers are signed 64-bit: a larger `after_seq` could not be compared.
+        if i64::try_from(route.after_seq).is_err() {
+            return Err(StoreError::Other(format!(
+                "route after_seq {} is out of range",
+                route.after_seq
+            ))
+            .into());
+        }
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('route', ?) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(serde_json::to_string(route)?)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn remove_tx(&self, seqs: &[u64]) -> Result<u64, Error> {
@@ -102,5 +170,22 @@ impl Outbox for SqliteStore {
 
     async fn wait_staged(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.inner.staged.notified()).await;
+    }
+
+    async fn stage(&self, records: &[NewRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.stage_tx(records).await?;
+        self.inner.staged.notify_one();
+        Ok(())
+    }
+
+    async fn route(&self) -> Result<Option<Route>, StoreError> {
+        self.route_tx().await.map_err(Into::into)
+    }
+
+    async fn set_route(&self, route: &Route) -> Result<(), StoreError> {
+        self.set_route_tx(route).await.map_err(Into::into)
     }
 }

@@ -14,6 +14,7 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::SqliteStore;
 use super::error::{Error, corrupt};
+use super::outbox::insert_staged;
 
 /// The columns [`key_from_row`] reads, in `SELECT` order.
 const KEY_COLUMNS: &str = "k.id, k.user_id, k.idempotency_key, k.created_at_ms, \
@@ -281,21 +282,7 @@ impl SqliteStore {
         }
 
         for draft in &phase.records {
-            let r = draft.build(ride_id, now_ms);
-            sqlx::query(
-                "INSERT INTO staged_records (id, stream, key, kind, payload, correlation_id, \
-                 causation_id, recorded_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(r.id.to_string())
-            .bind(&r.stream)
-            .bind(&r.key)
-            .bind(&r.kind)
-            .bind(serde_json::to_string(&r.payload)?)
-            .bind(r.correlation_id.map(|u| u.to_string()))
-            .bind(r.causation_id.map(|u| u.to_string()))
-            .bind(r.recorded_at_ms)
-            .execute(&mut *tx)
-            .await?;
+            insert_staged(&mut tx, &draft.build(ride_id, now_ms)).await?;
         }
 
         match &phase.then {

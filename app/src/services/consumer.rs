@@ -11,6 +11,15 @@
 //! (see `domain::distance`), never by timing. The state is reloaded at every step instead of
 //! being cached: a step costs one extra read, and the consumer can never drift from what it
 //! has committed.
+//!
+//! # Log cutover
+//!
+//! The saved state is a [`ConsumerState`]: the fold plus the URL of the log its position
+//! belongs to. When the consumer reads a `log.cutover` record naming another log (the seal
+//! the streamer appended as the old log's last record), it commits what came before, moves
+//! to the start of the new log and collapses its duplicate marks into per-producer floors
+//! (`DistanceState::start_new_log`), in the same save. Nothing is lost (the old log was read
+//! to its seal) and nothing counts twice (every record of the old log is below the floor).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,12 +28,39 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use domain::{Applied, DistanceState};
-use ports::{Clock, ConsumerStore, Log};
+use ports::{Clock, ConsumerStore, Log, Position};
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::{BATCH_SIZE, Outcome, Step, run_loop};
 use crate::faults::Faults;
 use crate::metrics::Metrics;
+use crate::wiring::OpenedLog;
+
+/// What a distance consumer saves with its position.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerState {
+    /// The log the saved position belongs to; `None` means the log the process was started
+    /// with (the consumer has never followed a cutover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_url: Option<String>,
+    /// The fold.
+    #[serde(flatten)]
+    pub fold: DistanceState,
+}
+
+impl ConsumerState {
+    /// Reads a saved state (`null` for a consumer that registered but never saved).
+    ///
+    /// # Errors
+    /// When the JSON is not a distance consumer's state.
+    pub fn from_json(json: serde_json::Value) -> Result<Self, serde_json::Error> {
+        if json.is_null() {
+            return Ok(Self::default());
+        }
+        serde_json::from_value(json)
+    }
+}
 
 /// A consumer crash injected on purpose (after folding, before commit).
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +78,7 @@ pub struct DistanceConsumer {
     batch: usize,
     wait: Duration,
     registered: AtomicBool,
+    following: Option<OpenedLog>,
 }
 
 impl DistanceConsumer {
@@ -64,7 +101,36 @@ impl DistanceConsumer {
             batch: BATCH_SIZE,
             wait: Duration::from_secs(1),
             registered: AtomicBool::new(false),
+            following: None,
         }
+    }
+
+    /// Follows log cutovers: `log` is the log the process was started with, and the one
+    /// through which the logs named by cutover records are opened.
+    pub fn following(mut self, log: OpenedLog) -> Self {
+        self.log = log.log.clone();
+        self.following = Some(log);
+        self
+    }
+
+    /// The log a saved position belongs to.
+    async fn log_for(&self, url: Option<&str>) -> anyhow::Result<Arc<dyn Log>> {
+        match (url, &self.following) {
+            (None, _) => Ok(self.log.clone()),
+            (Some(url), Some(start)) => Ok(start.follow(url).await?.log),
+            (Some(url), None) => Err(anyhow::anyhow!(
+                "consumer {} is on the log {url}, which it was not set up to follow",
+                self.name
+            )),
+        }
+    }
+
+    /// The URL of the log `state` is on, when known.
+    fn current_url<'a>(&'a self, state: &'a ConsumerState) -> Option<&'a str> {
+        state
+            .log_url
+            .as_deref()
+            .or(self.following.as_ref().map(|o| o.url.as_str()))
     }
 
     /// Sets how long one read waits for records.
@@ -99,26 +165,41 @@ impl DistanceConsumer {
         let checkpoint = self.consumers.load(&self.name).await?;
         let (position, version, mut state) = match checkpoint {
             Some(cp) if cp.version > 0 => {
-                let state: DistanceState = serde_json::from_value(cp.state)
+                let state = ConsumerState::from_json(cp.state)
                     .with_context(|| format!("state of consumer {}", self.name))?;
                 (cp.position, cp.version, state)
             }
-            Some(cp) => (cp.position, 0, DistanceState::default()),
-            None => (ports::Position::start(), 0, DistanceState::default()),
+            Some(cp) => (cp.position, 0, ConsumerState::default()),
+            None => (Position::start(), 0, ConsumerState::default()),
         };
-        let batch = self.log.read(&position, self.batch, self.wait).await?;
+        let log = self.log_for(state.log_url.as_deref()).await?;
+        let batch = log.read(&position, self.batch, self.wait).await?;
         if batch.deliveries.is_empty() {
             return Ok(Outcome::Idle);
         }
+        let mut next = batch.next;
         let mut counted_at = Vec::new();
+        let mut cutover = None;
         for d in &batch.deliveries {
-            match state.apply(d.lane, &d.record) {
+            match state.fold.apply(d.lane, &d.record) {
                 Applied::Counted => counted_at.push(d.record.recorded_at_ms),
                 Applied::Rejected(why) => {
                     tracing::warn!(consumer = %self.name, %why, "record rejected");
                 }
                 Applied::Duplicate | Applied::Ignored => {}
             }
+            if let Some(target) = d.record.cutover_target()
+                && self.current_url(&state) != Some(target)
+            {
+                cutover = Some(target.to_owned());
+                break;
+            }
+        }
+        if let Some(target) = cutover {
+            tracing::info!(consumer = %self.name, to = %target, "log cutover: continuing on the new log");
+            state.fold.start_new_log();
+            state.log_url = Some(target);
+            next = Position::start();
         }
         if self.faults.consumer_crash() {
             tracing::debug!(consumer = %self.name, "fault injected: crashing before commit");
@@ -127,7 +208,7 @@ impl DistanceConsumer {
         let json = serde_json::to_value(&state)?;
         let now = self.clock.now_ms();
         self.consumers
-            .save(&self.name, version, &batch.next, &json, now)
+            .save(&self.name, version, &next, &json, now)
             .await?;
         for at in counted_at {
             self.metrics.record_latency(now - at);

@@ -221,12 +221,14 @@ impl Fleet {
             ));
         }
         let i = config.intervals;
-        if config.streamer && log.needs_streamer {
+        // Also on the Postgres-only log, where it only watches for a cutover away from it.
+        if config.streamer {
             let s = Streamer::new(
                 stores.outbox.clone(),
                 log.log.clone(),
                 config.faults.clone(),
             )
+            .following(log.clone())
             .with_poll(i.streamer_poll);
             tasks.push(("streamer".to_owned(), tokio::spawn(s.run(shutdown.clone()))));
         }
@@ -239,6 +241,7 @@ impl Fleet {
                 config.faults.clone(),
                 metrics.clone(),
             )
+            .following(log.clone())
             .with_wait(i.consumer_wait);
             // Registered before the trimmer can run, so it never trims what `name` needs.
             if let Err(e) = c.register().await {
@@ -268,8 +271,9 @@ impl Fleet {
             tasks.push(("reaper".to_owned(), tokio::spawn(r.run(shutdown.clone()))));
         }
         if config.trimmer {
-            let t =
-                Trimmer::new(log.log.clone(), stores.consumers.clone()).with_interval(i.trimmer);
+            let t = Trimmer::new(log.log.clone(), stores.consumers.clone())
+                .following(log.clone())
+                .with_interval(i.trimmer);
             tasks.push(("trimmer".to_owned(), tokio::spawn(t.run(shutdown.clone()))));
         }
         Ok(Self {

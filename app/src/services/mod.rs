@@ -132,6 +132,9 @@ pub(crate) mod mocks {
             async fn remove(&self, seqs: &[u64]) -> Result<u64, StoreError>;
             async fn staged(&self) -> Result<u64, StoreError>;
             async fn wait_staged(&self, timeout: Duration);
+            async fn stage(&self, records: &[domain::NewRecord]) -> Result<(), StoreError>;
+            async fn route(&self) -> Result<Option<ports::Route>, StoreError>;
+            async fn set_route(&self, route: &ports::Route) -> Result<(), StoreError>;
         }
     }
 

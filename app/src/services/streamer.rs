@@ -6,16 +6,32 @@
 //! may hold duplicates (at least once), which consumers skip by sequence. A failed append
 //! removes nothing. The fault injector can make a step append its batch twice, which is what
 //! such a crash looks like from the consumers' side.
+//!
+//! # Log cutover
+//!
+//! With [`Streamer::following`], the streamer publishes where the store's route says (the log
+//! it was started with until a cutover happens). When a batch contains a `log.cutover` record
+//! naming another log, the streamer appends the batch up to and including that record to the
+//! current log (the record is the old log's seal), opens the new log, stores the route
+//! `{new log, after_seq: the cutover's seq}` in the store, and only then removes what it sent.
+//! Records sequenced after the cutover go to the new log. A crash anywhere in between repeats
+//! the seal or re-sends records that consumers skip by sequence; a restarted streamer reads
+//! the route back from the store, so it never publishes on the old log again.
+//!
+//! When the current log is the store's own outbox (the Postgres-only log), there is nothing to
+//! move: the streamer only watches for a cutover away from it, advancing the route past the
+//! records it has looked at.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ports::{Log, Outbox};
+use ports::{Log, Outbox, Route};
 use tokio_util::sync::CancellationToken;
 
 use super::{BATCH_SIZE, Outcome, Step, run_loop};
 use crate::faults::Faults;
+use crate::wiring::OpenedLog;
 
 /// Outbox → log.
 pub struct Streamer {
@@ -24,6 +40,8 @@ pub struct Streamer {
     faults: Arc<Faults>,
     batch: usize,
     poll: Duration,
+    following: Option<OpenedLog>,
+    current: tokio::sync::Mutex<Option<OpenedLog>>,
 }
 
 impl Streamer {
@@ -35,7 +53,48 @@ impl Streamer {
             faults,
             batch: BATCH_SIZE,
             poll: Duration::from_millis(250),
+            following: None,
+            current: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Follows log cutovers, starting on `log` unless the store's route names another log.
+    pub fn following(mut self, log: OpenedLog) -> Self {
+        self.log = log.log.clone();
+        self.following = Some(log);
+        self
+    }
+
+    /// The log the route names (loaded from the store once), when following cutovers.
+    async fn current(&self) -> anyhow::Result<Option<OpenedLog>> {
+        let Some(start) = &self.following else {
+            return Ok(None);
+        };
+        let mut current = self.current.lock().await;
+        if current.is_none() {
+            *current = Some(match self.outbox.route().await? {
+                Some(route) => start.follow(&route.log_url).await?,
+                None => start.clone(),
+            });
+        }
+        Ok(current.clone())
+    }
+
+    /// Moves publishing to `target` after the cutover record `after_seq`.
+    async fn switch(&self, target: &str, after_seq: u64) -> anyhow::Result<()> {
+        let Some(start) = &self.following else {
+            return Ok(());
+        };
+        let next = start.follow(target).await?;
+        self.outbox
+            .set_route(&Route {
+                log_url: target.to_owned(),
+                after_seq,
+            })
+            .await?;
+        tracing::info!(to = %target, after_seq, "log cutover: publishing on the new log");
+        *self.current.lock().await = Some(next);
+        Ok(())
     }
 
     /// Sets the longest wait for an outbox wake-up when idle (a fallback for stores whose
@@ -51,18 +110,45 @@ impl Streamer {
     /// When the outbox or the log fails; nothing is removed from the outbox unless the log
     /// accepted the records.
     pub async fn step(&self) -> anyhow::Result<Outcome> {
+        let current = self.current().await?;
         let records = self.outbox.peek(self.batch).await?;
-        if records.is_empty() {
+        let Some(last) = records.last() else {
+            return Ok(Outcome::Idle);
+        };
+        // The first cutover to a log other than the current one (only when following).
+        let cut = current.as_ref().and_then(|c| {
+            records
+                .iter()
+                .position(|r| r.cutover_target().is_some_and(|t| t != c.url))
+        });
+        let target =
+            cut.and_then(|i| Some((records[i].cutover_target()?.to_owned(), records[i].seq)));
+        if let Some(c) = current.as_ref().filter(|c| !c.needs_streamer) {
+            // The outbox is the log: nothing to move, only a cutover away from it to watch for.
+            if let Some((to, seq)) = target {
+                self.switch(&to, seq).await?;
+                return Ok(Outcome::Worked(1));
+            }
+            let route = Route {
+                log_url: c.url.clone(),
+                after_seq: last.seq,
+            };
+            self.outbox.set_route(&route).await?;
             return Ok(Outcome::Idle);
         }
-        self.log.append(&records).await?;
+        let log = current.map_or_else(|| self.log.clone(), |c| c.log);
+        let send = &records[..cut.map_or(records.len(), |i| i + 1)];
+        log.append(send).await?;
         if self.faults.double_send() {
-            tracing::debug!(n = records.len(), "fault injected: sending the batch twice");
-            self.log.append(&records).await?;
+            tracing::debug!(n = send.len(), "fault injected: sending the batch twice");
+            log.append(send).await?;
         }
-        let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        if let Some((to, seq)) = target {
+            self.switch(&to, seq).await?;
+        }
+        let seqs: Vec<u64> = send.iter().map(|r| r.seq).collect();
         self.outbox.remove(&seqs).await?;
-        Ok(Outcome::Worked(records.len() as u64))
+        Ok(Outcome::Worked(send.len() as u64))
     }
 
     /// Steps until `shutdown` is cancelled.

@@ -5,6 +5,10 @@
 //! consumer it trims nothing (the log contract refuses an empty list too): a consumer that has
 //! not started yet must not lose records. A consumer that registered but never saved sits at
 //! the start and holds trimming back entirely.
+//!
+//! With [`Trimmer::following`], consumers are grouped by the log their position belongs to
+//! (after a log cutover they move to another log), and each log is trimmed only with the
+//! positions of the consumers on it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +17,16 @@ use async_trait::async_trait;
 use ports::{ConsumerStore, Log, Position};
 use tokio_util::sync::CancellationToken;
 
+use super::consumer::ConsumerState;
 use super::{Outcome, Step, run_loop};
+use crate::wiring::OpenedLog;
 
 /// Log records every consumer has passed → removed.
 pub struct Trimmer {
     log: Arc<dyn Log>,
     consumers: Arc<dyn ConsumerStore>,
     interval: Duration,
+    following: Option<OpenedLog>,
 }
 
 impl Trimmer {
@@ -29,7 +36,15 @@ impl Trimmer {
             log,
             consumers,
             interval: Duration::from_secs(5),
+            following: None,
         }
+    }
+
+    /// Trims every log that consumers are on, starting from `log` (see the module docs).
+    pub fn following(mut self, log: OpenedLog) -> Self {
+        self.log = log.log.clone();
+        self.following = Some(log);
+        self
     }
 
     /// Sets how long to wait after a run that removed nothing.
@@ -43,17 +58,26 @@ impl Trimmer {
     /// # Errors
     /// When the consumer store or the log fails.
     pub async fn step(&self) -> anyhow::Result<Outcome> {
-        let positions: Vec<Position> = self
-            .consumers
-            .list()
-            .await?
-            .into_iter()
-            .map(|(_, cp)| cp.position)
-            .collect();
-        if positions.is_empty() {
-            return Ok(Outcome::Idle);
+        let consumers = self.consumers.list().await?;
+        let mut groups: std::collections::BTreeMap<Option<String>, Vec<Position>> =
+            std::collections::BTreeMap::new();
+        for (_, cp) in consumers {
+            let url = match &self.following {
+                Some(_) => ConsumerState::from_json(cp.state)
+                    .ok()
+                    .and_then(|s| s.log_url),
+                None => None,
+            };
+            groups.entry(url).or_default().push(cp.position);
         }
-        let n = self.log.trim(&positions).await?;
+        let mut n = 0;
+        for (url, positions) in groups {
+            let log = match (&url, &self.following) {
+                (Some(url), Some(start)) => start.follow(url).await?.log,
+                _ => self.log.clone(),
+            };
+            n += log.trim(&positions).await?;
+        }
         Ok(if n == 0 {
             Outcome::Idle
         } else {

@@ -161,6 +161,8 @@ macro_rules! store_contract_tests {
             store::truth_counts_rides_distance_and_unfinished_keys,
             store::outbox_peek_is_in_seq_order_and_remove_is_exact,
             store::wait_staged_wakes_on_a_phase,
+            store::stage_sequences_like_a_phase,
+            store::route_is_durable_and_peek_starts_after_it,
             store::concurrent_writers_nothing_skipped_nothing_phantom,
             store::store_survives_reopen,
             consumer::register_is_idempotent_and_starts_at_start,

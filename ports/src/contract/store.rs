@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use domain::{KeyRecord, LogRecord, Phase, RecoveryPoint, StoredResponse, Thresholds};
+use domain::record::kinds;
+use domain::{KeyRecord, LogRecord, NewRecord, Phase, RecoveryPoint, StoredResponse, Thresholds};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -19,7 +20,7 @@ use super::fixtures::{
     key_fixture, key_text, now_ms, params, proceed, ride_for, user, within,
 };
 use super::{StoreFactory, StoreUnderTest};
-use crate::{Begun, StoreError, Truth};
+use crate::{Begun, Route, StoreError, Truth};
 
 async fn key_of(sut: &StoreUnderTest, user_id: i64, key: &str) -> Option<KeyRecord> {
     sut.store
@@ -703,6 +704,143 @@ pub async fn wait_staged_wakes_on_a_phase(f: &dyn StoreFactory) {
     assert!(
         elapsed < Duration::from_secs(10),
         "wait_staged must wake when a phase stages records, but took {elapsed:?}"
+    );
+}
+
+async fn stage(sut: &StoreUnderTest, records: &[NewRecord]) {
+    sut.outbox
+        .stage(records)
+        .await
+        .unwrap_or_else(|e| panic!("stage of {} records failed: {e}", records.len()));
+}
+
+async fn route(sut: &StoreUnderTest) -> Option<Route> {
+    sut.outbox
+        .route()
+        .await
+        .unwrap_or_else(|e| panic!("route failed: {e}"))
+}
+
+async fn set_route(sut: &StoreUnderTest, r: &Route) {
+    sut.outbox
+        .set_route(r)
+        .await
+        .unwrap_or_else(|e| panic!("set_route({r:?}) failed: {e}"));
+}
+
+/// Rule: `stage` sequences its records exactly like a phase's: two cutover records staged
+/// between two ride phases come out of `peek` between the two rides' records, with strictly
+/// increasing seqs, this store's producer, and the kind and payload they were staged with.
+/// Preconditions: a fresh store.
+pub async fn stage_sequences_like_a_phase(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let now = now_ms();
+    create_ride(&sut, u.id, params(1), now).await;
+    let cutovers = [
+        NewRecord::cutover("contract://first", now),
+        NewRecord::cutover("contract://second", now),
+    ];
+    stage(&sut, &cutovers).await;
+    create_ride(&sut, u.id, params(2), now).await;
+
+    let all = peek(&sut, 100).await;
+    assert_eq!(
+        all.len(),
+        4,
+        "two phases and one stage of two records staged four records: {all:?}"
+    );
+    assert_strictly_increasing(&all, "peek after stage");
+    let kinds: Vec<&str> = all.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(
+        kinds[1..3],
+        [kinds::LOG_CUTOVER, kinds::LOG_CUTOVER],
+        "staged records must be sequenced between the phases around them: {kinds:?}"
+    );
+    assert!(
+        all[0].kind != kinds::LOG_CUTOVER && all[3].kind != kinds::LOG_CUTOVER,
+        "the phases' records must come first and last: {kinds:?}"
+    );
+    for (got, want) in all[1..3].iter().zip(&cutovers) {
+        assert_eq!(
+            got.unsequenced(),
+            *want,
+            "a staged record must come back as it was staged"
+        );
+        assert_eq!(
+            got.producer,
+            sut.outbox.producer(),
+            "staged records carry the outbox's producer"
+        );
+    }
+    assert_eq!(staged(&sut).await, 4, "staged counts the staged records");
+}
+
+/// Rule: a fresh store has no route; `set_route` then `route` returns it, a second
+/// `set_route` overwrites it, and it survives a restart; with a route set, `peek` returns
+/// only records above its `after_seq`.
+/// Preconditions: a fresh store; the restart part is skipped when the factory's `reopen`
+/// returns `None` (memory).
+pub async fn route_is_durable_and_peek_starts_after_it(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let now = now_ms();
+    assert_eq!(route(&sut).await, None, "a fresh store has no route");
+    let records: Vec<NewRecord> = (1..=3)
+        .map(|n| NewRecord::cutover(&format!("contract://{n}"), now))
+        .collect();
+    stage(&sut, &records).await;
+    let all = peek(&sut, 100).await;
+    assert_eq!(all.len(), 3, "three staged records: {all:?}");
+
+    let first = Route {
+        log_url: "x://y".to_owned(),
+        after_seq: all[1].seq,
+    };
+    set_route(&sut, &first).await;
+    assert_eq!(
+        route(&sut).await,
+        Some(first),
+        "route must return what set_route stored"
+    );
+    assert_eq!(
+        peek(&sut, 100).await,
+        all[2..],
+        "with a route, peek returns only the records above its after_seq"
+    );
+    assert_eq!(
+        staged(&sut).await,
+        3,
+        "a route hides records from peek but does not remove them"
+    );
+
+    let second = Route {
+        log_url: "x://z".to_owned(),
+        after_seq: all[0].seq,
+    };
+    set_route(&sut, &second).await;
+    assert_eq!(
+        route(&sut).await,
+        Some(second.clone()),
+        "set_route must overwrite the route"
+    );
+    assert_eq!(
+        peek(&sut, 100).await,
+        all[1..],
+        "peek follows the overwritten route"
+    );
+
+    let Some(sut) = f.reopen(sut).await else {
+        return;
+    };
+    assert_eq!(
+        route(&sut).await,
+        Some(second),
+        "the route must survive a restart"
+    );
+    assert_eq!(
+        peek(&sut, 100).await,
+        all[1..],
+        "peek after a restart follows the stored route"
     );
 }
 
