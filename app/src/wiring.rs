@@ -109,11 +109,14 @@ pub struct OpenedLog {
     registry: LogRegistry,
 }
 
+/// A log handle and whether a streamer must feed it.
+type LogHandle = (Arc<dyn Log>, bool);
+
 /// The logs of this process, by URL.
 #[derive(Clone)]
 struct LogRegistry {
     stores: Stores,
-    opened: Arc<tokio::sync::Mutex<std::collections::HashMap<String, (Arc<dyn Log>, bool)>>>,
+    opened: Arc<tokio::sync::Mutex<std::collections::HashMap<String, LogHandle>>>,
 }
 
 impl OpenedLog {
