@@ -44,7 +44,7 @@ pub struct Common {
         default_value = "sqlite://./data/rides.db"
     )]
     pub store: String,
-    /// The log: memory://, sled://PATH, postgres://…, redis://…
+    /// The log: memory://, sled://PATH, postgres://…, redis://…, kafka://HOST:PORT/TOPIC
     #[arg(
         long,
         global = true,

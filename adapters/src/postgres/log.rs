@@ -135,21 +135,16 @@ impl Log for PostgresLog {
             return Ok(());
         }
         let staged: Vec<_> = records.iter().map(LogRecord::unsequenced).collect();
-        let mut tx = self.store.pool().begin().await.map_err(PgError::from)?;
+        // One statement (insert + `NOTIFY`): atomic without an explicit transaction.
         insert(
-            &mut tx,
+            self.store.pool(),
             staged
                 .iter()
                 .zip(records)
                 .map(|(n, r)| (n, Some((r.producer.as_str(), r.seq)))),
+            Some(self.store.inner.wake.channel()),
         )
         .await?;
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(self.store.inner.wake.channel())
-            .execute(&mut *tx)
-            .await
-            .map_err(PgError::from)?;
-        tx.commit().await.map_err(PgError::from)?;
         self.store.inner.wake.bump();
         Ok(())
     }

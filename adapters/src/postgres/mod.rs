@@ -2,7 +2,7 @@
 //! Postgres-only log (the outbox table *is* the log; no streamer needed).
 //!
 //! ```text
-//!  run_phase (SERIALIZABLE)          sequencer (one at a time)          readers
+//!  run_phase (key row locked)        sequencer (one at a time)          readers
 //!  ┌──────────────────────┐          ┌──────────────────────────┐       ┌─────────────────┐
 //!  │ ride, audit, key     │ commit   │ advisory xact lock (try) │       │ WHERE seq > pos │
 //!  │ INSERT outbox seq=∅  │────────▶ │ rows seq IS NULL by id   │──────▶│ ORDER BY seq    │
@@ -16,15 +16,16 @@
 //! `WHERE id > last` can pass over a row whose transaction commits after a row with a larger
 //! id was read. Here a phase inserts its records with `seq` NULL; the *sequencer* (run at the
 //! start of [`Outbox::peek`](ports::Outbox::peek), [`Log::read`](ports::Log::read) and
-//! [`Log::lag`](ports::Log::lag)) takes, in one transaction, a transaction-scoped advisory
+//! [`Log::lag`](ports::Log::lag); the server-side function `outbox_sequence` of migration
+//! 0002, so a run is one round trip) takes, in one transaction, a transaction-scoped advisory
 //! lock (`pg_try_advisory_xact_lock`; if another sequencer holds it, it skips), locks up to
 //! 1000 committed unsequenced rows in id order, gives them consecutive seqs from a one-row
 //! counter, and commits. Sequencer runs are serialized and each makes its whole range visible
 //! atomically, after every earlier range; a row is invisible to the sequencer until its
 //! writer commits. So a reader that has read up to seq `S` never later sees a new row with a
 //! seq `<= S`, whatever order the writers commit in: zero skips. A rolled-back phase's rows
-//! never become visible: zero phantoms. `adapters/tests/pg_concurrency.rs` checks both with
-//! 16 writers, random commit delays and rollbacks.
+//! never become visible: zero phantoms. `integration-tests/tests/postgres_concurrency.rs`
+//! checks both with 16 writers, random commit delays and rollbacks.
 //!
 //! The failure mode of every gap-safe scheme is a *stall*. In this scheme it is narrow: a
 //! long-running transaction does **not** hold back the rows of transactions that commit
@@ -40,10 +41,44 @@
 //! by the migration) and its producer seq is its log seq, unless it was appended from another
 //! store's outbox ([`Log::append`](ports::Log::append)), in which case it keeps both.
 //!
-//! # Isolation, errors, wake-ups
+//! # Staging
 //!
-//! Phases run at `SERIALIZABLE`; SQLSTATE 40001 and unique violations become
-//! [`StoreError::Conflict`] (see `error.rs`), connection problems `Unavailable`. Readers and
+//! A phase's records, a [`stage`](ports::Outbox::stage) and a [`Log::append`](ports::Log::append)
+//! batch are inserted by one `INSERT … SELECT … FROM UNNEST($1::text[], …) WITH ORDINALITY
+//! ORDER BY ord` (arrays bound once per column), so ids, hence seqs, follow the batch order and
+//! a 1000-record append is one round trip. Outside a phase the same statement also runs the
+//! `pg_notify` (a data-modifying CTE), so it needs no explicit transaction at all.
+//!
+//! # Isolation
+//!
+//! Phases ([`begin`](ports::RideStore::begin) and [`run_phase`](ports::RideStore::run_phase))
+//! run at `READ COMMITTED` and start by locking their idempotency key row with
+//! `SELECT … FOR UPDATE`. This is as safe as `SERIALIZABLE` for them because of their shape:
+//!
+//! - the key row is the **only** row a phase reads and decides on (`KeyRecord::decide`, the
+//!   `expected` recovery point). `FOR UPDATE` returns its latest committed version and holds
+//!   it until commit, so two phases of one key run one after the other and the second decides
+//!   on the first one's result: a racing `begin` answers `InProgress` (the key is locked), a
+//!   racing `run_phase` finds the key past `expected` and fails with
+//!   [`StoreError::Conflict`], writing nothing. Never two rides or two charges for one key.
+//! - everything else a phase does is a write that reads nothing back: the ride insert (unique
+//!   `rides.idempotency_key_id` as a second guard), the charge update of the key's own ride,
+//!   the audit row, the outbox rows, the key transition. Two `begin`s creating the same new
+//!   key collide on `UNIQUE (user_id, idempotency_key)`: the loser gets `Conflict`.
+//!
+//! `SERIALIZABLE`, which the adapter used first, added nothing but false positives: on tiny
+//! tables the planner scans sequentially, SSI then takes relation-level predicate locks, and
+//! with 16 concurrent requests for *different* keys about two phases in three failed with
+//! SQLSTATE 40001 ("read/write dependencies"); such a failure surfaces at `COMMIT`, which
+//! also made sqlx send a stray `ROLLBACK` afterwards. Under the row-lock scheme requests with
+//! different keys never wait for or fail because of each other. No phase is retried
+//! internally; a lost race is reported as `Conflict`, as the trait asks, and the payment call
+//! happens between phases with its own idempotency key.
+//!
+//! # Errors, wake-ups
+//!
+//! SQLSTATE 40001, 40P01 and unique violations become [`StoreError::Conflict`] (see
+//! `error.rs`), connection problems `Unavailable`. Readers and
 //! the streamer wait on `LISTEN` (see `notify.rs`), or poll every 100 ms with
 //! [`PgOptions::listen`] `false`. Times are stored as BIGINT milliseconds.
 

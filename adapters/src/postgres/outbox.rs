@@ -20,61 +20,101 @@ use super::error::PgError;
 /// Rows sequenced per sequencer run at most.
 const SEQUENCER_BATCH: i64 = 1000;
 
-/// Keys of the sequencer's advisory lock: a constant ("RIDE") and the current schema, so
-/// stores in different schemas of one database never wait for each other.
-const SEQUENCER_LOCK: &str =
-    "SELECT pg_try_advisory_xact_lock(1380533317, hashtext(current_schema()))";
-
 /// The columns every read selects, in the order [`record_from_row`] expects.
 pub(crate) const RECORD_COLUMNS: &str = "seq, producer, producer_seq, record_id::text AS record_id, \
      stream, key, kind, payload, correlation_id::text AS correlation_id, \
      causation_id::text AS causation_id, recorded_at_ms";
 
-/// Inserts `records` unsequenced and schedules the wake-up for commit. Runs inside the
-/// caller's transaction.
+/// Inserts `records` unsequenced and schedules the wake-up for commit, in one statement.
+/// Runs inside the caller's transaction.
 pub(crate) async fn stage(
     conn: &mut PgConnection,
     channel: &str,
     records: &[NewRecord],
 ) -> Result<(), PgError> {
-    insert(conn, records.iter().map(|r| (r, None))).await?;
-    if !records.is_empty() {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(channel)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
+    insert(conn, records.iter().map(|r| (r, None)), Some(channel)).await
 }
 
-/// Inserts records with an optional (producer, producer seq) origin.
-pub(crate) async fn insert<'a>(
-    conn: &mut PgConnection,
+/// The outbox columns [`insert`] writes, as arrays (one element per record, in order).
+#[derive(Default)]
+struct Columns {
+    producer: Vec<Option<String>>,
+    producer_seq: Vec<Option<i64>>,
+    record_id: Vec<String>,
+    stream: Vec<String>,
+    key: Vec<String>,
+    kind: Vec<String>,
+    payload: Vec<serde_json::Value>,
+    correlation_id: Vec<Option<String>>,
+    causation_id: Vec<Option<String>>,
+    recorded_at_ms: Vec<i64>,
+}
+
+/// One `INSERT … SELECT … FROM UNNEST(arrays) WITH ORDINALITY ORDER BY ord`: the whole batch
+/// in one round trip, ids (hence seqs) in the order of the batch. UUIDs travel as text and
+/// are cast by the server, as everywhere in this adapter.
+const INSERT_SQL: &str = "INSERT INTO outbox (producer, producer_seq, record_id, stream, key, \
+       kind, payload, correlation_id, causation_id, recorded_at_ms) \
+     SELECT r.producer, r.producer_seq, r.record_id::uuid, r.stream, r.key, r.kind, r.payload, \
+       r.correlation_id::uuid, r.causation_id::uuid, r.recorded_at_ms \
+     FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                 $7::jsonb[], $8::text[], $9::text[], $10::bigint[]) \
+       WITH ORDINALITY AS r(producer, producer_seq, record_id, stream, key, kind, payload, \
+                            correlation_id, causation_id, recorded_at_ms, ord) \
+     ORDER BY r.ord";
+
+/// Inserts records with an optional (producer, producer seq) origin, as one statement; with
+/// `notify`, the same statement also runs `pg_notify(channel, '')` (delivered at commit), so
+/// a batch outside a transaction is atomic and costs one round trip.
+pub(crate) async fn insert<'a, 'c, E>(
+    conn: E,
     records: impl Iterator<Item = (&'a NewRecord, Option<(&'a str, u64)>)>,
-) -> Result<(), PgError> {
+    notify: Option<&str>,
+) -> Result<(), PgError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    let mut c = Columns::default();
     for (r, origin) in records {
         let producer_seq = origin
             .map(|(_, s)| i64::try_from(s))
             .transpose()
             .map_err(|_| PgError::Other("producer seq out of range".to_owned()))?;
-        sqlx::query(
-            "INSERT INTO outbox (producer, producer_seq, record_id, stream, key, kind, payload, \
-             correlation_id, causation_id, recorded_at_ms) \
-             VALUES ($1, $2, $3::uuid, $4, $5, $6, $7, $8::uuid, $9::uuid, $10)",
-        )
-        .bind(origin.map(|(p, _)| p))
-        .bind(producer_seq)
-        .bind(r.id.to_string())
-        .bind(&r.stream)
-        .bind(&r.key)
-        .bind(&r.kind)
-        .bind(&r.payload)
-        .bind(r.correlation_id.map(|u| u.to_string()))
-        .bind(r.causation_id.map(|u| u.to_string()))
-        .bind(r.recorded_at_ms)
-        .execute(&mut *conn)
-        .await?;
+        c.producer.push(origin.map(|(p, _)| p.to_owned()));
+        c.producer_seq.push(producer_seq);
+        c.record_id.push(r.id.to_string());
+        c.stream.push(r.stream.clone());
+        c.key.push(r.key.clone());
+        c.kind.push(r.kind.clone());
+        c.payload.push(r.payload.clone());
+        c.correlation_id
+            .push(r.correlation_id.map(|u| u.to_string()));
+        c.causation_id.push(r.causation_id.map(|u| u.to_string()));
+        c.recorded_at_ms.push(r.recorded_at_ms);
     }
+    if c.record_id.is_empty() {
+        return Ok(());
+    }
+    let sql = match notify {
+        // A data-modifying CTE runs to completion even though the outer query ignores it.
+        Some(_) => format!("WITH staged AS ({INSERT_SQL}) SELECT pg_notify($11, '')"),
+        None => INSERT_SQL.to_owned(),
+    };
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(c.producer)
+        .bind(c.producer_seq)
+        .bind(c.record_id)
+        .bind(c.stream)
+        .bind(c.key)
+        .bind(c.kind)
+        .bind(c.payload)
+        .bind(c.correlation_id)
+        .bind(c.causation_id)
+        .bind(c.recorded_at_ms);
+    if let Some(channel) = notify {
+        query = query.bind(channel.to_owned());
+    }
+    query.execute(conn).await?;
     Ok(())
 }
 
@@ -110,55 +150,20 @@ impl PostgresStore {
     /// The sequencer: gives committed unsequenced rows consecutive seqs, in id order, in one
     /// transaction, one sequencer at a time (see the module docs). Returns how many rows it
     /// sequenced (0 also when another sequencer is running).
+    ///
+    /// The whole run is the server-side function `outbox_sequence` (migration 0002), called
+    /// as one statement, hence in a transaction of its own: one round trip, and when nothing
+    /// is unsequenced it returns before taking the lock.
     pub(crate) async fn sequence(&self) -> Result<u64, PgError> {
-        // One cheap round trip (partial index) before the four of a sequencer run. A row that
-        // commits right after this check is simply sequenced by the next run.
-        let pending: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox WHERE seq IS NULL)")
-                .fetch_one(&self.inner.pool)
-                .await?;
-        if !pending {
-            return Ok(0);
-        }
-        let mut tx = self.inner.pool.begin().await?;
-        let locked: bool = sqlx::query_scalar(SEQUENCER_LOCK)
-            .fetch_one(&mut *tx)
-            .await?;
-        if !locked {
-            return Ok(0);
-        }
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM outbox WHERE seq IS NULL ORDER BY id LIMIT $1 FOR UPDATE",
-        )
-        .bind(SEQUENCER_BATCH)
-        .fetch_all(&mut *tx)
-        .await?;
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        let n = i64::try_from(ids.len()).unwrap_or(SEQUENCER_BATCH);
-        let first: i64 = sqlx::query_scalar(
-            "UPDATE outbox_counter SET next_seq = next_seq + $1 RETURNING next_seq - $1",
-        )
-        .bind(n)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE outbox o SET seq = $1 + a.ord - 1 \
-             FROM unnest($2::bigint[]) WITH ORDINALITY AS a(id, ord) WHERE o.id = a.id",
-        )
-        .bind(first)
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
-        // Readers in other processes may have skipped sequencing because we held the lock.
-        sqlx::query("SELECT pg_notify($1, '')")
+        let n: i64 = sqlx::query_scalar("SELECT outbox_sequence($1, $2)")
+            .bind(SEQUENCER_BATCH)
             .bind(self.inner.wake.channel())
-            .execute(&mut *tx)
+            .fetch_one(&self.inner.pool)
             .await?;
-        tx.commit().await?;
-        self.inner.wake.bump();
-        Ok(ids.len() as u64)
+        if n > 0 {
+            self.inner.wake.bump();
+        }
+        Ok(u64::try_from(n).unwrap_or_default())
     }
 
     async fn peek_inner(&self, max: usize) -> Result<Vec<LogRecord>, PgError> {
@@ -179,10 +184,15 @@ impl PostgresStore {
     }
 
     /// Stages `records` in a transaction of their own, exactly as a phase stages its records.
+    /// One statement (insert + `NOTIFY`), so it needs no explicit transaction.
     async fn stage_inner(&self, records: &[NewRecord]) -> Result<(), PgError> {
-        let mut tx = self.inner.pool.begin().await?;
-        stage(&mut tx, self.inner.wake.channel(), records).await?;
-        tx.commit().await?;
+        let channel = self.inner.wake.channel();
+        insert(
+            &self.inner.pool,
+            records.iter().map(|r| (r, None)),
+            Some(channel),
+        )
+        .await?;
         self.inner.wake.bump();
         Ok(())
     }

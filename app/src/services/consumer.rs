@@ -15,11 +15,15 @@
 //! # Log cutover
 //!
 //! The saved state is a [`ConsumerState`]: the fold plus the URL of the log its position
-//! belongs to. When the consumer reads a `log.cutover` record naming another log (the seal
-//! the streamer appended as the old log's last record), it commits what came before, moves
-//! to the start of the new log and collapses its duplicate marks into per-producer floors
-//! (`DistanceState::start_new_log`), in the same save. Nothing is lost (the old log was read
-//! to its seal) and nothing counts twice (every record of the old log is below the floor).
+//! belongs to. A `log.cutover` record naming another log is the old log's seal: the streamer
+//! appended it after every record that belongs to the old log, and appends nothing new there
+//! afterwards. Order only holds per lane, though (a Kafka partition), so records of *other*
+//! lanes may still be unread when the seal shows up. The consumer therefore notes the seal
+//! (`sealed_to`), keeps reading the old log, and switches only when a read finds nothing more:
+//! then it moves to the start of the new log and collapses its duplicate marks into
+//! per-producer floors (`DistanceState::start_new_log`), in one save. Nothing is lost (the old
+//! log was read to its end) and nothing counts twice (every record of the old log is below
+//! the floor).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +48,10 @@ pub struct ConsumerState {
     /// with (the consumer has never followed a cutover).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_url: Option<String>,
+    /// The log a seal read on the current log points to; the consumer moves there once the
+    /// current log has nothing more to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_to: Option<String>,
     /// The fold.
     #[serde(flatten)]
     pub fold: DistanceState,
@@ -175,11 +183,26 @@ impl DistanceConsumer {
         let log = self.log_for(state.log_url.as_deref()).await?;
         let batch = log.read(&position, self.batch, self.wait).await?;
         if batch.deliveries.is_empty() {
-            return Ok(Outcome::Idle);
+            let Some(target) = state.sealed_to.take() else {
+                return Ok(Outcome::Idle);
+            };
+            // Sealed and read to its end: every record of the old log has been applied.
+            tracing::info!(consumer = %self.name, to = %target, "log cutover: continuing on the new log");
+            state.fold.start_new_log();
+            state.log_url = Some(target);
+            let json = serde_json::to_value(&state)?;
+            self.consumers
+                .save(
+                    &self.name,
+                    version,
+                    &Position::start(),
+                    &json,
+                    self.clock.now_ms(),
+                )
+                .await?;
+            return Ok(Outcome::Worked(0));
         }
-        let mut next = batch.next;
         let mut counted_at = Vec::new();
-        let mut cutover = None;
         for d in &batch.deliveries {
             match state.fold.apply(d.lane, &d.record) {
                 Applied::Counted => counted_at.push(d.record.recorded_at_ms),
@@ -189,17 +212,12 @@ impl DistanceConsumer {
                 Applied::Duplicate | Applied::Ignored => {}
             }
             if let Some(target) = d.record.cutover_target()
+                && state.sealed_to.is_none()
                 && self.current_url(&state) != Some(target)
             {
-                cutover = Some(target.to_owned());
-                break;
+                tracing::info!(consumer = %self.name, to = %target, "log sealed: reading it to its end");
+                state.sealed_to = Some(target.to_owned());
             }
-        }
-        if let Some(target) = cutover {
-            tracing::info!(consumer = %self.name, to = %target, "log cutover: continuing on the new log");
-            state.fold.start_new_log();
-            state.log_url = Some(target);
-            next = Position::start();
         }
         if self.faults.consumer_crash() {
             tracing::debug!(consumer = %self.name, "fault injected: crashing before commit");
@@ -208,7 +226,7 @@ impl DistanceConsumer {
         let json = serde_json::to_value(&state)?;
         let now = self.clock.now_ms();
         self.consumers
-            .save(&self.name, version, &next, &json, now)
+            .save(&self.name, version, &batch.next, &json, now)
             .await?;
         for at in counted_at {
             self.metrics.record_latency(now - at);
@@ -379,5 +397,84 @@ mod tests {
         cs.expect_save().never();
         let (c, _) = consumer(log_with(vec![]), cs, Faults::none());
         assert_eq!(c.step().await.unwrap(), Outcome::Idle);
+    }
+
+    #[tokio::test]
+    async fn a_seal_is_read_to_the_end_of_every_lane_before_switching_logs() {
+        use std::sync::Mutex;
+        // The consumer store, shared by the mock's closures: (position, state, version).
+        let saved = Arc::new(Mutex::new((
+            Position::start(),
+            serde_json::Value::Null,
+            0u64,
+        )));
+        let mut cs = MockConsumers::new();
+        let s = saved.clone();
+        cs.expect_load().returning(move |_| {
+            let (position, state, version) = s.lock().unwrap().clone();
+            Ok(Some(Checkpoint {
+                position,
+                state,
+                version,
+                updated_at_ms: 0,
+            }))
+        });
+        let s = saved.clone();
+        cs.expect_save().returning(move |_, v, position, state, _| {
+            *s.lock().unwrap() = (position.clone(), state.clone(), v + 1);
+            Ok(v + 1)
+        });
+        let first = ride_record(1, 2_000, 0);
+        let seal =
+            domain::NewRecord::cutover("kafka://k:9092/t", 0).sequenced(first.producer.clone(), 2);
+        let producer = first.producer.clone();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut log = MockLog::new();
+        log.expect_read().returning(move |_, _, _| {
+            let deliveries = match calls.fetch_add(1, Ordering::SeqCst) {
+                // The seal arrives on lane 0 while lane 1 still holds seq 3 of the old log.
+                0 => vec![
+                    Delivery {
+                        lane: 0,
+                        record: first.clone(),
+                    },
+                    Delivery {
+                        lane: 0,
+                        record: seal.clone(),
+                    },
+                    Delivery {
+                        lane: 1,
+                        record: ride_record(3, 3_000, 0),
+                    },
+                ],
+                _ => vec![],
+            };
+            Ok(Batch {
+                deliveries,
+                next: Position::new("9"),
+            })
+        });
+        let (c, _) = consumer(log, cs, Faults::none());
+
+        assert_eq!(c.step().await.unwrap(), Outcome::Worked(3));
+        let (position, state, _) = saved.lock().unwrap().clone();
+        let state = ConsumerState::from_json(state).unwrap();
+        assert_eq!(position, Position::new("9"), "still on the old log");
+        assert_eq!(state.sealed_to.as_deref(), Some("kafka://k:9092/t"));
+        assert_eq!(
+            (state.fold.rides, state.fold.distance_mm),
+            (2, 5_000),
+            "lane 1 was not abandoned"
+        );
+
+        // Nothing more on the old log: move to the start of the new one, with floors.
+        assert_eq!(c.step().await.unwrap(), Outcome::Worked(0));
+        let (position, state, version) = saved.lock().unwrap().clone();
+        let state = ConsumerState::from_json(state).unwrap();
+        assert_eq!((position, version), (Position::start(), 2));
+        assert_eq!(state.log_url.as_deref(), Some("kafka://k:9092/t"));
+        assert_eq!(state.sealed_to, None);
+        assert_eq!(state.fold.floors.get(&producer), Some(&3));
+        assert_eq!(state.fold.rides, 2);
     }
 }

@@ -7,8 +7,12 @@
 //! the start and holds trimming back entirely.
 //!
 //! With [`Trimmer::following`], consumers are grouped by the log their position belongs to
-//! (after a log cutover they move to another log), and each log is trimmed only with the
-//! positions of the consumers on it.
+//! (after a log cutover they move to another log). While a cutover is in progress (consumers
+//! on more than one log) nothing is trimmed: a consumer still finishing the old log will read
+//! the new log *from its start*, so the new log must keep everything until that consumer is
+//! on it too. Once every consumer is on one log, that log is trimmed as usual; the old logs
+//! are left alone (drop the old stream or topic once `rides log status` shows every consumer
+//! on the new log).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,22 +66,30 @@ impl Trimmer {
         let mut groups: std::collections::BTreeMap<Option<String>, Vec<Position>> =
             std::collections::BTreeMap::new();
         for (_, cp) in consumers {
+            // `None` (never followed a cutover) is the log the process started with.
             let url = match &self.following {
-                Some(_) => ConsumerState::from_json(cp.state)
-                    .ok()
-                    .and_then(|s| s.log_url),
+                Some(start) => Some(
+                    ConsumerState::from_json(cp.state)
+                        .ok()
+                        .and_then(|s| s.log_url)
+                        .unwrap_or_else(|| start.url.clone()),
+                ),
                 None => None,
             };
             groups.entry(url).or_default().push(cp.position);
         }
-        let mut n = 0;
-        for (url, positions) in groups {
-            let log = match (&url, &self.following) {
-                (Some(url), Some(start)) => start.follow(url).await?.log,
-                _ => self.log.clone(),
-            };
-            n += log.trim(&positions).await?;
+        if groups.len() > 1 {
+            tracing::debug!(logs = groups.len(), "log cutover in progress: not trimming");
+            return Ok(Outcome::Idle);
         }
+        let Some((url, positions)) = groups.into_iter().next() else {
+            return Ok(Outcome::Idle);
+        };
+        let log = match (&url, &self.following) {
+            (Some(url), Some(start)) => start.follow(url).await?.log,
+            _ => self.log.clone(),
+        };
+        let n = log.trim(&positions).await?;
         Ok(if n == 0 {
             Outcome::Idle
         } else {
@@ -108,7 +120,7 @@ impl Step for Trimmer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::mocks::{MockConsumers, MockLog};
+    use crate::services::mocks::{MockConsumers, MockLog, ride_record};
     use mockall::predicate::eq;
     use ports::Checkpoint;
 
@@ -143,5 +155,45 @@ mod tests {
             .returning(|_| Ok(3));
         let t = Trimmer::new(Arc::new(log), Arc::new(cs));
         assert_eq!(t.step().await.unwrap(), Outcome::Worked(3));
+    }
+
+    #[tokio::test]
+    async fn nothing_is_trimmed_while_consumers_are_on_different_logs() {
+        use crate::services::consumer::ConsumerState;
+        use crate::wiring;
+        let stores = wiring::open_store("memory://").await.unwrap();
+        let log = wiring::open_log("memory://", &stores).await.unwrap();
+        let records: Vec<_> = (1..=4).map(|seq| ride_record(seq, 10, 0)).collect();
+        log.log.append(&records).await.unwrap();
+        let on = |url: Option<&str>| {
+            let state = ConsumerState {
+                log_url: url.map(str::to_owned),
+                ..Default::default()
+            };
+            serde_json::to_value(state).unwrap()
+        };
+        let cs = &stores.consumers;
+        cs.save("a", 0, &Position::new("3"), &on(None), 0)
+            .await
+            .unwrap();
+        // `b` already moved to another log after a cutover; it will read `memory://` no more,
+        // but `a` will read the new log from its start once it gets there.
+        cs.save("b", 0, &Position::new("1"), &on(Some("memory://new")), 0)
+            .await
+            .unwrap();
+        let t = Trimmer::new(log.log.clone(), cs.clone()).following(log.clone());
+        assert_eq!(t.step().await.unwrap(), Outcome::Idle);
+        assert_eq!(
+            log.log.len().await.unwrap(),
+            4,
+            "nothing trimmed during the cutover"
+        );
+
+        // Once every consumer is on one log (here: back on the start log), it is trimmed.
+        cs.save("b", 1, &Position::new("2"), &on(Some("memory://")), 0)
+            .await
+            .unwrap();
+        assert_eq!(t.step().await.unwrap(), Outcome::Worked(2));
+        assert_eq!(log.log.len().await.unwrap(), 2);
     }
 }
