@@ -378,52 +378,10 @@ mod tests {
     use async_trait::async_trait;
     use domain::{RecoveryPoint, RideParams};
     use mockall::predicate::eq;
-    use ports::{Charge, ManualClock, Truth};
+    use ports::{Charge, ManualClock};
 
     use crate::faults::FaultConfig;
-
-    mockall::mock! {
-        pub Store {}
-        #[async_trait]
-        impl RideStore for Store {
-            fn describe(&self) -> String;
-            async fn ping(&self) -> Result<(), StoreError>;
-            async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
-            async fn ensure_user(&self, email: &str) -> Result<User, StoreError>;
-            async fn begin(&self, req: &BeginRequest) -> Result<Begun, StoreError>;
-            async fn run_phase(
-                &self,
-                key_id: i64,
-                expected: RecoveryPoint,
-                phase: &Phase,
-                now_ms: i64,
-            ) -> Result<KeyRecord, StoreError>;
-            async fn unlock(&self, key_id: i64) -> Result<(), StoreError>;
-            async fn key(&self, user_id: i64, key: &str) -> Result<Option<KeyRecord>, StoreError>;
-            async fn put_key(&self, key: &KeyRecord) -> Result<KeyRecord, StoreError>;
-            async fn ride_for_key(&self, key_id: i64) -> Result<Option<RideRow>, StoreError>;
-            async fn ride(&self, ride_id: i64) -> Result<Option<RideRow>, StoreError>;
-            async fn rides_for_user(
-                &self,
-                user_id: i64,
-                before_id: Option<i64>,
-                limit: u32,
-            ) -> Result<Vec<RideRow>, StoreError>;
-            async fn completable_keys(
-                &self,
-                now_ms: i64,
-                thresholds: &Thresholds,
-                limit: u32,
-            ) -> Result<Vec<(KeyRecord, User)>, StoreError>;
-            async fn reap_keys(
-                &self,
-                now_ms: i64,
-                thresholds: &Thresholds,
-                limit: u32,
-            ) -> Result<u64, StoreError>;
-            async fn truth(&self) -> Result<Truth, StoreError>;
-        }
-    }
+    use crate::services::mocks::MockStore;
 
     mockall::mock! {
         pub Payments {}
