@@ -88,6 +88,47 @@ async fn cutover_redis_to_kafka_to_postgres_only_under_load_converges() {
     let kafka_len = log.follow(&kafka).await.unwrap().log.len().await.unwrap();
     fleet.stop(Duration::from_secs(10)).await;
 
+    if !(settled && v.agree) {
+        // Everything needed to tell where a record went.
+        let mut report = String::new();
+        for (name, cp) in stores.consumers.list().await.unwrap() {
+            report.push_str(&format!(
+                "{name} at {} v{}: {}\n",
+                cp.position, cp.version, cp.state
+            ));
+        }
+        report.push_str(&format!(
+            "route: {:?}\n",
+            stores.outbox.route().await.unwrap()
+        ));
+        let peek = stores.outbox.peek(5).await.unwrap();
+        report.push_str(&format!(
+            "outbox staged {} first seqs {:?}\n",
+            stores.outbox.staged().await.unwrap(),
+            peek.iter()
+                .map(|r| (r.seq, r.kind.clone()))
+                .collect::<Vec<_>>()
+        ));
+        let pg = log.follow(&db.url).await.unwrap();
+        let b = pg
+            .log
+            .read(&ports::Position::start(), 5, Duration::from_millis(10))
+            .await
+            .unwrap();
+        report.push_str(&format!(
+            "pg log len {} first {:?}\n",
+            pg.log.len().await.unwrap(),
+            b.deliveries
+                .iter()
+                .map(|d| (
+                    d.record.producer.clone(),
+                    d.record.seq,
+                    d.record.kind.clone()
+                ))
+                .collect::<Vec<_>>()
+        ));
+        panic!("did not converge:\n{}\n{report}", v.table());
+    }
     assert!(settled, "did not settle:\n{}", v.table());
     assert!(v.agree, "consumers disagree with the truth:\n{}", v.table());
     assert_eq!(
