@@ -204,14 +204,19 @@ impl DistanceConsumer {
         }
         let mut counted_at = Vec::new();
         for d in &batch.deliveries {
-            match state.fold.apply(d.lane, &d.record) {
+            let applied = state.fold.apply(d.lane, &d.record);
+            match &applied {
                 Applied::Counted => counted_at.push(d.record.recorded_at_ms),
                 Applied::Rejected(why) => {
                     tracing::warn!(consumer = %self.name, %why, "record rejected");
                 }
                 Applied::Duplicate | Applied::Ignored => {}
             }
-            if let Some(target) = d.record.cutover_target()
+            // A seal is a seal only the first time: a cutover record that the duplicate rule
+            // has seen before (a repeated seal, or an old one left in an outbox that later
+            // became the log) names a log this consumer has already moved past.
+            if applied != Applied::Duplicate
+                && let Some(target) = d.record.cutover_target()
                 && state.sealed_to.is_none()
                 && self.current_url(&state) != Some(target)
             {
@@ -476,5 +481,50 @@ mod tests {
         assert_eq!(state.sealed_to, None);
         assert_eq!(state.fold.floors.get(&producer), Some(&3));
         assert_eq!(state.fold.rides, 2);
+    }
+
+    #[tokio::test]
+    async fn an_old_seal_seen_again_is_a_duplicate_not_a_cutover() {
+        let mut cs = MockConsumers::new();
+        // On the new log already, with the old log's records below the floor.
+        cs.expect_load().returning(|_| {
+            // (`log_url` None: the log this consumer was started on.)
+            let mut state = ConsumerState::default();
+            state.fold.apply(0, &ride_record(7, 10, 0));
+            state.fold.start_new_log();
+            Ok(Some(Checkpoint {
+                position: Position::start(),
+                state: serde_json::to_value(state).unwrap(),
+                version: 3,
+                updated_at_ms: 0,
+            }))
+        });
+        cs.expect_save().times(1).returning(|_, _, _, state, _| {
+            let state = ConsumerState::from_json(state.clone()).unwrap();
+            assert_eq!(state.sealed_to, None, "the stale seal was ignored");
+            assert_eq!(state.log_url, None, "it stayed on its log");
+            assert_eq!(state.fold.rides, 2, "the new ride after it was counted");
+            Ok(4)
+        });
+        let producer = ride_record(1, 0, 0).producer;
+        let stale = domain::NewRecord::cutover("kafka://k/t", 0).sequenced(producer, 5);
+        let mut log = MockLog::new();
+        log.expect_read().returning(move |_, _, _| {
+            Ok(Batch {
+                deliveries: vec![
+                    Delivery {
+                        lane: 0,
+                        record: stale.clone(),
+                    },
+                    Delivery {
+                        lane: 0,
+                        record: ride_record(8, 10, 0),
+                    },
+                ],
+                next: Position::new("2"),
+            })
+        });
+        let (c, _) = consumer(log, cs, Faults::none());
+        assert_eq!(c.step().await.unwrap(), Outcome::Worked(2));
     }
 }
