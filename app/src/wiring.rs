@@ -7,7 +7,7 @@
 //! | `memory://` | in-process, lost at exit | in-process | always |
 //! | `sqlite://PATH` | SQLite file (+ outbox + consumer state) | - | `sqlite` |
 //! | `sled://PATH` | - | embedded sled tree | `sled` |
-//! | `postgres://…`, `postgresql://…` | Postgres | outbox table (same URL: no streamer) or a log table | `postgres` |
+//! | `postgres://…[?listen=false&migrate=false&schema=NAME]` | Postgres | outbox table (same URL: no streamer) or a log table | `postgres` |
 //! | `redis://…[/STREAM][?stream=NAME]` | - | Redis stream (default `rides`) | `redis` |
 //! | `kafka://HOST:PORT[,HOST:PORT]/TOPIC[?partitions=N]` | - | Kafka topic (created on connect) | `kafka` |
 //!
@@ -270,13 +270,11 @@ pub async fn open_store(url: &str) -> anyhow::Result<Stores> {
         }
         #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => {
+            let (pg_url, opts) = pg_options(url)?;
             let store = Arc::new(
-                adapters::postgres::PostgresStore::connect(
-                    url,
-                    adapters::postgres::PgOptions::default(),
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("opening {}: {e}", redact(url)))?,
+                adapters::postgres::PostgresStore::connect(&pg_url, opts)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("opening {}: {e}", redact(url)))?,
             );
             Ok(Stores {
                 store: store.clone(),
@@ -305,6 +303,44 @@ fn feature_missing(role: &'static str, url: &str, feature: &'static str) -> anyh
         feature,
     }
     .into()
+}
+
+/// Splits the options of this project out of a `postgres://` URL (the rest goes to the
+/// driver): `listen=false` (poll-only, for poolers that break `LISTEN`), `migrate=false` (the
+/// schema is managed elsewhere; `rides migrate` applies it), `schema=NAME` (the tables' schema).
+///
+/// # Errors
+/// A [`WiringError::Invalid`] for a value that is not `true`/`false`.
+#[cfg(feature = "postgres")]
+fn pg_options(url: &str) -> anyhow::Result<(String, adapters::postgres::PgOptions)> {
+    let mut opts = adapters::postgres::PgOptions::default();
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), opts));
+    };
+    let flag = |v: &str| match v {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(WiringError::Invalid {
+            role: "postgres",
+            url: redact(url),
+            why: "`listen` and `migrate` take true or false",
+        }),
+    };
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("listen", v) => opts.listen = flag(v)?,
+            ("migrate", v) => opts.migrate = flag(v)?,
+            ("schema", v) => opts.schema = Some(v.to_owned()),
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, opts))
 }
 
 /// The stream name and the connection URL of a `redis://` log URL: `?stream=NAME` wins, then
@@ -394,13 +430,11 @@ async fn open_log_once(url: &str, stores: &Stores) -> anyhow::Result<(Arc<dyn Lo
             if let Some(pg) = stores.postgres.as_ref().filter(|_| stores.url == url) {
                 return Ok((Arc::new(pg.log()), false));
             }
+            let (pg_url, opts) = pg_options(url)?;
             Arc::new(
-                adapters::postgres::PostgresLog::connect(
-                    url,
-                    adapters::postgres::PgOptions::default(),
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("opening {}: {e}", redact(url)))?,
+                adapters::postgres::PostgresLog::connect(&pg_url, opts)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("opening {}: {e}", redact(url)))?,
             )
         }
         #[cfg(not(feature = "postgres"))]
@@ -561,5 +595,23 @@ mod tests {
     async fn a_redis_url_is_not_a_store() {
         let e = wiring_error(open_store("redis://127.0.0.1:6379").await.unwrap_err());
         assert!(matches!(e, WiringError::UnknownScheme { .. }), "{e}");
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn postgres_url_options_are_split_from_the_driver_url() {
+        let (url, o) =
+            pg_options("postgres://u@h/db?listen=false&sslmode=disable&migrate=0&schema=s1")
+                .unwrap();
+        assert_eq!(url, "postgres://u@h/db?sslmode=disable");
+        assert!(!o.listen && !o.migrate);
+        assert_eq!(o.schema.as_deref(), Some("s1"));
+        let (url, o) = pg_options("postgres://u@h/db").unwrap();
+        assert_eq!(url, "postgres://u@h/db");
+        assert!(o.listen && o.migrate && o.schema.is_none());
+        let e = pg_options("postgres://u:secret@h/db?listen=maybe")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("true or false") && !e.contains("secret"), "{e}");
     }
 }

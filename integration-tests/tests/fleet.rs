@@ -61,6 +61,24 @@ async fn postgres_store_with_redis_log_converges() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_store_with_kafka_log_converges() {
+    let db = FreshDb::create().await;
+    // tansu needs one record per producer batch and has no record deletion (see the Kafka
+    // adapter's docs); a real Kafka needs neither option.
+    let kafka = format!(
+        "kafka://{}/{}?partitions=3&batch_records=1&delete_records=false",
+        harness::kafka_brokers().await,
+        harness::unique("rides_fleet")
+    );
+    let v = demo::run_demo(options(15, db.url.clone(), kafka))
+        .await
+        .unwrap();
+    assert_converged(&v);
+    assert!(v.faults.double_sends > 0, "{:?}", v.faults);
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_alone_converges_without_a_streamer() {
     let db = FreshDb::create().await;
     let v = demo::run_demo(options(12, db.url.clone(), db.url.clone()))
