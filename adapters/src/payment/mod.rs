@@ -7,7 +7,7 @@
 //! |--------------------------------------------|--------------------------------------------------|
 //! | customer `user-bad-source@example.com`     | [`PaymentError::CardDeclined`]`("Your card was declined.")` (Stripe's `tok_chargeCustomerFail`) |
 //! | with probability `transient_error_rate`    | [`PaymentError::Processor`] (any other Stripe error) |
-//! | otherwise                                  | a [`Charge`] with id `ch_` + 24 hex digits and the requested amount |
+//! | otherwise                                  | a [`Charge`] with id `ch_` + 24 hex digits derived from the idempotency key, and the requested amount |
 //!
 //! # Idempotency
 //!
@@ -17,8 +17,11 @@
 //! with Stripe, where a failed request can be retried with the same key). A replay does not
 //! compare the request's parameters with the first one's.
 //!
-//! Randomness comes from a seeded [`StdRng`], so a run with a given seed makes the same
-//! decisions in the same order.
+//! The charge id is a function of the idempotency key (a name-based UUID), so the same key
+//! gets the same charge even from a processor that restarted and forgot its replay table,
+//! and distinct keys never share a charge id. (A random id would repeat after a restart with
+//! the same seed and collide with the charges already stored.) Transient errors come from a
+//! seeded [`StdRng`], so a run with a given seed makes the same decisions in the same order.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -94,6 +97,12 @@ fn replay(outcome: &Result<Charge, String>) -> Result<Charge, PaymentError> {
     outcome.clone().map_err(PaymentError::CardDeclined)
 }
 
+/// `ch_` + 24 hex digits of a name-based UUID of the idempotency key.
+fn charge_id(idempotency_key: &str) -> String {
+    let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, idempotency_key.as_bytes());
+    format!("ch_{}", &id.simple().to_string()[..24])
+}
+
 #[async_trait]
 impl PaymentGateway for FakeProcessor {
     async fn charge(&self, req: &ChargeRequest) -> Result<Charge, PaymentError> {
@@ -106,10 +115,9 @@ impl PaymentGateway for FakeProcessor {
         } else if inner.rng.random::<f64>() < self.transient_error_rate {
             return Err(PaymentError::Processor(PROCESSOR_ERROR_MESSAGE.to_owned()));
         } else {
-            let id: u128 = inner.rng.random::<u128>() & ((1u128 << 96) - 1);
             inner.charges += 1;
             Ok(Charge {
-                id: format!("ch_{id:024x}"),
+                id: charge_id(&req.idempotency_key),
                 amount_cents: req.amount_cents,
             })
         };
@@ -194,5 +202,30 @@ mod tests {
             out
         };
         assert_eq!(run(9).await, run(9).await);
+    }
+
+    #[tokio::test]
+    async fn a_restarted_processor_gives_the_same_key_the_same_charge_and_new_keys_new_ones() {
+        let req = |key: &str| ChargeRequest {
+            idempotency_key: key.to_owned(),
+            customer: "user@example.com".into(),
+            amount_cents: 2000,
+            currency: "usd".into(),
+            description: "Charge for ride 1".into(),
+        };
+        let before = FakeProcessor::new(0.0, 7);
+        let a = before.charge(&req("rocket-rides-atomic-1")).await.unwrap();
+        // Same seed, empty replay table: what a process restart looks like.
+        let after = FakeProcessor::new(0.0, 7);
+        let b = after.charge(&req("rocket-rides-atomic-2")).await.unwrap();
+        let a_again = after.charge(&req("rocket-rides-atomic-1")).await.unwrap();
+        assert_ne!(
+            a.id, b.id,
+            "a new key after a restart must not reuse a charge id"
+        );
+        assert_eq!(
+            a.id, a_again.id,
+            "the same key keeps its charge across a restart"
+        );
     }
 }
