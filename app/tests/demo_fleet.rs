@@ -118,8 +118,19 @@ async fn a_fleet_killed_mid_run_resumes_and_converges() {
     assert!(made_before_kill >= 120);
 
     // Second life on the same files: more rides, then every consumer must equal the truth.
+    // (In a real `kill -9` the OS releases sled's file lock at once; in-process, connection
+    // tasks that the HTTP server spawned may hold the old handle a moment longer.)
     let stores = wiring::open_store(&store_url).await.unwrap();
-    let log = wiring::open_log(&log_url, &stores).await.unwrap();
+    let log = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match wiring::open_log(&log_url, &stores).await {
+                Ok(log) => break log,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await
+    .expect("the killed fleet's log handle was released");
     let before = stores.store.truth().await.unwrap();
     let fleet = Fleet::start(&stores, &log, fleet_config(12)).await.unwrap();
     let addr = fleet.addr().unwrap();
