@@ -20,7 +20,8 @@
 //!
 //! When the current log is the store's own outbox (the Postgres-only log), there is nothing to
 //! move: the streamer only watches for a cutover away from it, advancing the route past the
-//! records it has looked at.
+//! records it has looked at. Its double-send fault then appends copies of the batch to that
+//! log, as a relay that published twice would.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,6 +129,15 @@ impl Streamer {
             if let Some((to, seq)) = target {
                 self.switch(&to, seq).await?;
                 return Ok(Outcome::Worked(1));
+            }
+            if self.faults.double_send() {
+                // What a relay that published twice leaves behind: copies of the batch in the
+                // log, with their producer and sequence, which consumers must skip.
+                tracing::debug!(
+                    n = records.len(),
+                    "fault injected: publishing the batch again"
+                );
+                c.log.append(&records).await?;
             }
             let route = Route {
                 log_url: c.url.clone(),
