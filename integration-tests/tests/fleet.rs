@@ -19,6 +19,9 @@ fn options(seed: u64, store: String, log: String) -> DemoOptions {
     o.settle_timeout = Duration::from_secs(120);
     o.store = Some(store);
     o.log = Some(log);
+    // Half of the streamer's batches are sent twice: slow logs (Kafka) move few, large
+    // batches, and every combination must see double sends.
+    o.faults.double_send_rate = 0.5;
     o
 }
 
