@@ -196,7 +196,7 @@ pub enum Command {
         #[arg(long, env = "RIDES_RIDES", default_value_t = 2000)]
         rides: u64,
         /// Concurrent simulated clients.
-        #[arg(long, env = "RIDES_CONCURRENCY", default_value_t = 8)]
+        #[arg(long, env = "RIDES_CONCURRENCY", default_value_t = 32)]
         concurrency: usize,
         /// The data directory (default `./data/demo-<seed>`, wiped first if an earlier demo
         /// made it). --store/--log given explicitly win over it.

@@ -239,7 +239,7 @@ impl DemoOptions {
     pub fn new(rides: u64, seed: u64) -> Self {
         Self {
             rides,
-            concurrency: 8,
+            concurrency: 32,
             seed,
             faults: FaultConfig::demo(seed),
             data_dir: None,

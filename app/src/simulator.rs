@@ -11,9 +11,9 @@
 //! request that crashed after its charge gets finished without a second ride or charge. What
 //! a client gives up on is left to the completer.
 //!
-//! Randomness is seeded: worker `w` of a run with seed `s` draws from its own generator seeded
-//! with `s` and `w`, so the same seed makes the same rides (their interleaving still depends on
-//! scheduling).
+//! Randomness is seeded: ride `i` of a run with seed `s` draws from its own generator seeded
+//! with `s` and `i`, so the same seed makes the same rides (user, key, coordinates) whichever
+//! worker makes them; only their interleaving depends on scheduling.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -139,7 +139,7 @@ pub async fn simulate(
     let next = Arc::new(AtomicU64::new(0));
     let config = Arc::new(config);
     let mut workers = Vec::new();
-    for w in 0..config.concurrency {
+    for _ in 0..config.concurrency {
         let (client, next, config, stats, shutdown) = (
             client.clone(),
             next.clone(),
@@ -148,9 +148,14 @@ pub async fn simulate(
             shutdown.clone(),
         );
         workers.push(tokio::spawn(async move {
-            let mut rng =
-                StdRng::seed_from_u64(config.seed ^ (w as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            while !shutdown.is_cancelled() && next.fetch_add(1, Ordering::Relaxed) < config.rides {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if shutdown.is_cancelled() || i >= config.rides {
+                    break;
+                }
+                // Ride `i` draws from its own generator, so the same seed makes the same rides
+                // whichever worker happens to make them.
+                let mut rng = ride_rng(config.seed, i);
                 let outcome = one_ride(&client, &config, &mut rng, &stats, &shutdown).await;
                 if outcome == "201" {
                     stats.created.fetch_add(1, Ordering::Relaxed);
@@ -174,6 +179,11 @@ pub async fn simulate(
         outcomes,
         elapsed_s: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The generator of ride `i` in a run seeded with `seed`.
+fn ride_rng(seed: u64, i: u64) -> StdRng {
+    StdRng::seed_from_u64(seed ^ i.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 /// Requests one ride, retrying with the same key; returns the final outcome.

@@ -68,6 +68,28 @@ async fn the_demo_converges_on_sqlite_and_sled_with_faults() {
     assert!(dir.path().join("demo/rides.db").exists());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_seed_makes_the_same_rides() {
+    let run = |seed| async move {
+        let mut o = small_demo(120, seed);
+        o.store = Some("memory://".into());
+        o.log = Some("memory://".into());
+        demo::run_demo(o).await.unwrap()
+    };
+    let (a, b, other) = (run(9).await, run(9).await, run(10).await);
+    assert_converged(&a);
+    assert_converged(&b);
+    assert_eq!(
+        (a.truth.rides, a.truth.distance_mm),
+        (b.truth.rides, b.truth.distance_mm),
+        "same seed, same truth"
+    );
+    assert_ne!(
+        a.truth.distance_mm, other.truth.distance_mm,
+        "another seed, other rides"
+    );
+}
+
 fn fleet_config(seed: u64) -> FleetConfig {
     let demo = DemoOptions::new(0, seed);
     FleetConfig {
