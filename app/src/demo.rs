@@ -74,6 +74,9 @@ pub struct Verdict {
     pub consumers: Vec<ConsumerView>,
     /// Records still in the outbox.
     pub staged: u64,
+    /// How long the current log is held back by an in-flight transaction (Postgres-only log;
+    /// `None` when nothing is held back).
+    pub held_back_ms: Option<u64>,
     /// Faults injected (by this process).
     pub faults: FaultCounts,
     /// Rides per second made by the simulator (0 outside the demo).
@@ -128,6 +131,11 @@ impl Verdict {
                 if c.agrees { "agrees" } else { "DISAGREES" }
             ));
         }
+        if let Some(ms) = self.held_back_ms.filter(|ms| *ms > 0) {
+            out.push_str(&format!(
+                "log held back by an in-flight transaction for {ms} ms\n"
+            ));
+        }
         out.push_str(&format!(
             "faults: {} double sends, {} consumer crashes, {} API crashes\n",
             self.faults.double_sends, self.faults.consumer_crashes, self.faults.api_crashes
@@ -163,6 +171,13 @@ pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result
         Some(route) => log.follow(&route.log_url).await?,
         None => log.clone(),
     };
+    let held_back_ms = current
+        .log
+        .held_back()
+        .await
+        .ok()
+        .flatten()
+        .map(|d| d.as_millis() as u64);
     let staged = if current.needs_streamer {
         stores.outbox.staged().await.context("reading the outbox")?
     } else {
@@ -202,6 +217,7 @@ pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result
         },
         consumers,
         staged,
+        held_back_ms,
         ..Verdict::default()
     })
 }

@@ -170,6 +170,9 @@ async fn held_back_reports_an_open_write_transaction() {
         held.is_some(),
         "an open transaction with an xid holds the log back"
     );
+    // Operators see it through the port too (`GET /stats`, `rides verify`).
+    let port: Arc<dyn Log> = Arc::new(log);
+    assert!(port.held_back().await.expect("held_back").is_some());
     tx.rollback().await.expect("rollback");
 }
 

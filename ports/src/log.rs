@@ -139,6 +139,16 @@ pub trait Log: Send + Sync + 'static {
     /// As [`Log::read`].
     async fn trim(&self, checkpoints: &[Position]) -> Result<u64, LogError>;
 
+    /// How long delivery is held back right now by a transaction still in flight, for a log
+    /// whose gap-free ordering can make records wait for it (the Postgres-only log); `None`
+    /// when nothing is held back. A log without such a stall keeps the default, `None`.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`] when the backend cannot be reached.
+    async fn held_back(&self) -> Result<Option<Duration>, LogError> {
+        Ok(None)
+    }
+
     /// How many records the log holds now.
     ///
     /// # Errors

@@ -118,6 +118,10 @@ impl PostgresLog {
 
 #[async_trait]
 impl Log for PostgresLog {
+    async fn held_back(&self) -> Result<Option<Duration>, LogError> {
+        PostgresLog::held_back(self).await
+    }
+
     fn describe(&self) -> String {
         self.store.inner.describe.clone()
     }
