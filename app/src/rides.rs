@@ -375,7 +375,6 @@ fn ride_state(row: &RideRow) -> Ride {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use async_trait::async_trait;
     use domain::{RecoveryPoint, RideParams};
     use mockall::predicate::eq;
     use ports::{Charge, ManualClock};
@@ -383,13 +382,7 @@ mod tests {
     use crate::faults::FaultConfig;
     use crate::services::mocks::MockStore;
 
-    mockall::mock! {
-        pub Payments {}
-        #[async_trait]
-        impl PaymentGateway for Payments {
-            async fn charge(&self, req: &ChargeRequest) -> Result<Charge, PaymentError>;
-        }
-    }
+    use ports::MockPaymentGateway as MockPayments;
 
     const KEY_ID: i64 = 42;
 

@@ -28,6 +28,7 @@ pub struct Checkpoint {
 ///   `expected_version`, and then change nothing (two processes with one name never both win).
 /// - `register` creates the consumer at [`Position::start`] (version 0) if it does not exist
 ///   and leaves an existing one unchanged. Registered consumers hold back log trimming.
+#[cfg_attr(feature = "test-util", mockall::automock)]
 #[async_trait]
 pub trait ConsumerStore: Send + Sync + 'static {
     /// Registers a consumer so that trimming waits for it.

@@ -34,3 +34,9 @@ pub use log::{Batch, Delivery, Log, Position};
 pub use outbox::{Outbox, Route};
 pub use payment::{Charge, ChargeRequest, PaymentGateway};
 pub use store::{BeginRequest, Begun, RideRow, RideStore, Truth, User};
+
+#[cfg(feature = "test-util")]
+pub use {
+    consumer::MockConsumerStore, log::MockLog, outbox::MockOutbox, payment::MockPaymentGateway,
+    store::MockRideStore,
+};

@@ -101,6 +101,7 @@ pub struct Batch {
     clippy::len_without_is_empty,
     reason = "`len` is a remote count for stats and tests; emptiness is never asked on its own"
 )]
+#[cfg_attr(feature = "test-util", mockall::automock)]
 #[async_trait]
 pub trait Log: Send + Sync + 'static {
     /// A human-readable description, e.g. `sled:///var/lib/rides/log` (no secrets).

@@ -37,6 +37,7 @@ pub struct Route {
 /// - `remove` removes exactly the given sequences (never "everything up to n").
 /// - `wait_staged` returns early when a phase staged records (in this process, or in any
 ///   process where the backend supports it), and otherwise after `timeout`.
+#[cfg_attr(feature = "test-util", mockall::automock)]
 #[async_trait]
 pub trait Outbox: Send + Sync + 'static {
     /// The producer name this outbox sequences its records under.

@@ -35,6 +35,7 @@ pub struct Charge {
 /// - Two calls with the same `idempotency_key` MUST return the same outcome (the same charge
 ///   id on success, the same decline), and charge at most once.
 /// - [`PaymentError::Unavailable`] means nothing was charged.
+#[cfg_attr(feature = "test-util", mockall::automock)]
 #[async_trait]
 pub trait PaymentGateway: Send + Sync + 'static {
     /// Charges, or replays the outcome stored for the idempotency key.

@@ -92,6 +92,7 @@ pub struct Truth {
 ///   and sequenced in commit order), and the key transition. It MUST fail with
 ///   [`StoreError::Conflict`] and write nothing when the key is not at `expected`.
 /// - [`RideStore::unlock`] clears the lock and nothing else.
+#[cfg_attr(feature = "test-util", mockall::automock)]
 #[async_trait]
 pub trait RideStore: Send + Sync + 'static {
     /// A human-readable description, e.g. `sqlite:///data/rides.db` (no secrets).

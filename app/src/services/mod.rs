@@ -114,104 +114,13 @@ pub(crate) async fn run_loop<S: Step>(svc: S, shutdown: CancellationToken) {
 /// Mocks of the ports, shared by the services' unit tests.
 #[cfg(test)]
 pub(crate) mod mocks {
-    use std::time::Duration;
+    use domain::LogRecord;
 
-    use async_trait::async_trait;
-    use domain::{KeyRecord, LogRecord, Phase, RecoveryPoint, Thresholds};
-    use ports::{
-        Batch, BeginRequest, Begun, Checkpoint, ConsumerStoreError, LogError, Position, RideRow,
-        StoreError, Truth, User,
+    // Generated from the port traits themselves (`ports` feature `test-util`), so a mock can
+    // never drift from its port.
+    pub(crate) use ports::{
+        MockConsumerStore as MockConsumers, MockLog, MockOutbox, MockRideStore as MockStore,
     };
-
-    mockall::mock! {
-        pub(crate) Outbox {}
-        #[async_trait]
-        impl ports::Outbox for Outbox {
-            fn producer(&self) -> String;
-            async fn peek(&self, max: usize) -> Result<Vec<LogRecord>, StoreError>;
-            async fn remove(&self, seqs: &[u64]) -> Result<u64, StoreError>;
-            async fn staged(&self) -> Result<u64, StoreError>;
-            async fn wait_staged(&self, timeout: Duration);
-            async fn stage(&self, records: &[domain::NewRecord]) -> Result<(), StoreError>;
-            async fn route(&self) -> Result<Option<ports::Route>, StoreError>;
-            async fn set_route(&self, route: &ports::Route) -> Result<(), StoreError>;
-        }
-    }
-
-    mockall::mock! {
-        pub(crate) Log {}
-        #[async_trait]
-        impl ports::Log for Log {
-            fn describe(&self) -> String;
-            async fn ping(&self) -> Result<(), LogError>;
-            async fn append(&self, records: &[LogRecord]) -> Result<(), LogError>;
-            async fn read(&self, from: &Position, max: usize, wait: Duration) -> Result<Batch, LogError>;
-            async fn lag(&self, from: &Position) -> Result<u64, LogError>;
-            async fn trim(&self, checkpoints: &[Position]) -> Result<u64, LogError>;
-            async fn len(&self) -> Result<u64, LogError>;
-        }
-    }
-
-    mockall::mock! {
-        pub(crate) Consumers {}
-        #[async_trait]
-        impl ports::ConsumerStore for Consumers {
-            async fn register(&self, name: &str) -> Result<(), ConsumerStoreError>;
-            async fn load(&self, name: &str) -> Result<Option<Checkpoint>, ConsumerStoreError>;
-            async fn save(
-                &self,
-                name: &str,
-                expected_version: u64,
-                position: &Position,
-                state: &serde_json::Value,
-                now_ms: i64,
-            ) -> Result<u64, ConsumerStoreError>;
-            async fn list(&self) -> Result<Vec<(String, Checkpoint)>, ConsumerStoreError>;
-        }
-    }
-
-    mockall::mock! {
-        pub(crate) Store {}
-        #[async_trait]
-        impl ports::RideStore for Store {
-            fn describe(&self) -> String;
-            async fn ping(&self) -> Result<(), StoreError>;
-            async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
-            async fn ensure_user(&self, email: &str) -> Result<User, StoreError>;
-            async fn begin(&self, req: &BeginRequest) -> Result<Begun, StoreError>;
-            async fn run_phase(
-                &self,
-                key_id: i64,
-                expected: RecoveryPoint,
-                phase: &Phase,
-                now_ms: i64,
-            ) -> Result<KeyRecord, StoreError>;
-            async fn unlock(&self, key_id: i64) -> Result<(), StoreError>;
-            async fn key(&self, user_id: i64, key: &str) -> Result<Option<KeyRecord>, StoreError>;
-            async fn put_key(&self, key: &KeyRecord) -> Result<KeyRecord, StoreError>;
-            async fn ride_for_key(&self, key_id: i64) -> Result<Option<RideRow>, StoreError>;
-            async fn ride(&self, ride_id: i64) -> Result<Option<RideRow>, StoreError>;
-            async fn rides_for_user(
-                &self,
-                user_id: i64,
-                before_id: Option<i64>,
-                limit: u32,
-            ) -> Result<Vec<RideRow>, StoreError>;
-            async fn completable_keys(
-                &self,
-                now_ms: i64,
-                thresholds: &Thresholds,
-                limit: u32,
-            ) -> Result<Vec<(KeyRecord, User)>, StoreError>;
-            async fn reap_keys(
-                &self,
-                now_ms: i64,
-                thresholds: &Thresholds,
-                limit: u32,
-            ) -> Result<u64, StoreError>;
-            async fn truth(&self) -> Result<Truth, StoreError>;
-        }
-    }
 
     /// A `ride.created` record with sequence `seq`.
     pub(crate) fn ride_record(seq: u64, distance_mm: u64, recorded_at_ms: i64) -> LogRecord {
