@@ -13,6 +13,10 @@
 //! | `kafka/`     | `kafka`    | the log on Kafka (rdkafka)                          |
 //!
 //! Every adapter passes the contract suites of `ports::contract` (see `tests/contract_*.rs`).
+//!
+//! The stores (`memory`, `sqlite`, `postgres`) share one phase engine (`phase.rs`): the
+//! domain decides each step of an idempotency key's life, the engine sequences the writes, and
+//! each store only implements the writes for its dialect (`PhaseTx`).
 
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -20,11 +24,15 @@ pub mod kafka;
 pub mod memory;
 #[cfg(feature = "payment")]
 pub mod payment;
+#[cfg(any(test, feature = "memory", feature = "sqlite", feature = "postgres"))]
+mod phase;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sled")]
 pub mod sled;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql_rows;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;

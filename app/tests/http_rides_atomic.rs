@@ -388,7 +388,8 @@ async fn a_request_that_crashed_after_its_charge_is_finished_by_a_client_retry()
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(r.error(), messages::INTERNAL);
     let k = h.key(&key).await.unwrap();
-    assert_eq!(k.recovery_point, RecoveryPoint::ChargeCreated);
+    // Charged at the processor, but the commit that records the charge never happened.
+    assert_eq!(k.recovery_point, RecoveryPoint::RideCreated);
     assert_eq!(k.locked_at_ms, Some(T0), "a crashed process cannot unlock");
     assert_eq!(h.payments.charges_made(), 1);
 
@@ -403,7 +404,11 @@ async fn a_request_that_crashed_after_its_charge_is_finished_by_a_client_retry()
     let r = send(&restarted, post_valid(&key)).await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(r.message(), messages::CREATED);
-    assert_eq!(h.payments.charges_made(), 1, "a single charge");
+    assert_eq!(
+        h.payments.charges_made(),
+        1,
+        "the retry's charge with the same processor key is the first charge"
+    );
     assert_eq!(h.rides().await, 1);
     let k = h.key(&key).await.unwrap();
     assert_eq!(k.recovery_point, RecoveryPoint::Finished);
@@ -412,8 +417,8 @@ async fn a_request_that_crashed_after_its_charge_is_finished_by_a_client_retry()
 
 #[tokio::test]
 async fn a_retry_of_a_crashed_request_in_the_same_process_also_finishes_it() {
-    // The crash fault only fires for a request that charged in the same call, so even a
-    // process that crashes every request lets a retry (or the completer) through.
+    // The crash fault only fires on a key's first run, so even a process that crashes every
+    // request lets a retry (or the completer) through.
     let h = Harness::with(always_crash(), FakeProcessor::default(), None);
     let key = new_key();
     assert_eq!(

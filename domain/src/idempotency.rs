@@ -1,23 +1,32 @@
 //! Stripe-style idempotency keys, as pure decisions.
 //!
 //! A `POST /rides` runs as a chain of *atomic phases*. Each phase is one transaction in the
-//! store, and ends by moving the key to its next *recovery point*:
+//! store, and ends by moving the key to its next *recovery point*. Only the processor call has
+//! to sit between two commits, so a ride takes **two** transactions (the reference took four):
 //!
 //! ```text
-//!  started ──create ride──▶ ride_created ──charge──▶ charge_created ──stage receipt──▶ finished
-//!                                 │                                                     ▲
-//!                                 └──── card declined (402) / processor error (503) ────┘
+//!            commit 1 (begin)                      processor          commit 2
+//!  (none) ──key + ride + audit + ride.created──▶ ride_created ──charge──▶ finished 201
+//!                                                     │        (charge id, ride.charged,
+//!                                                     │         receipt.requested, response)
+//!                                                     └── declined 402 / processor error 503 ──▶ finished
 //! ```
 //!
-//! A crash between phases leaves the key at its last recovery point with its lock taken; a
-//! client retry with the same key (once the lock expired) or the completer resumes from there.
-//! This module decides; the store adapters commit what it decided; the services only call.
+//! Recovery points written by older versions still resume: a key at `started` gets its ride in
+//! the transaction that resumes it, a key at `charge_created` gets its receipt ([`Phase::receipt`]).
+//!
+//! A crash between the commits leaves the key at `ride_created` with its lock taken; a client
+//! retry with the same key (once the lock expired) or the completer resumes from there, and the
+//! processor-side idempotency key ([`KeyRecord::processor_key`]) makes the second charge
+//! attempt return the first charge. This module decides every step of the key's life
+//! ([`KeyRecord::decide`], [`KeyRecord::resume`], [`KeyRecord::apply`], [`KeyRecord::expect_at`],
+//! [`Phase`]); the store adapters commit what it decided; the services only call.
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::record::RecordDraft;
-use crate::ride::{Ride, RideCommand, RideEvent, RideParams};
+use crate::ride::{Ride, RideCommand, RideError, RideEvent, RideParams};
 
 /// Shortest accepted key.
 pub const MIN_KEY_LEN: usize = 20;
@@ -126,16 +135,73 @@ impl RecoveryPoint {
     /// Parses a stored name.
     ///
     /// # Errors
-    /// Returns the unknown name.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    /// [`UnknownRecoveryPoint`] for a name no version of the store ever wrote.
+    pub fn parse(s: &str) -> Result<Self, UnknownRecoveryPoint> {
         Ok(match s {
             "started" => Self::Started,
             "ride_created" => Self::RideCreated,
             "charge_created" => Self::ChargeCreated,
             "finished" => Self::Finished,
-            other => return Err(format!("Bug! Unhandled recovery point '{other}'.")),
+            other => return Err(UnknownRecoveryPoint(other.to_owned())),
         })
     }
+}
+
+/// A stored recovery point that no version of the store ever wrote (corrupt data).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("Bug! Unhandled recovery point '{0}'.")]
+pub struct UnknownRecoveryPoint(pub String);
+
+/// A phase was asked to run on a key that is no longer where its caller saw it (a concurrent
+/// request moved it on). The API answers 409.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("idempotency key {key_id} is at {}, not {}", .at.as_str(), .expected.as_str())]
+pub struct KeyMoved {
+    /// The key.
+    pub key_id: i64,
+    /// Where it is.
+    pub at: RecoveryPoint,
+    /// Where the phase expected it.
+    pub expected: RecoveryPoint,
+}
+
+/// A request arriving with a key (phase 1 input): everything the decision and the first
+/// transaction need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BeginRequest {
+    /// The authenticated user.
+    pub user_id: i64,
+    /// The key.
+    pub key: IdempotencyKey,
+    /// The parsed parameters.
+    pub params: RideParams,
+    /// `POST`.
+    pub method: String,
+    /// `/rides`.
+    pub path: String,
+    /// Now (ms).
+    pub now_ms: i64,
+    /// Lock timeout and friends.
+    pub thresholds: Thresholds,
+    /// The client's address, for the audit record written with the ride.
+    pub origin_ip: String,
+    /// The request's correlation id, carried by the records the first transaction stages.
+    pub correlation: Option<uuid::Uuid>,
+}
+
+/// What happens to a request carrying a key: the domain's decision and the store's answer
+/// (one enum for both).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Begun {
+    /// The key is this request's: created locked, or resumed (lock taken, `last_run_at`
+    /// bumped). From the store, the key is as committed, its ride created.
+    Proceed(KeyRecord),
+    /// Finished earlier: replay this.
+    Replay(StoredResponse),
+    /// Same key, other parameters: 409.
+    Mismatch,
+    /// Another request holds the lock: 409 with `Retry-After`.
+    InProgress,
 }
 
 /// A response stored on a finished key and replayed verbatim.
@@ -212,6 +278,35 @@ pub struct Thresholds {
     pub reap_after_ms: i64,
 }
 
+/// The completer's rule ([`KeyRecord::is_completable`]) as bounds a store filters on: a key
+/// qualifies when it is not finished, `created_at_ms < created_before`, `last_run_at_ms <
+/// last_run_before`, and it is unlocked or `locked_at_ms <= lock_expired_at_or_before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompletableBounds {
+    /// Keys created before this are past the completer's grace period.
+    pub created_before: i64,
+    /// Keys run before this were not run recently.
+    pub last_run_before: i64,
+    /// Locks taken at or before this have expired.
+    pub lock_expired_at_or_before: i64,
+}
+
+impl Thresholds {
+    /// The completer's rule at `now_ms`, as bounds.
+    pub fn completable_bounds(&self, now_ms: i64) -> CompletableBounds {
+        CompletableBounds {
+            created_before: now_ms.saturating_sub(self.completer_grace_ms),
+            last_run_before: now_ms.saturating_sub(self.completer_last_run_ms),
+            lock_expired_at_or_before: now_ms.saturating_sub(self.lock_timeout_ms),
+        }
+    }
+
+    /// The reaper's rule at `now_ms`: keys created before this are deleted.
+    pub fn reap_before(&self, now_ms: i64) -> i64 {
+        now_ms.saturating_sub(self.reap_after_ms)
+    }
+}
+
 impl Default for Thresholds {
     fn default() -> Self {
         Self {
@@ -223,60 +318,111 @@ impl Default for Thresholds {
     }
 }
 
-/// What to do with an arriving request, given the key as stored (phase 1 of the reference).
-#[derive(Debug, Clone, PartialEq)]
-pub enum KeyDecision {
-    /// No such key: insert it, locked, at `started`.
-    Create,
-    /// Unfinished and not locked by a live request: take the lock and continue.
-    Resume,
-    /// Finished: replay the stored response.
-    Replay(StoredResponse),
-    /// Same key, other parameters: 409.
-    Mismatch,
-    /// Another request holds the lock: 409 with `Retry-After`.
-    InProgress,
-}
-
 impl KeyRecord {
+    /// A new key for `req`, locked at `started` (its id is the store's to assign).
+    pub fn new_locked(req: &BeginRequest) -> Self {
+        Self {
+            id: 0,
+            user_id: req.user_id,
+            key: req.key.as_str().to_owned(),
+            created_at_ms: req.now_ms,
+            last_run_at_ms: req.now_ms,
+            locked_at_ms: Some(req.now_ms),
+            request_method: req.method.clone(),
+            request_path: req.path.clone(),
+            request_params: req.params,
+            recovery_point: RecoveryPoint::Started,
+            response: None,
+        }
+    }
+
+    /// Takes the lock of an abandoned key for a request at `now_ms`.
+    pub fn resume(&mut self, now_ms: i64) {
+        self.locked_at_ms = Some(now_ms);
+        self.last_run_at_ms = now_ms;
+    }
+
+    /// Moves the key as a committed phase says.
+    pub fn apply(&mut self, transition: &KeyTransition) {
+        match transition {
+            KeyTransition::To(rp) => self.recovery_point = *rp,
+            KeyTransition::Finish(resp) => {
+                self.recovery_point = RecoveryPoint::Finished;
+                self.response = Some(resp.clone());
+                self.locked_at_ms = None;
+            }
+        }
+    }
+
+    /// Checks that the key is where a phase expects it.
+    ///
+    /// # Errors
+    /// [`KeyMoved`] when a concurrent request moved it on.
+    pub fn expect_at(&self, expected: RecoveryPoint) -> Result<(), KeyMoved> {
+        if self.recovery_point == expected {
+            Ok(())
+        } else {
+            Err(KeyMoved {
+                key_id: self.id,
+                at: self.recovery_point,
+                expected,
+            })
+        }
+    }
+
     /// Whether a live request holds the lock at `now_ms`.
     pub fn is_locked(&self, now_ms: i64, t: &Thresholds) -> bool {
         self.locked_at_ms
-            .is_some_and(|at| at > now_ms - t.lock_timeout_ms)
+            .is_some_and(|at| at > t.completable_bounds(now_ms).lock_expired_at_or_before)
     }
 
     /// Whether the completer should push this key through at `now_ms` (reference 2.6).
     pub fn is_completable(&self, now_ms: i64, t: &Thresholds) -> bool {
+        let b = t.completable_bounds(now_ms);
         self.recovery_point != RecoveryPoint::Finished
-            && self.created_at_ms < now_ms - t.completer_grace_ms
-            && self.last_run_at_ms < now_ms - t.completer_last_run_ms
+            && self.created_at_ms < b.created_before
+            && self.last_run_at_ms < b.last_run_before
             && !self.is_locked(now_ms, t)
     }
 
     /// Whether the reaper should delete this key at `now_ms` (reference 2.8).
     pub fn is_reapable(&self, now_ms: i64, t: &Thresholds) -> bool {
-        self.created_at_ms < now_ms - t.reap_after_ms
+        self.created_at_ms < t.reap_before(now_ms)
     }
 
-    /// Phase 1: what to do with a request carrying this key (or none) and `params`.
-    pub fn decide(
-        existing: Option<&Self>,
-        params: &RideParams,
-        now_ms: i64,
-        t: &Thresholds,
-    ) -> KeyDecision {
+    /// Phase 1: what happens to `req`, given its key as stored (or none). `Proceed` carries
+    /// the key to write: [`KeyRecord::new_locked`] or the existing key [`KeyRecord::resume`]d.
+    pub fn decide(existing: Option<&Self>, req: &BeginRequest) -> Begun {
         let Some(key) = existing else {
-            return KeyDecision::Create;
+            return Begun::Proceed(Self::new_locked(req));
         };
-        if key.request_params != *params {
-            return KeyDecision::Mismatch;
+        if key.request_params != req.params {
+            return Begun::Mismatch;
         }
-        if key.is_locked(now_ms, t) {
-            return KeyDecision::InProgress;
+        if key.is_locked(req.now_ms, &req.thresholds) {
+            return Begun::InProgress;
         }
         match (&key.recovery_point, &key.response) {
-            (RecoveryPoint::Finished, Some(resp)) => KeyDecision::Replay(resp.clone()),
-            _ => KeyDecision::Resume,
+            (RecoveryPoint::Finished, Some(resp)) => Begun::Replay(resp.clone()),
+            _ => {
+                let mut key = key.clone();
+                key.resume(req.now_ms);
+                Begun::Proceed(key)
+            }
+        }
+    }
+
+    /// The phase committed in the same transaction as taking the key: a key at `started`
+    /// gets its ride there (new keys, and keys an older version left at `started`).
+    ///
+    /// # Errors
+    /// [`RideError`] if the ride aggregate refuses (a bug).
+    pub fn opening_phase(&self, req: &BeginRequest) -> Result<Option<Phase>, RideError> {
+        match self.recovery_point {
+            RecoveryPoint::Started => {
+                Phase::create_ride(self, &req.origin_ip, req.correlation).map(Some)
+            }
+            _ => Ok(None),
         }
     }
 
@@ -305,12 +451,14 @@ impl KeyRecord {
 /// The phase that follows a recovery point.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NextPhase {
-    /// `started`: create the ride (phase [`Phase::create_ride`]).
+    /// `started`: create the ride ([`Phase::create_ride`]; the store's `begin` already does it
+    /// in the transaction that takes the key, so a service sees this only from a fixture).
     CreateRide,
     /// `ride_created`: call the processor, then [`Phase::charged`], [`Phase::declined`] or
-    /// [`Phase::processor_error`].
+    /// [`Phase::processor_error`], each of which finishes the key.
     Charge,
-    /// `charge_created`: [`Phase::receipt`].
+    /// `charge_created` (left by an older version, which charged in a phase of its own):
+    /// [`Phase::receipt`].
     StageReceipt,
     /// `finished`: answer with the stored response.
     Respond(StoredResponse),
@@ -374,14 +522,22 @@ pub struct Phase {
 }
 
 impl Phase {
-    /// `started` → `ride_created`: insert the ride, its audit record and `ride.created`.
-    pub fn create_ride(key: &KeyRecord, origin_ip: &str, correlation: Option<uuid::Uuid>) -> Self {
+    /// Commit 1 (`started` → `ride_created`): insert the ride, its audit record and
+    /// `ride.created`.
+    ///
+    /// # Errors
+    /// [`RideError`] if the ride aggregate refuses (never for a fresh ride).
+    pub fn create_ride(
+        key: &KeyRecord,
+        origin_ip: &str,
+        correlation: Option<uuid::Uuid>,
+    ) -> Result<Self, RideError> {
         let cmd = RideCommand::Request {
             user_id: key.user_id,
             params: key.request_params,
         };
-        let events = Ride::default().decide(&cmd).unwrap_or_default();
-        Self {
+        let events = Ride::default().decide(&cmd)?;
+        Ok(Self {
             ride: RideWrite::Insert {
                 user_id: key.user_id,
                 params: key.request_params,
@@ -397,49 +553,58 @@ impl Phase {
                 .map(|e| RecordDraft::from_event(e, correlation))
                 .collect(),
             then: KeyTransition::To(RecoveryPoint::RideCreated),
-        }
+        })
     }
 
-    /// `ride_created` → `charge_created`: store the charge id and stage `ride.charged`.
+    /// Commit 2 (`ride_created` → `finished` 201): store the charge id, stage `ride.charged`
+    /// and `receipt.requested` (the reference's `send_ride_receipt` job), store the response.
+    ///
+    /// # Errors
+    /// [`RideError`] when the ride is not awaiting its payment.
     pub fn charged(
         ride: &Ride,
         ride_id: i64,
         charge_id: &str,
         correlation: Option<uuid::Uuid>,
-    ) -> Self {
+    ) -> Result<Self, RideError> {
         let cmd = RideCommand::RecordCharge {
             charge_id: charge_id.to_owned(),
         };
-        Self {
+        let mut records = drafts(ride, &cmd, correlation)?;
+        records.push(receipt_draft(ride.user_id(), correlation));
+        Ok(Self {
             ride: RideWrite::SetCharge {
                 ride_id,
                 charge_id: charge_id.to_owned(),
             },
             audit: None,
-            records: drafts(ride, &cmd, correlation),
-            then: KeyTransition::To(RecoveryPoint::ChargeCreated),
-        }
+            records,
+            then: KeyTransition::Finish(StoredResponse::created()),
+        })
     }
 
-    /// `ride_created` → `finished` with 402: stage `ride.declined`.
+    /// Commit 2 (`ride_created` → `finished` 402): stage `ride.declined`.
+    ///
+    /// # Errors
+    /// [`RideError`] when the ride is not awaiting its payment.
     pub fn declined(
         ride: &Ride,
         ride_id: i64,
         message: &str,
         correlation: Option<uuid::Uuid>,
-    ) -> Self {
+    ) -> Result<Self, RideError> {
         let cmd = RideCommand::RecordDecline {
             message: message.to_owned(),
         };
-        Self {
+        Ok(Self {
             ride: RideWrite::Existing(ride_id),
             audit: None,
-            records: drafts(ride, &cmd, correlation),
+            records: drafts(ride, &cmd, correlation)?,
             then: KeyTransition::Finish(StoredResponse::card_declined(message)),
-        }
+        })
     }
 
-    /// `ride_created` → `finished` with 503 (stored as final, as in the reference).
+    /// Commit 2 (`ride_created` → `finished` 503, stored as final, as in the reference).
     pub fn processor_error(ride_id: i64) -> Self {
         Self {
             ride: RideWrite::Existing(ride_id),
@@ -449,32 +614,41 @@ impl Phase {
         }
     }
 
-    /// `charge_created` → `finished` with 201: stage `receipt.requested` (the reference's
-    /// `send_ride_receipt` job).
+    /// `charge_created` → `finished` 201: stage `receipt.requested`. Only keys written by an
+    /// older version (which charged in a phase of its own) are ever at `charge_created`.
     pub fn receipt(key: &KeyRecord, ride_id: i64, correlation: Option<uuid::Uuid>) -> Self {
-        let mut payload = serde_json::Map::new();
-        payload.insert("amount".into(), RIDE_CHARGE_CENTS.into());
-        payload.insert("currency".into(), RIDE_CHARGE_CURRENCY.into());
-        payload.insert("user_id".into(), key.user_id.into());
         Self {
             ride: RideWrite::Existing(ride_id),
             audit: None,
-            records: vec![RecordDraft {
-                kind: crate::record::kinds::RECEIPT_REQUESTED.into(),
-                payload,
-                correlation_id: correlation,
-            }],
+            records: vec![receipt_draft(key.user_id, correlation)],
             then: KeyTransition::Finish(StoredResponse::created()),
         }
     }
 }
 
-fn drafts(ride: &Ride, cmd: &RideCommand, correlation: Option<uuid::Uuid>) -> Vec<RecordDraft> {
-    ride.decide(cmd)
-        .unwrap_or_default()
+/// The reference's `send_ride_receipt` job, as a record.
+fn receipt_draft(user_id: i64, correlation: Option<uuid::Uuid>) -> RecordDraft {
+    let mut payload = serde_json::Map::new();
+    payload.insert("amount".into(), RIDE_CHARGE_CENTS.into());
+    payload.insert("currency".into(), RIDE_CHARGE_CURRENCY.into());
+    payload.insert("user_id".into(), user_id.into());
+    RecordDraft {
+        kind: crate::record::kinds::RECEIPT_REQUESTED.into(),
+        payload,
+        correlation_id: correlation,
+    }
+}
+
+fn drafts(
+    ride: &Ride,
+    cmd: &RideCommand,
+    correlation: Option<uuid::Uuid>,
+) -> Result<Vec<RecordDraft>, RideError> {
+    Ok(ride
+        .decide(cmd)?
         .iter()
         .map(|e: &RideEvent| RecordDraft::from_event(e, correlation))
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
@@ -526,35 +700,90 @@ mod tests {
         assert_eq!(KeyError::TooShort.to_string(), messages::KEY_TOO_SHORT);
     }
 
+    fn begin_req(p: RideParams, now_ms: i64) -> BeginRequest {
+        BeginRequest {
+            user_id: 1,
+            key: IdempotencyKey::parse(Some(&"k".repeat(20))).unwrap(),
+            params: p,
+            method: "POST".into(),
+            path: "/rides".into(),
+            now_ms,
+            thresholds: T,
+            origin_ip: "127.0.0.1".into(),
+            correlation: None,
+        }
+    }
+
     #[test]
     fn decisions_follow_the_reference() {
         let now = 1_000_000;
         let p = params(0.0);
-        assert_eq!(KeyRecord::decide(None, &p, now, &T), KeyDecision::Create);
-        let unlocked = key(RecoveryPoint::Started, None);
+        let req = begin_req(p, now);
+        let Begun::Proceed(new) = KeyRecord::decide(None, &req) else {
+            panic!("a new key proceeds")
+        };
+        assert_eq!(new, KeyRecord::new_locked(&req));
         assert_eq!(
-            KeyRecord::decide(Some(&unlocked), &p, now, &T),
-            KeyDecision::Resume
+            (new.recovery_point, new.locked_at_ms, new.last_run_at_ms),
+            (RecoveryPoint::Started, Some(now), now)
         );
+        let unlocked = key(RecoveryPoint::Started, None);
+        let mut resumed = unlocked.clone();
+        resumed.resume(now);
         assert_eq!(
-            KeyRecord::decide(Some(&unlocked), &params(10.0), now, &T),
-            KeyDecision::Mismatch
+            KeyRecord::decide(Some(&unlocked), &req),
+            Begun::Proceed(resumed.clone())
+        );
+        assert_eq!(resumed.locked_at_ms, Some(now));
+        assert_eq!(
+            KeyRecord::decide(Some(&unlocked), &begin_req(params(10.0), now)),
+            Begun::Mismatch
         );
         let locked = key(RecoveryPoint::Started, Some(now));
-        assert_eq!(
-            KeyRecord::decide(Some(&locked), &p, now, &T),
-            KeyDecision::InProgress
-        );
+        assert_eq!(KeyRecord::decide(Some(&locked), &req), Begun::InProgress);
         let stale = key(RecoveryPoint::Started, Some(now - 90_000 - 1));
-        assert_eq!(
-            KeyRecord::decide(Some(&stale), &p, now, &T),
-            KeyDecision::Resume
-        );
+        assert!(matches!(
+            KeyRecord::decide(Some(&stale), &req),
+            Begun::Proceed(_)
+        ));
         let done = key(RecoveryPoint::Finished, None);
         assert_eq!(
-            KeyRecord::decide(Some(&done), &p, now, &T),
-            KeyDecision::Replay(StoredResponse::created())
+            KeyRecord::decide(Some(&done), &req),
+            Begun::Replay(StoredResponse::created())
         );
+    }
+
+    #[test]
+    fn apply_and_expect_at_move_the_key() {
+        let mut k = key(RecoveryPoint::Started, Some(5));
+        assert_eq!(k.expect_at(RecoveryPoint::Started), Ok(()));
+        k.apply(&KeyTransition::To(RecoveryPoint::RideCreated));
+        assert_eq!(k.locked_at_ms, Some(5), "a recovery point keeps the lock");
+        let moved = k.expect_at(RecoveryPoint::Started).unwrap_err();
+        assert_eq!(
+            moved.to_string(),
+            "idempotency key 7 is at ride_created, not started"
+        );
+        k.apply(&KeyTransition::Finish(StoredResponse::created()));
+        assert_eq!(k.recovery_point, RecoveryPoint::Finished);
+        assert_eq!(k.locked_at_ms, None);
+        assert_eq!(k.response, Some(StoredResponse::created()));
+    }
+
+    #[test]
+    fn only_a_key_at_started_opens_with_its_ride() {
+        let req = begin_req(params(1.0), 0);
+        let new = KeyRecord::new_locked(&req);
+        let opening = new.opening_phase(&req).unwrap().expect("a ride");
+        assert_eq!(opening.then, KeyTransition::To(RecoveryPoint::RideCreated));
+        assert!(matches!(opening.ride, RideWrite::Insert { .. }));
+        for rp in [
+            RecoveryPoint::RideCreated,
+            RecoveryPoint::ChargeCreated,
+            RecoveryPoint::Finished,
+        ] {
+            assert_eq!(key(rp, None).opening_phase(&req), Ok(None));
+        }
     }
 
     #[test]
@@ -578,10 +807,10 @@ mod tests {
     }
 
     #[test]
-    fn phases_chain_through_the_recovery_points() {
+    fn two_commits_chain_through_the_recovery_points() {
         let k = key(RecoveryPoint::Started, Some(0));
         assert_eq!(k.next_phase(), NextPhase::CreateRide);
-        let create = Phase::create_ride(&k, "127.0.0.1", None);
+        let create = Phase::create_ride(&k, "127.0.0.1", None).unwrap();
         assert_eq!(create.then, KeyTransition::To(RecoveryPoint::RideCreated));
         assert_eq!(create.records.len(), 1);
         assert_eq!(create.records[0].kind, "ride.created");
@@ -594,14 +823,18 @@ mod tests {
             user_id: 1,
             distance_mm: 0,
         }]);
-        let charged = Phase::charged(&ride, 3, "ch_1", None);
+        let charged = Phase::charged(&ride, 3, "ch_1", None).unwrap();
         assert_eq!(
             charged.then,
-            KeyTransition::To(RecoveryPoint::ChargeCreated)
+            KeyTransition::Finish(StoredResponse::created()),
+            "the charge's commit is the last one"
         );
+        let kinds: Vec<_> = charged.records.iter().map(|r| r.kind.as_str()).collect();
+        assert_eq!(kinds, ["ride.charged", "receipt.requested"]);
         assert_eq!(charged.records[0].build(3, 0).payload["charge_id"], "ch_1");
+        assert_eq!(charged.records[1].build(3, 0).payload["user_id"], 1);
 
-        let declined = Phase::declined(&ride, 3, "Your card was declined.", None);
+        let declined = Phase::declined(&ride, 3, "Your card was declined.", None).unwrap();
         assert_eq!(
             declined.then,
             KeyTransition::Finish(StoredResponse::card_declined("Your card was declined."))
@@ -610,7 +843,15 @@ mod tests {
             StoredResponse::card_declined("Your card was declined.").body["error"],
             "Error from payment processor: Your card was declined."
         );
-        let receipt = Phase::receipt(&k, 3, None);
+        // A ride that is not awaiting payment refuses, instead of staging nothing.
+        assert_eq!(
+            Phase::charged(&Ride::default(), 3, "ch_1", None),
+            Err(RideError::NotRequested)
+        );
+        // Keys an older version left at `charge_created` still finish.
+        let old = key(RecoveryPoint::ChargeCreated, Some(0));
+        assert_eq!(old.next_phase(), NextPhase::StageReceipt);
+        let receipt = Phase::receipt(&old, 3, None);
         assert_eq!(
             receipt.then,
             KeyTransition::Finish(StoredResponse::created())
@@ -630,8 +871,8 @@ mod tests {
             assert_eq!(RecoveryPoint::parse(rp.as_str()), Ok(rp));
         }
         assert_eq!(
-            RecoveryPoint::parse("nope"),
-            Err("Bug! Unhandled recovery point 'nope'.".to_owned())
+            RecoveryPoint::parse("nope").unwrap_err().to_string(),
+            "Bug! Unhandled recovery point 'nope'."
         );
     }
 }

@@ -20,8 +20,9 @@ pub mod ride;
 
 pub use distance::{Applied, DistanceState};
 pub use idempotency::{
-    AuditDraft, IdempotencyKey, KeyDecision, KeyError, KeyRecord, KeyTransition, NextPhase, Phase,
-    RecoveryPoint, RideWrite, StoredResponse, Thresholds,
+    AuditDraft, BeginRequest, Begun, CompletableBounds, IdempotencyKey, KeyError, KeyMoved,
+    KeyRecord, KeyTransition, NextPhase, Phase, RecoveryPoint, RideWrite, StoredResponse,
+    Thresholds, UnknownRecoveryPoint,
 };
 pub use record::{LogRecord, NewRecord, RecordDraft};
 pub use ride::{

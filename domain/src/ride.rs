@@ -12,12 +12,37 @@ pub const EARTH_RADIUS_M: f64 = 6_371_008.8;
 /// The four coordinates of a ride request, validated.
 ///
 /// Stored parameters are the parsed floats, so `"0"` and `"0.0"` compare equal (reference 2.3).
+///
+/// A value can only be built through validation: [`RideRequest::parse`], [`RideParams::new`],
+/// or deserialization, which runs the same checks (a stored `{"origin_lat": 91, …}` is an
+/// error, never a ride). Serialized as JSON, every coordinate round-trips to the same `f64`
+/// bit for bit (serde_json's `float_roundtrip` parser, the shortest round-trip formatter),
+/// so a retry with the same text always equals the stored parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawRideParams")]
 pub struct RideParams {
     origin_lat: f64,
     origin_lon: f64,
     target_lat: f64,
     target_lon: f64,
+}
+
+/// The unvalidated shape of [`RideParams`] when deserialized.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRideParams {
+    origin_lat: f64,
+    origin_lon: f64,
+    target_lat: f64,
+    target_lon: f64,
+}
+
+impl TryFrom<RawRideParams> for RideParams {
+    type Error = ParamError;
+
+    fn try_from(r: RawRideParams) -> Result<Self, ParamError> {
+        Self::new(r.origin_lat, r.origin_lon, r.target_lat, r.target_lon)
+    }
 }
 
 /// Why request parameters were refused. `Display` is the exact user-facing message.
@@ -78,13 +103,7 @@ impl RideRequest {
                 .filter(|s| !s.is_empty())
                 .ok_or(ParamError::Missing(name))?;
             let v = parse_float(&raw).ok_or(ParamError::NotAFloat(name))?;
-            if is_lat && !(-90.0..=90.0).contains(&v) {
-                return Err(ParamError::Latitude(name));
-            }
-            if !is_lat && !(-180.0..=180.0).contains(&v) {
-                return Err(ParamError::Longitude(name));
-            }
-            *slot = v;
+            *slot = check_range(name, is_lat, v)?;
         }
         let raise_error = match get("raise_error") {
             None => false,
@@ -106,6 +125,20 @@ impl RideRequest {
     }
 }
 
+/// The range rule of one coordinate (finite, latitude in [-90, 90], longitude in [-180, 180]).
+fn check_range(name: &'static str, is_lat: bool, v: f64) -> Result<f64, ParamError> {
+    if !v.is_finite() {
+        return Err(ParamError::NotAFloat(name));
+    }
+    if is_lat && !(-90.0..=90.0).contains(&v) {
+        return Err(ParamError::Latitude(name));
+    }
+    if !is_lat && !(-180.0..=180.0).contains(&v) {
+        return Err(ParamError::Longitude(name));
+    }
+    Ok(v)
+}
+
 impl RideParams {
     /// Builds parameters from already-valid coordinates.
     ///
@@ -117,14 +150,13 @@ impl RideParams {
         target_lat: f64,
         target_lon: f64,
     ) -> Result<Self, ParamError> {
-        let raw = [origin_lat, origin_lon, target_lat, target_lon].map(|v| v.to_string());
-        RideRequest::parse(|k| {
-            COORDS
-                .iter()
-                .position(|(n, _)| *n == k)
-                .map(|i| raw[i].clone())
+        let [a, b, c, d] = COORDS;
+        Ok(Self {
+            origin_lat: check_range(a.0, a.1, origin_lat)?,
+            origin_lon: check_range(b.0, b.1, origin_lon)?,
+            target_lat: check_range(c.0, c.1, target_lat)?,
+            target_lon: check_range(d.0, d.1, target_lon)?,
         })
-        .map(|r| r.params)
     }
 
     /// Origin latitude in degrees.
@@ -159,7 +191,12 @@ impl RideParams {
 
     /// The parameters as the JSON object stored on the idempotency key.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or_default()
+        serde_json::json!({
+            "origin_lat": self.origin_lat,
+            "origin_lon": self.origin_lon,
+            "target_lat": self.target_lat,
+            "target_lon": self.target_lon,
+        })
     }
 }
 
@@ -519,5 +556,90 @@ mod tests {
         assert_eq!(ride.status(), &RideStatus::Declined);
         assert_eq!(ride.distance_mm(), 5);
         assert_eq!(ride.user_id(), 2);
+    }
+
+    /// The request of the replay bug: shortest forms of 17 significant digits.
+    const SF: [f64; 4] = [
+        37.760634058469556,
+        -122.41962585931567,
+        37.79401207930116,
+        -122.39508346185291,
+    ];
+
+    fn json_round_trip(p: &RideParams) -> RideParams {
+        let text = serde_json::to_string(&p.to_json()).unwrap();
+        let via_text: RideParams = serde_json::from_str(&text).unwrap();
+        let via_value: RideParams =
+            serde_json::from_value(serde_json::from_str::<serde_json::Value>(&text).unwrap())
+                .unwrap();
+        assert_eq!(via_text, via_value);
+        via_text
+    }
+
+    #[test]
+    fn seventeen_digit_coordinates_survive_the_stored_json() {
+        let text = [
+            "37.760634058469556",
+            "-122.41962585931567",
+            "37.79401207930116",
+            "-122.39508346185291",
+        ];
+        let parsed = parse(&[
+            ("origin_lat", text[0]),
+            ("origin_lon", text[1]),
+            ("target_lat", text[2]),
+            ("target_lon", text[3]),
+        ])
+        .unwrap()
+        .params;
+        assert_eq!(parsed, RideParams::new(SF[0], SF[1], SF[2], SF[3]).unwrap());
+        let back = json_round_trip(&parsed);
+        assert_eq!(back, parsed);
+        assert_eq!(back.origin_lon().to_bits(), SF[1].to_bits());
+    }
+
+    #[test]
+    fn deserializing_validates_like_the_constructor() {
+        let bad = serde_json::json!({
+            "origin_lat": 91.0, "origin_lon": 0.0, "target_lat": 0.0, "target_lon": 0.0
+        });
+        let err = serde_json::from_value::<RideParams>(bad).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("Parameter 'origin_lat' must be a valid latitude coordinate."),
+            "{err}"
+        );
+        let missing = serde_json::json!({ "origin_lat": 1.0 });
+        assert!(serde_json::from_value::<RideParams>(missing).is_err());
+        let extra = serde_json::json!({
+            "origin_lat": 0.0, "origin_lon": 0.0, "target_lat": 0.0, "target_lon": 0.0, "x": 1
+        });
+        assert!(serde_json::from_value::<RideParams>(extra).is_err());
+        assert_eq!(
+            RideParams::new(0.0, 200.0, 0.0, 0.0),
+            Err(ParamError::Longitude("origin_lon"))
+        );
+        assert_eq!(
+            RideParams::new(f64::NAN, 0.0, 0.0, 0.0),
+            Err(ParamError::NotAFloat("origin_lat"))
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_valid_coordinates_round_trip_exactly(
+            a in -90.0f64..=90.0, b in -180.0f64..=180.0,
+            c in -90.0f64..=90.0, d in -180.0f64..=180.0,
+        ) {
+            let p = RideParams::new(a, b, c, d).unwrap();
+            let back = json_round_trip(&p);
+            proptest::prop_assert_eq!(back, p);
+            // And through the text a client sends (Rust's shortest round-trip formatting).
+            let again = RideParams::new(
+                a.to_string().parse().unwrap(), b.to_string().parse().unwrap(),
+                c.to_string().parse().unwrap(), d.to_string().parse().unwrap(),
+            ).unwrap();
+            proptest::prop_assert_eq!(again, p);
+        }
     }
 }

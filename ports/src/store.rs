@@ -1,9 +1,8 @@
 //! The canonical store: users, rides, idempotency keys, audit records, and the outbox.
 
 use async_trait::async_trait;
-use domain::{
-    IdempotencyKey, KeyRecord, Phase, RecoveryPoint, RideParams, StoredResponse, Thresholds,
-};
+pub use domain::{BeginRequest, Begun};
+use domain::{KeyRecord, Phase, RecoveryPoint, RideParams, Thresholds};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
@@ -36,38 +35,6 @@ pub struct RideRow {
     pub created_at_ms: i64,
 }
 
-/// Phase 1 input: a request arriving with a key.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BeginRequest {
-    /// The authenticated user.
-    pub user_id: i64,
-    /// The key.
-    pub key: IdempotencyKey,
-    /// The parsed parameters.
-    pub params: RideParams,
-    /// `POST`.
-    pub method: String,
-    /// `/rides`.
-    pub path: String,
-    /// Now (ms).
-    pub now_ms: i64,
-    /// Lock timeout and friends.
-    pub thresholds: Thresholds,
-}
-
-/// Phase 1 outcome.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Begun {
-    /// The key is ours (created, or resumed with its lock taken and `last_run_at` bumped).
-    Proceed(KeyRecord),
-    /// Finished earlier: replay this.
-    Replay(StoredResponse),
-    /// Same key, other parameters.
-    Mismatch,
-    /// Another request holds the key.
-    InProgress,
-}
-
 /// The store's own account of the rides, which every consumer must end up agreeing with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Truth {
@@ -83,10 +50,12 @@ pub struct Truth {
 ///
 /// # Contract (checked by `contract::store`)
 /// - [`RideStore::begin`] runs phase 1 in ONE transaction, deciding with
-///   [`KeyRecord::decide`]: `Create` inserts the key locked at `started`, `Resume` takes the
-///   lock and bumps `last_run_at`, the other outcomes write nothing. Two concurrent `begin`s
-///   with one new key MUST NOT both return `Proceed`: the loser gets `InProgress` or
-///   [`StoreError::Conflict`].
+///   [`KeyRecord::decide`]: a new key is inserted locked, an abandoned one is resumed (lock
+///   taken, `last_run_at` bumped), the other outcomes write nothing. A key that is (or was
+///   left) at `started` gets its ride in the same transaction
+///   ([`KeyRecord::opening_phase`]), so `Proceed` returns it at `ride_created`: the first of
+///   the ride's two commits. Two concurrent `begin`s with one new key MUST NOT both return
+///   `Proceed`: the loser gets `InProgress` or [`StoreError::Conflict`].
 /// - [`RideStore::run_phase`] commits everything the [`Phase`] says in ONE transaction, or
 ///   nothing: the ride write, the audit record, the staged records (built with the ride's id
 ///   and sequenced in commit order), and the key transition. It MUST fail with
@@ -116,7 +85,8 @@ pub trait RideStore: Send + Sync + 'static {
     /// [`StoreError::Unavailable`] when the store cannot be reached.
     async fn ensure_user(&self, email: &str) -> Result<User, StoreError>;
 
-    /// Phase 1: find or create the key and take its lock, or say why not.
+    /// Phase 1: find or create the key and take its lock, or say why not; a key at `started`
+    /// gets its ride in the same transaction.
     ///
     /// # Errors
     /// [`StoreError::Conflict`] when a concurrent request won a race for the key.

@@ -23,9 +23,6 @@ pub(crate) enum PgError {
     /// A concurrent transaction won, or the row is not in the expected state.
     #[error("{0}")]
     Conflict(String),
-    /// The row does not exist.
-    #[error("{0}")]
-    NotFound(String),
     /// The server cannot be reached.
     #[error("{0}")]
     Unavailable(String),
@@ -90,7 +87,6 @@ impl From<PgError> for StoreError {
     fn from(e: PgError) -> Self {
         match e {
             PgError::Conflict(m) => Self::Conflict(m),
-            PgError::NotFound(m) => Self::NotFound(m),
             PgError::Unavailable(m) => Self::Unavailable(m),
             PgError::Config(m) | PgError::Other(m) => Self::Other(m),
         }
@@ -103,7 +99,7 @@ impl From<PgError> for LogError {
             PgError::Unavailable(m) => Self::Unavailable(m),
             // A conflict on the log's own statements (sequencer) is transient as well.
             PgError::Conflict(m) => Self::Unavailable(format!("concurrent update: {m}")),
-            PgError::NotFound(m) | PgError::Config(m) | PgError::Other(m) => Self::Other(m),
+            PgError::Config(m) | PgError::Other(m) => Self::Other(m),
         }
     }
 }
@@ -113,7 +109,7 @@ impl From<PgError> for ConsumerStoreError {
         match e {
             PgError::Conflict(m) => Self::Conflict(m),
             PgError::Unavailable(m) => Self::Unavailable(m),
-            PgError::NotFound(m) | PgError::Config(m) | PgError::Other(m) => Self::Other(m),
+            PgError::Config(m) | PgError::Other(m) => Self::Other(m),
         }
     }
 }

@@ -15,8 +15,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use domain::{
-    IdempotencyKey, KeyRecord, Phase, RecoveryPoint, Ride, RideEvent, RideParams, StoredResponse,
-    Thresholds,
+    IdempotencyKey, KeyRecord, KeyTransition, Phase, RecoveryPoint, Ride, RideEvent, RideParams,
+    StoredResponse, Thresholds,
 };
 use http_body_util::BodyExt;
 use ports::{
@@ -110,7 +110,7 @@ impl Harness {
 
     /// Moves a stored key from `started` to `ride_created` (ride inserted), then unlocks it.
     pub async fn advance_to_ride_created(&self, key: &KeyRecord) -> KeyRecord {
-        let phase = Phase::create_ride(key, "127.0.0.1", None);
+        let phase = Phase::create_ride(key, "127.0.0.1", None).unwrap();
         let k = self
             .store
             .run_phase(key.id, RecoveryPoint::Started, &phase, self.clock_now())
@@ -120,14 +120,17 @@ impl Harness {
         k
     }
 
-    /// Moves a key at `ride_created` to `charge_created` with a charge made elsewhere.
+    /// Moves a key at `ride_created` to `charge_created` with a charge made elsewhere, as the
+    /// charge phase of an older version did (this version finishes in the charge's commit).
     pub async fn advance_to_charge_created(&self, key: &KeyRecord) -> KeyRecord {
         let ride = self.store.ride_for_key(key.id).await.unwrap().unwrap();
         let state = Ride::from_events(&[RideEvent::Requested {
             user_id: ride.user_id,
             distance_mm: ride.distance_mm,
         }]);
-        let phase = Phase::charged(&state, ride.id, "ch_fixture", None);
+        let mut phase = Phase::charged(&state, ride.id, "ch_fixture", None).unwrap();
+        phase.records.truncate(1); // `ride.charged`; the receipt came in a phase of its own
+        phase.then = KeyTransition::To(RecoveryPoint::ChargeCreated);
         let k = self
             .store
             .run_phase(key.id, RecoveryPoint::RideCreated, &phase, self.clock_now())

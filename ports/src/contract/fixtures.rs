@@ -112,6 +112,8 @@ pub fn begin_request(user_id: i64, key: &str, params: RideParams, now_ms: i64) -
         path: "/rides".into(),
         now_ms,
         thresholds: Thresholds::default(),
+        origin_ip: "127.0.0.1".into(),
+        correlation: None,
     }
 }
 
@@ -158,7 +160,8 @@ pub async fn proceed(sut: &StoreUnderTest, req: &BeginRequest) -> KeyRecord {
     }
 }
 
-/// Phase 1 then `create_ride`, at `now_ms`: returns the key (at `ride_created`) and its ride.
+/// Phase 1 with a new key at `now_ms` (commit 1 of a ride): returns the key (at
+/// `ride_created`) and its ride.
 pub async fn create_ride(
     sut: &StoreUnderTest,
     user_id: i64,
@@ -170,14 +173,13 @@ pub async fn create_ride(
         &begin_request(user_id, &key_text("ride"), params, now_ms),
     )
     .await;
-    let phase = Phase::create_ride(&key, "127.0.0.1", None);
-    let after = sut
-        .store
-        .run_phase(key.id, RecoveryPoint::Started, &phase, now_ms)
-        .await
-        .unwrap_or_else(|e| panic!("create_ride phase from `started` must commit: {e}"));
-    let ride = ride_for(sut, after.id).await;
-    (after, ride)
+    assert_eq!(
+        key.recovery_point,
+        RecoveryPoint::RideCreated,
+        "begin with a new key must create its ride in the same transaction"
+    );
+    let ride = ride_for(sut, key.id).await;
+    (key, ride)
 }
 
 /// The ride of a key, which must exist.
@@ -189,24 +191,23 @@ pub async fn ride_for(sut: &StoreUnderTest, key_id: i64) -> RideRow {
         .unwrap_or_else(|| panic!("a committed create_ride phase must leave a ride for its key"))
 }
 
-/// Pushes a key at `ride_created` through `charged` and `receipt` to `finished`.
+/// Pushes a key at `ride_created` through the charge's commit (commit 2) to `finished`.
 pub async fn finish(sut: &StoreUnderTest, key: &KeyRecord, ride: &RideRow, charge_id: &str) {
     let now = now_ms();
-    let aggregate = Ride::from_events(&[RideEvent::Requested {
-        user_id: ride.user_id,
-        distance_mm: ride.distance_mm,
-    }]);
-    let charged = Phase::charged(&aggregate, ride.id, charge_id, None);
-    let key = sut
-        .store
+    let charged = Phase::charged(&ride_state(ride), ride.id, charge_id, None)
+        .unwrap_or_else(|e| panic!("a ride awaiting payment can be charged: {e}"));
+    sut.store
         .run_phase(key.id, RecoveryPoint::RideCreated, &charged, now)
         .await
         .unwrap_or_else(|e| panic!("charged phase from `ride_created` must commit: {e}"));
-    let receipt = Phase::receipt(&key, ride.id, None);
-    sut.store
-        .run_phase(key.id, RecoveryPoint::ChargeCreated, &receipt, now)
-        .await
-        .unwrap_or_else(|e| panic!("receipt phase from `charge_created` must commit: {e}"));
+}
+
+/// The ride aggregate of an uncharged ride row.
+pub fn ride_state(ride: &RideRow) -> Ride {
+    Ride::from_events(&[RideEvent::Requested {
+        user_id: ride.user_id,
+        distance_mm: ride.distance_mm,
+    }])
 }
 
 /// Whether `e` is a conflict (the outcome a lost race or a wrong recovery point must give).

@@ -147,7 +147,9 @@ macro_rules! store_contract_tests {
     ($factory:expr $(,)?) => {
         $crate::__contract_tests!($factory;
             store::fresh_store_has_the_reference_users,
-            store::begin_creates_a_locked_key_at_started,
+            store::begin_creates_a_locked_key_with_its_ride,
+            store::seventeen_digit_coordinates_replay,
+            store::keys_left_by_an_older_version_resume,
             store::begin_decisions,
             store::concurrent_begins_with_one_key_have_one_winner,
             store::phases_chain_to_finished,

@@ -110,10 +110,11 @@ pub async fn fresh_store_has_the_reference_users(f: &dyn StoreFactory) {
     );
 }
 
-/// Rule: phase 1 with a new key inserts it locked at `started`, with the request's
-/// parameters, method and path, created and last run now.
+/// Rule: phase 1 with a new key is the ride's first commit: it inserts the key locked at
+/// `ride_created`, with the request's parameters, method and path, created and last run now,
+/// its ride, and stages `ride.created`.
 /// Preconditions: a fresh store.
-pub async fn begin_creates_a_locked_key_at_started(f: &dyn StoreFactory) {
+pub async fn begin_creates_a_locked_key_with_its_ride(f: &dyn StoreFactory) {
     let sut = f.fresh().await;
     let u = user(&sut, USER).await;
     let now = now_ms();
@@ -122,19 +123,128 @@ pub async fn begin_creates_a_locked_key_at_started(f: &dyn StoreFactory) {
     let expected = KeyRecord {
         id: k.id,
         locked_at_ms: Some(now),
+        recovery_point: RecoveryPoint::RideCreated,
         ..key_fixture(u.id, &text, params(1), now)
     };
-    assert_eq!(k, expected, "a new key must be locked at `started`");
+    assert_eq!(k, expected, "a new key must be locked at `ride_created`");
     assert_eq!(
         key_of(&sut, u.id, &text).await,
         Some(expected),
         "the new key must be stored as returned"
     );
+    let ride = ride_for(&sut, k.id).await;
+    assert_eq!(
+        (ride.user_id, ride.params, ride.charge_id.as_deref()),
+        (u.id, params(1), None),
+        "the first commit creates the ride, uncharged"
+    );
+    let staged_records = peek(&sut, 10).await;
+    let kinds: Vec<&str> = staged_records.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["ride.created"],
+        "the first commit stages `ride.created`"
+    );
+    assert_eq!(staged_records[0].payload["ride_id"], ride.id);
     assert_eq!(
         key_of(&sut, u.id + 1_000_000, &text).await,
         None,
         "keys are scoped per user"
     );
+}
+
+/// Rule (issue: exact replays): a key finished with coordinates whose shortest decimal form
+/// has 17 significant digits replays its response when the same text is sent again, and the
+/// stored parameters equal the parsed ones bit for bit.
+/// Preconditions: a fresh store.
+pub async fn seventeen_digit_coordinates_replay(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let text = [
+        ("origin_lat", "37.760634058469556"),
+        ("origin_lon", "-122.41962585931567"),
+        ("target_lat", "37.79401207930116"),
+        ("target_lon", "-122.39508346185291"),
+    ];
+    let parse = || {
+        domain::RideRequest::parse(|k| {
+            text.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .unwrap_or_else(|e| panic!("the fixture coordinates are valid: {e}"))
+        .params
+    };
+    let key = key_text("sf");
+    let now = now_ms();
+    let k = proceed(&sut, &begin_request(u.id, &key, parse(), now)).await;
+    let ride = ride_for(&sut, k.id).await;
+    finish(&sut, &k, &ride, "ch_contract_sf").await;
+    let stored = key_of(&sut, u.id, &key)
+        .await
+        .unwrap_or_else(|| panic!("key vanished"));
+    assert_eq!(stored.request_params, parse(), "stored parameters changed");
+    assert_eq!(
+        ride_for(&sut, k.id).await.params,
+        parse(),
+        "ride coordinates changed"
+    );
+    let retry = sut
+        .store
+        .begin(&begin_request(u.id, &key, parse(), now + 1_000))
+        .await;
+    assert_eq!(
+        retry,
+        Ok(Begun::Replay(StoredResponse::created())),
+        "a retry with the same text must replay, not mismatch"
+    );
+}
+
+/// Rule: keys an older version left at `started` (before its ride) or `charge_created`
+/// (charged, receipt not staged) still resume: `begin` gives the first its ride in the same
+/// transaction; the second proceeds where it is, and `receipt` finishes it.
+/// Preconditions: a fresh store.
+pub async fn keys_left_by_an_older_version_resume(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let now = now_ms();
+    let old = key_fixture(u.id, &key_text("old-started"), params(5), now - 100_000);
+    let old = put_key(&sut, &old).await;
+    let resumed = proceed(&sut, &begin_request(u.id, &old.key, params(5), now)).await;
+    assert_eq!(
+        (resumed.recovery_point, resumed.locked_at_ms),
+        (RecoveryPoint::RideCreated, Some(now)),
+        "a key at `started` resumes with its ride"
+    );
+    let ride = ride_for(&sut, old.id).await;
+    assert_eq!(ride.params, params(5));
+
+    // An older version's charge phase: charge id stored, key at `charge_created`.
+    let (k, ride) = create_ride(&sut, u.id, params(6), now).await;
+    let old_charge = Phase {
+        then: domain::KeyTransition::To(RecoveryPoint::ChargeCreated),
+        records: vec![],
+        ..Phase::charged(&super::fixtures::ride_state(&ride), ride.id, "ch_old", None)
+            .unwrap_or_else(|e| panic!("charge: {e}"))
+    };
+    sut.store
+        .run_phase(k.id, RecoveryPoint::RideCreated, &old_charge, now)
+        .await
+        .unwrap_or_else(|e| panic!("old charge phase: {e}"));
+    sut.store
+        .unlock(k.id)
+        .await
+        .unwrap_or_else(|e| panic!("unlock: {e}"));
+    let at_charge = proceed(&sut, &begin_request(u.id, &k.key, params(6), now + 1)).await;
+    assert_eq!(at_charge.recovery_point, RecoveryPoint::ChargeCreated);
+    let receipt = Phase::receipt(&at_charge, ride.id, None);
+    let done = sut
+        .store
+        .run_phase(k.id, RecoveryPoint::ChargeCreated, &receipt, now + 2)
+        .await
+        .unwrap_or_else(|e| panic!("receipt from `charge_created` must commit: {e}"));
+    assert_eq!(done.response, Some(StoredResponse::created()));
+    assert_eq!(done.locked_at_ms, None);
 }
 
 /// Rule (reference 2.5): other parameters → `Mismatch`; a live lock → `InProgress` (both
@@ -242,35 +352,26 @@ pub async fn concurrent_begins_with_one_key_have_one_winner(f: &dyn StoreFactory
     );
 }
 
-/// Rule: the phases chain `started → ride_created → charge_created → finished`; each commits
-/// its ride write, key transition and staged records; the outbox then holds exactly
-/// `ride.created`, `ride.charged`, `receipt.requested` about the ride, under the outbox's
-/// producer, with strictly increasing seqs.
+/// Rule: a ride takes two commits: `begin` (key, ride, `ride.created`) then the charge
+/// (`ride_created → finished`: charge id, `ride.charged`, `receipt.requested`, response). The
+/// outbox then holds exactly those three records about the ride, under the outbox's producer,
+/// with strictly increasing seqs.
 /// Preconditions: a fresh store.
 pub async fn phases_chain_to_finished(f: &dyn StoreFactory) {
     let sut = f.fresh().await;
     let u = user(&sut, USER).await;
     let now = now_ms();
     let p = params(3);
-    let k = proceed(&sut, &begin_request(u.id, &key_text("chain"), p, now)).await;
-
-    let phase = Phase::create_ride(&k, "127.0.0.1", None);
-    let k1 = sut
-        .store
-        .run_phase(k.id, RecoveryPoint::Started, &phase, now)
-        .await
-        .unwrap_or_else(|e| panic!("create_ride from `started` must commit: {e}"));
-    assert_eq!(k1.recovery_point, RecoveryPoint::RideCreated);
+    let (k1, ride) = create_ride(&sut, u.id, p, now).await;
     assert!(k1.locked_at_ms.is_some(), "a recovery point keeps the lock");
-    let ride = ride_for(&sut, k.id).await;
     assert_eq!(ride.distance_mm, p.distance_mm(), "the ride's distance");
     assert_eq!(ride.user_id, u.id, "the ride's owner");
     assert_eq!(ride.params, p, "the ride's parameters");
-    assert_eq!(ride.idempotency_key_id, Some(k.id), "the ride's key");
+    assert_eq!(ride.idempotency_key_id, Some(k1.id), "the ride's key");
     assert_eq!(ride.charge_id, None, "a new ride is not charged");
 
     finish(&sut, &k1, &ride, "ch_contract_chain").await;
-    let done = key_of(&sut, u.id, &k.key)
+    let done = key_of(&sut, u.id, &k1.key)
         .await
         .unwrap_or_else(|| panic!("key vanished"));
     assert_eq!(done.recovery_point, RecoveryPoint::Finished);
@@ -281,7 +382,7 @@ pub async fn phases_chain_to_finished(f: &dyn StoreFactory) {
         "finished response"
     );
     assert_eq!(
-        ride_for(&sut, k.id).await.charge_id.as_deref(),
+        ride_for(&sut, k1.id).await.charge_id.as_deref(),
         Some("ch_contract_chain"),
         "the charged phase stores the charge id"
     );
@@ -326,12 +427,11 @@ pub async fn run_phase_at_the_wrong_recovery_point_conflicts_and_writes_nothing(
     let sut = f.fresh().await;
     let u = user(&sut, USER).await;
     let now = now_ms();
-    let k = proceed(
-        &sut,
-        &begin_request(u.id, &key_text("wrong"), params(1), now),
-    )
-    .await;
-    let phase = Phase::create_ride(&k, "127.0.0.1", None);
+    let mut fixture = key_fixture(u.id, &key_text("wrong"), params(1), now);
+    fixture.locked_at_ms = Some(now);
+    let k = put_key(&sut, &fixture).await;
+    let phase =
+        Phase::create_ride(&k, "127.0.0.1", None).unwrap_or_else(|e| panic!("a fresh ride: {e}"));
     let wrong = sut
         .store
         .run_phase(k.id, RecoveryPoint::RideCreated, &phase, now)
@@ -391,7 +491,8 @@ pub async fn run_phase_on_an_unknown_key_is_not_found(f: &dyn StoreFactory) {
         id: 987_654_321,
         ..key_fixture(u.id, &key_text("ghost"), params(1), now)
     };
-    let phase = Phase::create_ride(&ghost, "127.0.0.1", None);
+    let phase = Phase::create_ride(&ghost, "127.0.0.1", None)
+        .unwrap_or_else(|e| panic!("a fresh ride: {e}"));
     let r = sut
         .store
         .run_phase(ghost.id, RecoveryPoint::Started, &phase, now)
@@ -606,11 +707,7 @@ pub async fn truth_counts_rides_distance_and_unfinished_keys(f: &dyn StoreFactor
     );
     let (k1, r1) = create_ride(&sut, u.id, params(1), now).await;
     let (_, r2) = create_ride(&sut, u.id, params(2), now).await;
-    proceed(
-        &sut,
-        &begin_request(u.id, &key_text("idle"), params(3), now),
-    )
-    .await;
+    put_key(&sut, &key_fixture(u.id, &key_text("idle"), params(3), now)).await;
     finish(&sut, &k1, &r1, "ch_contract_truth").await;
     let mut done = key_fixture(u.id, &key_text("done"), params(1), now);
     done.recovery_point = RecoveryPoint::Finished;
@@ -848,7 +945,8 @@ pub async fn route_is_durable_and_peek_starts_after_it(f: &dyn StoreFactory) {
 #[derive(Default)]
 struct Drained {
     seqs: Vec<u64>,
-    ride_ids: Vec<i64>,
+    /// `(kind, ride id)` of every drained record.
+    rides: Vec<(String, i64)>,
 }
 
 /// Rule (invariant 4): with 16 concurrent writers (random delays, about one phase in five
@@ -895,7 +993,7 @@ pub async fn concurrent_writers_nothing_skipped_nothing_phantom(f: &dyn StoreFac
                     let id = r.payload["ride_id"]
                         .as_i64()
                         .unwrap_or_else(|| panic!("a staged record without ride_id: {r:?}"));
-                    seen.ride_ids.push(id);
+                    seen.rides.push((r.kind.clone(), id));
                 }
                 let removed = outbox
                     .remove(&seqs)
@@ -916,61 +1014,84 @@ pub async fn concurrent_writers_nothing_skipped_nothing_phantom(f: &dyn StoreFac
         writers.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(0x5eed + w);
             let mut created = Vec::new();
+            let mut charged = Vec::new();
             for i in 0..PHASES {
                 let n = (w * PHASES + i) as u32;
                 let req = begin_request(u.id, &key_text("load"), params(n), now_ms());
+                // Commit 1 stages `ride.created`; commit 2 `ride.charged` and the receipt,
+                // or fails on purpose (wrong recovery point) and rolls back.
                 let key = match sut.store.begin(&req).await {
                     Ok(Begun::Proceed(k)) => k,
                     Err(e) if is_conflict(&e) => continue,
                     other => panic!("begin with a unique new key must Proceed, got {other:?}"),
                 };
+                let ride = ride_for(&sut, key.id).await;
+                created.push(ride.id);
                 let pause = rng.random_range(0..=3);
                 tokio::time::sleep(Duration::from_millis(pause)).await;
                 let fail = rng.random_ratio(1, 5);
                 let expected = if fail {
-                    RecoveryPoint::RideCreated
+                    RecoveryPoint::ChargeCreated
                 } else {
-                    RecoveryPoint::Started
+                    RecoveryPoint::RideCreated
                 };
-                let phase = Phase::create_ride(&key, "127.0.0.1", None);
+                let charge = format!("ch_load_{}", ride.id);
+                let phase =
+                    Phase::charged(&super::fixtures::ride_state(&ride), ride.id, &charge, None)
+                        .unwrap_or_else(|e| panic!("charge: {e}"));
                 match sut
                     .store
                     .run_phase(key.id, expected, &phase, now_ms())
                     .await
                 {
                     Ok(_) if fail => panic!("a phase at the wrong recovery point committed"),
-                    Ok(_) => created.push(ride_for(&sut, key.id).await.id),
+                    Ok(_) => charged.push(ride.id),
                     Err(e) if is_conflict(&e) => {}
                     Err(e) => panic!("a phase under load failed with a non-conflict: {e}"),
                 }
             }
-            created
+            (created, charged)
         }));
     }
-    let mut created = BTreeSet::new();
+    let (mut created, mut charged) = (BTreeSet::new(), BTreeSet::new());
     for w in writers {
-        let ids = within("a writer task", w)
+        let (c, p) = within("a writer task", w)
             .await
             .unwrap_or_else(|e| panic!("writer task panicked: {e}"));
-        created.extend(ids);
+        created.extend(c);
+        charged.extend(p);
     }
     done.store(true, Ordering::SeqCst);
     let drained = within("the drainer", drainer)
         .await
         .unwrap_or_else(|e| panic!("drainer task panicked: {e}"));
 
-    let drained_ids: BTreeSet<i64> = drained.ride_ids.iter().copied().collect();
+    let drained_set: BTreeSet<&(String, i64)> = drained.rides.iter().collect();
     assert_eq!(
-        drained_ids.len(),
-        drained.ride_ids.len(),
+        drained_set.len(),
+        drained.rides.len(),
         "a ride's record was drained twice"
     );
-    let skipped: Vec<_> = created.difference(&drained_ids).collect();
-    let phantom: Vec<_> = drained_ids.difference(&created).collect();
-    assert!(
-        skipped.is_empty() && phantom.is_empty(),
-        "drained records must match committed phases: skipped {skipped:?}, phantom {phantom:?}"
-    );
+    for (kind, committed) in [
+        (kinds::RIDE_CREATED, &created),
+        (kinds::RIDE_CHARGED, &charged),
+        (kinds::RECEIPT_REQUESTED, &charged),
+    ] {
+        let drained_ids: BTreeSet<i64> = drained
+            .rides
+            .iter()
+            .filter(|(k, _)| k == kind)
+            .map(|(_, id)| *id)
+            .collect();
+        let skipped: Vec<_> = committed.difference(&drained_ids).collect();
+        let phantom: Vec<_> = drained_ids.difference(committed).collect();
+        assert!(
+            skipped.is_empty() && phantom.is_empty(),
+            "drained {kind} records must match committed phases: \
+             skipped {skipped:?}, phantom {phantom:?}"
+        );
+    }
+    assert!(!charged.is_empty(), "no second commit committed at all");
     assert!(!created.is_empty(), "no phase committed at all");
     assert_eq!(
         truth(&sut).await.rides,

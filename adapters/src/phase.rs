@@ -1,0 +1,204 @@
+//! The one phase engine: every store runs `begin`, `run_phase` and `put_key` through these
+//! functions, and only persists.
+//!
+//! The domain decides every step of a key's life ([`KeyRecord::decide`],
+//! [`KeyRecord::opening_phase`], [`KeyRecord::expect_at`], [`KeyRecord::apply`], [`Phase`]).
+//! This module turns those decisions into calls on a [`PhaseTx`]: one open transaction of a
+//! store, whose methods each write one thing. A store adapter implements [`PhaseTx`] for its
+//! dialect (a handful of statements) and calls [`begin`], [`run_phase`] and [`put_key`] from
+//! its `RideStore` methods; it never decides anything itself.
+//!
+//! ```text
+//!  begin:     lock key by text ─ decide ─┬─ Replay / Mismatch / InProgress: commit nothing
+//!                                        └─ Proceed: [insert key] ─ opening phase (ride,
+//!                                           audit, staged records) ─ [update key] ─ commit
+//!  run_phase: lock key by id ─ expect_at ─ ride write ─ audit ─ stage ─ update key ─ commit
+//! ```
+//!
+//! Dropping a [`PhaseTx`] without [`PhaseTx::commit`] rolls everything back, so any error
+//! between the first statement and the commit leaves the store as it was.
+
+use async_trait::async_trait;
+use domain::{
+    AuditDraft, BeginRequest, Begun, KeyRecord, NewRecord, Phase, RecoveryPoint, RideParams,
+    RideWrite,
+};
+use ports::StoreError;
+
+/// A ride row to insert.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NewRide {
+    /// The key that creates it.
+    pub(crate) key_id: i64,
+    /// Owner.
+    pub(crate) user_id: i64,
+    /// Coordinates.
+    pub(crate) params: RideParams,
+    /// Distance in millimetres.
+    pub(crate) distance_mm: u64,
+    /// Creation time (ms).
+    pub(crate) created_at_ms: i64,
+}
+
+/// An audit row to insert (resource type `ride`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NewAudit<'a> {
+    /// The acting user.
+    pub(crate) user_id: i64,
+    /// What the phase recorded.
+    pub(crate) draft: &'a AuditDraft,
+    /// The ride it is about.
+    pub(crate) ride_id: i64,
+    /// When (ms).
+    pub(crate) created_at_ms: i64,
+}
+
+/// One open transaction of a store. Each method is one write or one locking read; none
+/// decides anything.
+#[async_trait]
+pub(crate) trait PhaseTx: Send + Sized {
+    /// The key `key` of `user_id`, locked until the transaction ends.
+    async fn lock_key(&mut self, user_id: i64, key: &str) -> Result<Option<KeyRecord>, StoreError>;
+    /// The key `key_id`, locked until the transaction ends.
+    async fn lock_key_by_id(&mut self, key_id: i64) -> Result<Option<KeyRecord>, StoreError>;
+    /// Inserts `key` as given except its id; returns the new id. A user's second key with
+    /// the same text is a [`StoreError::Conflict`].
+    async fn insert_key(&mut self, key: &KeyRecord) -> Result<i64, StoreError>;
+    /// Writes the key's mutable fields (lock, last run, recovery point, response).
+    async fn update_key(&mut self, key: &KeyRecord) -> Result<(), StoreError>;
+    /// Inserts a ride; returns its id.
+    async fn insert_ride(&mut self, ride: &NewRide) -> Result<i64, StoreError>;
+    /// Sets a ride's charge id; `false` when there is no such ride.
+    async fn set_charge(&mut self, ride_id: i64, charge_id: &str) -> Result<bool, StoreError>;
+    /// Inserts an audit record.
+    async fn insert_audit(&mut self, audit: &NewAudit<'_>) -> Result<(), StoreError>;
+    /// Stages records in the outbox, to be sequenced in commit order.
+    async fn stage(&mut self, records: &[NewRecord]) -> Result<(), StoreError>;
+    /// Commits everything.
+    async fn commit(self) -> Result<(), StoreError>;
+}
+
+/// What a committed transaction did, for the store's wake-ups.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Committed<T> {
+    /// The answer.
+    pub(crate) value: T,
+    /// Whether records were staged (wake the streamer).
+    pub(crate) staged: bool,
+}
+
+/// Phase 1 and, for a key at `started`, commit 1 of the ride: see `RideStore::begin`.
+pub(crate) async fn begin<T: PhaseTx>(
+    mut tx: T,
+    req: &BeginRequest,
+) -> Result<Committed<Begun>, StoreError> {
+    let existing = tx.lock_key(req.user_id, req.key.as_str()).await?;
+    let mut begun = KeyRecord::decide(existing.as_ref(), req);
+    let mut staged = false;
+    if let Begun::Proceed(key) = &mut begun {
+        let opening = key.opening_phase(req).map_err(|e| {
+            StoreError::Other(format!("Bug! The ride of key {} was refused: {e}", key.id))
+        })?;
+        if let Some(phase) = &opening {
+            key.apply(&phase.then);
+        }
+        if existing.is_none() {
+            key.id = tx.insert_key(key).await?;
+        }
+        if let Some(phase) = &opening {
+            staged = write_phase(&mut tx, key, phase, req.now_ms).await?;
+        }
+        if existing.is_some() {
+            tx.update_key(key).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(Committed {
+        value: begun,
+        staged,
+    })
+}
+
+/// One atomic phase on the key `key_id`, which must be at `expected`: see
+/// `RideStore::run_phase`.
+pub(crate) async fn run_phase<T: PhaseTx>(
+    mut tx: T,
+    key_id: i64,
+    expected: RecoveryPoint,
+    phase: &Phase,
+    now_ms: i64,
+) -> Result<Committed<KeyRecord>, StoreError> {
+    let mut key = tx
+        .lock_key_by_id(key_id)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("idempotency key {key_id}")))?;
+    key.expect_at(expected)
+        .map_err(|moved| StoreError::Conflict(moved.to_string()))?;
+    let staged = write_phase(&mut tx, &key, phase, now_ms).await?;
+    key.apply(&phase.then);
+    tx.update_key(&key).await?;
+    tx.commit().await?;
+    Ok(Committed { value: key, staged })
+}
+
+/// Inserts a key exactly as given except its id: see `RideStore::put_key`.
+pub(crate) async fn put_key<T: PhaseTx>(
+    mut tx: T,
+    key: &KeyRecord,
+) -> Result<KeyRecord, StoreError> {
+    let id = tx.insert_key(key).await?;
+    tx.commit().await?;
+    Ok(KeyRecord { id, ..key.clone() })
+}
+
+/// The ride write, the audit record and the staged records of `phase`; returns whether
+/// records were staged.
+async fn write_phase<T: PhaseTx>(
+    tx: &mut T,
+    key: &KeyRecord,
+    phase: &Phase,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let ride_id = match &phase.ride {
+        RideWrite::Insert {
+            user_id,
+            params,
+            distance_mm,
+        } => {
+            let ride = NewRide {
+                key_id: key.id,
+                user_id: *user_id,
+                params: *params,
+                distance_mm: *distance_mm,
+                created_at_ms: now_ms,
+            };
+            tx.insert_ride(&ride).await?
+        }
+        RideWrite::SetCharge { ride_id, charge_id } => {
+            if !tx.set_charge(*ride_id, charge_id).await? {
+                return Err(StoreError::NotFound(format!("ride {ride_id}")));
+            }
+            *ride_id
+        }
+        RideWrite::Existing(ride_id) => *ride_id,
+    };
+    if let Some(draft) = &phase.audit {
+        let audit = NewAudit {
+            user_id: key.user_id,
+            draft,
+            ride_id,
+            created_at_ms: now_ms,
+        };
+        tx.insert_audit(&audit).await?;
+    }
+    if phase.records.is_empty() {
+        return Ok(false);
+    }
+    let records: Vec<NewRecord> = phase
+        .records
+        .iter()
+        .map(|d| d.build(ride_id, now_ms))
+        .collect();
+    tx.stage(&records).await?;
+    Ok(true)
+}
