@@ -202,3 +202,48 @@ async fn write_phase<T: PhaseTx>(
     tx.stage(&records).await?;
     Ok(true)
 }
+
+/// `impl RideStore for $ty` with `begin`, `run_phase` and `put_key` through the engine, plus
+/// the store's own `{ items }`. The store has `async fn tx(&self) -> Result<impl PhaseTx,
+/// StoreError>` and `fn woke<T>(&self, Committed<T>) -> T` (which wakes the streamer after a
+/// commit that staged records).
+///
+/// The whole impl is generated (not just the methods) because `#[async_trait]` must see the
+/// methods' tokens, not a macro call.
+macro_rules! ride_store_impl {
+    ($ty:ty, { $($items:tt)* }) => {
+        #[async_trait::async_trait]
+        impl ports::RideStore for $ty {
+            async fn begin(
+                &self,
+                req: &ports::BeginRequest,
+            ) -> Result<ports::Begun, ports::StoreError> {
+                let tx = self.tx().await?;
+                Ok(self.woke($crate::phase::begin(tx, req).await?))
+            }
+
+            async fn run_phase(
+                &self,
+                key_id: i64,
+                expected: domain::RecoveryPoint,
+                phase: &domain::Phase,
+                now_ms: i64,
+            ) -> Result<domain::KeyRecord, ports::StoreError> {
+                let tx = self.tx().await?;
+                let committed =
+                    $crate::phase::run_phase(tx, key_id, expected, phase, now_ms).await?;
+                Ok(self.woke(committed))
+            }
+
+            async fn put_key(
+                &self,
+                key: &domain::KeyRecord,
+            ) -> Result<domain::KeyRecord, ports::StoreError> {
+                $crate::phase::put_key(self.tx().await?, key).await
+            }
+
+            $($items)*
+        }
+    };
+}
+pub(crate) use ride_store_impl;

@@ -9,15 +9,368 @@
 use domain::{KeyRecord, RecoveryPoint, RideParams, StoredResponse};
 use ports::{RideRow, StoreError, User};
 
-/// Columns of `idempotency_keys AS k` for [`KeyRow`] (SQLite spelling; Postgres casts JSON
-/// columns to text, see its store).
-pub(crate) const KEY_COLUMNS: &str = "k.id, k.user_id, k.idempotency_key, k.created_at_ms, \
-     k.last_run_at_ms, k.locked_at_ms, k.request_method, k.request_path, k.request_params, \
-     k.recovery_point, k.response_code, k.response_body";
+/// Columns of `rides` for [`RideSqlRow`], as a literal for `concat!`.
+macro_rules! ride_columns {
+    () => {
+        "id, user_id, idempotency_key_id, origin_lat, origin_lon, target_lat, target_lon, \
+         distance_mm, charge_id, created_at_ms"
+    };
+}
+pub(crate) use ride_columns;
 
-/// Columns of `rides` for [`RideSqlRow`].
-pub(crate) const RIDE_COLUMNS: &str = "id, user_id, idempotency_key_id, origin_lat, origin_lon, \
-     target_lat, target_lon, distance_mm, charge_id, created_at_ms";
+/// The [`StoreSql`] of a dialect: both write `$1, $2, …` placeholders (sqlx's SQLite driver
+/// binds them by position too), so the statements differ only in three places: the key
+/// columns (`$columns!()`, where Postgres casts JSON to text), the row lock taken by the
+/// locking reads (`for_update`), and the cast of JSON text parameters (`json`).
+macro_rules! store_sql {
+    ($columns:ident, for_update = $lock:literal, json = $json:literal) => {
+        $crate::sql_rows::StoreSql {
+            lock_key: concat!(
+                "SELECT ",
+                $columns!(),
+                " FROM idempotency_keys k WHERE k.user_id = $1 AND k.idempotency_key = $2",
+                $lock
+            ),
+            lock_key_by_id: concat!(
+                "SELECT ",
+                $columns!(),
+                " FROM idempotency_keys k WHERE k.id = $1",
+                $lock
+            ),
+            insert_key: concat!(
+                "INSERT INTO idempotency_keys (user_id, idempotency_key, created_at_ms, \
+                 last_run_at_ms, locked_at_ms, request_method, request_path, request_params, \
+                 recovery_point, response_code, response_body) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8",
+                $json,
+                ", $9, $10, $11",
+                $json,
+                ") RETURNING id"
+            ),
+            update_key: concat!(
+                "UPDATE idempotency_keys SET last_run_at_ms = $1, locked_at_ms = $2, \
+                 recovery_point = $3, response_code = $4, response_body = $5",
+                $json,
+                " WHERE id = $6"
+            ),
+            insert_ride: "INSERT INTO rides (user_id, idempotency_key_id, origin_lat, \
+                 origin_lon, target_lat, target_lon, distance_mm, created_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+            set_charge: "UPDATE rides SET charge_id = $1 WHERE id = $2",
+            insert_audit: concat!(
+                "INSERT INTO audit_records (user_id, action, data, origin_ip, resource_type, \
+                 resource_id, created_at_ms) VALUES ($1, $2, $3",
+                $json,
+                ", $4, 'ride', $5, $6)"
+            ),
+            key: concat!(
+                "SELECT ",
+                $columns!(),
+                " FROM idempotency_keys k WHERE k.user_id = $1 AND k.idempotency_key = $2"
+            ),
+            ride_by_key: concat!(
+                "SELECT ",
+                $crate::sql_rows::ride_columns!(),
+                " FROM rides WHERE idempotency_key_id = $1"
+            ),
+            ride_by_id: concat!(
+                "SELECT ",
+                $crate::sql_rows::ride_columns!(),
+                " FROM rides WHERE id = $1"
+            ),
+            rides_for_user: concat!(
+                "SELECT ",
+                $crate::sql_rows::ride_columns!(),
+                " FROM rides WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
+            ),
+            user_by_email: "SELECT id, email FROM users WHERE email = $1",
+            completable: concat!(
+                "SELECT ",
+                $columns!(),
+                ", u.email AS user_email FROM idempotency_keys k \
+                 JOIN users u ON u.id = k.user_id \
+                 WHERE k.recovery_point <> 'finished' AND k.created_at_ms < $1 \
+                 AND k.last_run_at_ms < $2 AND (k.locked_at_ms IS NULL OR k.locked_at_ms <= $3) \
+                 ORDER BY k.id LIMIT $4"
+            ),
+            unlock: "UPDATE idempotency_keys SET locked_at_ms = NULL WHERE id = $1",
+            reap: "DELETE FROM idempotency_keys WHERE id IN \
+                 (SELECT id FROM idempotency_keys WHERE created_at_ms < $1 ORDER BY id LIMIT $2)",
+            truth: "SELECT (SELECT count(*) FROM rides) AS rides, \
+                 (SELECT CAST(coalesce(sum(distance_mm), 0) AS BIGINT) FROM rides) \
+                 AS distance_mm, \
+                 (SELECT count(*) FROM idempotency_keys WHERE recovery_point <> 'finished') \
+                 AS unfinished_keys",
+        }
+    };
+}
+pub(crate) use store_sql;
+
+/// The statements of one SQL dialect behind the phase engine and the store's reads. Both
+/// dialects bind the same values in the same order (listed on each field), so one macro body
+/// ([`sql_phase_tx`], [`sql_store_reads`]) runs either.
+#[derive(Debug)]
+pub(crate) struct StoreSql {
+    /// user id, key text → a locked [`KeyRow`].
+    pub(crate) lock_key: &'static str,
+    /// key id → a locked [`KeyRow`].
+    pub(crate) lock_key_by_id: &'static str,
+    /// user id, key text, created, last run, locked, method, path, params (JSON text),
+    /// recovery point, response code, response body (JSON text) → id.
+    pub(crate) insert_key: &'static str,
+    /// last run, locked, recovery point, response code, response body (JSON text), key id.
+    pub(crate) update_key: &'static str,
+    /// user id, key id, origin lat, origin lon, target lat, target lon, distance, created → id.
+    pub(crate) insert_ride: &'static str,
+    /// charge id, ride id.
+    pub(crate) set_charge: &'static str,
+    /// user id, action, data (JSON text), origin ip, ride id, created.
+    pub(crate) insert_audit: &'static str,
+    /// user id, key text → [`KeyRow`] (no lock).
+    pub(crate) key: &'static str,
+    /// key id → [`RideSqlRow`].
+    pub(crate) ride_by_key: &'static str,
+    /// ride id → [`RideSqlRow`].
+    pub(crate) ride_by_id: &'static str,
+    /// user id, before id, limit → [`RideSqlRow`]s, newest first.
+    pub(crate) rides_for_user: &'static str,
+    /// email → [`UserRow`].
+    pub(crate) user_by_email: &'static str,
+    /// created before, last run before, lock expired at or before, limit → [`KeyWithEmail`]s.
+    pub(crate) completable: &'static str,
+    /// key id.
+    pub(crate) unlock: &'static str,
+    /// created before, limit.
+    pub(crate) reap: &'static str,
+    /// → [`TruthRow`].
+    pub(crate) truth: &'static str,
+}
+
+/// `impl PhaseTx for $ty` for a SQL dialect, from its [`StoreSql`], plus the dialect's own
+/// `{ items }` (`stage`, `commit`). `$ty` has `fn conn(&mut self) -> &mut <Db>::Connection`,
+/// and a function `db` in scope translates sqlx errors.
+macro_rules! sql_phase_tx {
+    ($ty:ty, $sql:expr, { $($items:tt)* }) => {
+        #[async_trait::async_trait]
+        impl $crate::phase::PhaseTx for $ty {
+        async fn lock_key(
+            &mut self,
+            user_id: i64,
+            key: &str,
+        ) -> Result<Option<domain::KeyRecord>, ports::StoreError> {
+            let row = sqlx::query_as::<_, $crate::sql_rows::KeyRow>($sql.lock_key)
+                .bind(user_id)
+                .bind(key)
+                .fetch_optional(self.conn())
+                .await
+                .map_err(db)?;
+            row.map(domain::KeyRecord::try_from).transpose()
+        }
+
+        async fn lock_key_by_id(
+            &mut self,
+            key_id: i64,
+        ) -> Result<Option<domain::KeyRecord>, ports::StoreError> {
+            let row = sqlx::query_as::<_, $crate::sql_rows::KeyRow>($sql.lock_key_by_id)
+                .bind(key_id)
+                .fetch_optional(self.conn())
+                .await
+                .map_err(db)?;
+            row.map(domain::KeyRecord::try_from).transpose()
+        }
+
+        async fn insert_key(&mut self, k: &domain::KeyRecord) -> Result<i64, ports::StoreError> {
+            let c = $crate::sql_rows::KeyColumns::of(k);
+            sqlx::query_scalar($sql.insert_key)
+                .bind(k.user_id)
+                .bind(&k.key)
+                .bind(k.created_at_ms)
+                .bind(k.last_run_at_ms)
+                .bind(k.locked_at_ms)
+                .bind(&k.request_method)
+                .bind(&k.request_path)
+                .bind(c.request_params)
+                .bind(k.recovery_point.as_str())
+                .bind(c.response_code)
+                .bind(c.response_body)
+                .fetch_one(self.conn())
+                .await
+                .map_err(db)
+        }
+
+        async fn update_key(&mut self, k: &domain::KeyRecord) -> Result<(), ports::StoreError> {
+            let c = $crate::sql_rows::KeyColumns::of(k);
+            sqlx::query($sql.update_key)
+                .bind(k.last_run_at_ms)
+                .bind(k.locked_at_ms)
+                .bind(k.recovery_point.as_str())
+                .bind(c.response_code)
+                .bind(c.response_body)
+                .bind(k.id)
+                .execute(self.conn())
+                .await
+                .map_err(db)?;
+            Ok(())
+        }
+
+        async fn insert_ride(
+            &mut self,
+            r: &$crate::phase::NewRide,
+        ) -> Result<i64, ports::StoreError> {
+            sqlx::query_scalar($sql.insert_ride)
+                .bind(r.user_id)
+                .bind(r.key_id)
+                .bind(r.params.origin_lat())
+                .bind(r.params.origin_lon())
+                .bind(r.params.target_lat())
+                .bind(r.params.target_lon())
+                .bind($crate::sql_rows::to_i64(r.distance_mm, "distance")?)
+                .bind(r.created_at_ms)
+                .fetch_one(self.conn())
+                .await
+                .map_err(db)
+        }
+
+        async fn set_charge(
+            &mut self,
+            ride_id: i64,
+            charge_id: &str,
+        ) -> Result<bool, ports::StoreError> {
+            let done = sqlx::query($sql.set_charge)
+                .bind(charge_id)
+                .bind(ride_id)
+                .execute(self.conn())
+                .await
+                .map_err(db)?;
+            Ok(done.rows_affected() > 0)
+        }
+
+        async fn insert_audit(
+            &mut self,
+            a: &$crate::phase::NewAudit<'_>,
+        ) -> Result<(), ports::StoreError> {
+            sqlx::query($sql.insert_audit)
+                .bind(a.user_id)
+                .bind(&a.draft.action)
+                .bind(a.draft.data.to_string())
+                .bind(&a.draft.origin_ip)
+                .bind(a.ride_id)
+                .bind(a.created_at_ms)
+                .execute(self.conn())
+                .await
+                .map_err(db)?;
+            Ok(())
+        }
+
+        $($items)*
+        }
+    };
+}
+pub(crate) use sql_phase_tx;
+
+/// `impl RideStore for $ty` for a SQL dialect: the engine's methods
+/// ([`crate::phase::ride_store_impl`]), the reads from its [`StoreSql`], and the dialect's own
+/// `{ items }`. `self.$pool()` is the pool to read from, and a function `db` in scope
+/// translates sqlx errors.
+macro_rules! sql_ride_store {
+    ($ty:ty, $sql:expr, $pool:ident, { $($items:tt)* }) => {
+        $crate::phase::ride_store_impl!($ty, {
+        async fn user_by_email(
+            &self,
+            email: &str,
+        ) -> Result<Option<ports::User>, ports::StoreError> {
+            let row = sqlx::query_as::<_, $crate::sql_rows::UserRow>($sql.user_by_email)
+                .bind(email)
+                .fetch_optional(self.$pool())
+                .await
+                .map_err(db)?;
+            Ok(row.map(ports::User::from))
+        }
+
+        async fn key(
+            &self,
+            user_id: i64,
+            key: &str,
+        ) -> Result<Option<domain::KeyRecord>, ports::StoreError> {
+            let row = sqlx::query_as::<_, $crate::sql_rows::KeyRow>($sql.key)
+                .bind(user_id)
+                .bind(key)
+                .fetch_optional(self.$pool())
+                .await
+                .map_err(db)?;
+            row.map(domain::KeyRecord::try_from).transpose()
+        }
+
+        async fn ride_for_key(
+            &self,
+            key_id: i64,
+        ) -> Result<Option<ports::RideRow>, ports::StoreError> {
+            let row = sqlx::query_as::<_, $crate::sql_rows::RideSqlRow>($sql.ride_by_key)
+                .bind(key_id)
+                .fetch_optional(self.$pool())
+                .await
+                .map_err(db)?;
+            row.map(ports::RideRow::try_from).transpose()
+        }
+
+        async fn ride(&self, ride_id: i64) -> Result<Option<ports::RideRow>, ports::StoreError> {
+            let row = sqlx::query_as::<_, $crate::sql_rows::RideSqlRow>($sql.ride_by_id)
+                .bind(ride_id)
+                .fetch_optional(self.$pool())
+                .await
+                .map_err(db)?;
+            row.map(ports::RideRow::try_from).transpose()
+        }
+
+        async fn rides_for_user(
+            &self,
+            user_id: i64,
+            before_id: Option<i64>,
+            limit: u32,
+        ) -> Result<Vec<ports::RideRow>, ports::StoreError> {
+            let rows = sqlx::query_as::<_, $crate::sql_rows::RideSqlRow>($sql.rides_for_user)
+                .bind(user_id)
+                .bind(before_id.unwrap_or(i64::MAX))
+                .bind(i64::from(limit))
+                .fetch_all(self.$pool())
+                .await
+                .map_err(db)?;
+            $crate::sql_rows::decode_all(rows)
+        }
+
+        async fn completable_keys(
+            &self,
+            now_ms: i64,
+            t: &domain::Thresholds,
+            limit: u32,
+        ) -> Result<Vec<(domain::KeyRecord, ports::User)>, ports::StoreError> {
+            // The domain's rule (`KeyRecord::is_completable`) as bounds.
+            let b = t.completable_bounds(now_ms);
+            let rows = sqlx::query_as::<_, $crate::sql_rows::KeyWithEmail>($sql.completable)
+                .bind(b.created_before)
+                .bind(b.last_run_before)
+                .bind(b.lock_expired_at_or_before)
+                .bind(i64::from(limit))
+                .fetch_all(self.$pool())
+                .await
+                .map_err(db)?;
+            $crate::sql_rows::decode_all(rows)
+        }
+
+        async fn truth(&self) -> Result<ports::Truth, ports::StoreError> {
+            // One statement, so the three numbers come from one snapshot.
+            let row = sqlx::query_as::<_, $crate::sql_rows::TruthRow>($sql.truth)
+                .fetch_one(self.$pool())
+                .await
+                .map_err(db)?;
+            row.try_into()
+        }
+
+        $($items)*
+        });
+    };
+}
+pub(crate) use sql_ride_store;
 
 /// Data in the store that the domain refuses.
 pub(crate) fn corrupt(row: impl std::fmt::Display, what: impl std::fmt::Display) -> StoreError {

@@ -6,12 +6,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::{KeyRecord, LogRecord, NewRecord, Phase, RecoveryPoint, Thresholds};
-use ports::{BeginRequest, Begun, Outbox, RideRow, RideStore, Route, StoreError, Truth, User};
+use domain::{KeyRecord, LogRecord, NewRecord, RecoveryPoint, Thresholds};
+use ports::{Outbox, RideRow, Route, StoreError, Truth, User};
 use tokio::sync::Notify;
 
 use super::lock;
-use crate::phase::{self, Committed, NewAudit, NewRide, PhaseTx};
+use crate::phase::{Committed, NewAudit, NewRide, PhaseTx, ride_store_impl};
 
 /// The reference users every fresh store contains (id, email).
 const REFERENCE_USERS: [(i64, &str); 2] =
@@ -138,12 +138,12 @@ impl MemoryStore {
     }
 
     /// Opens a phase transaction: waits for the writer, as SQLite's `BEGIN IMMEDIATE` does.
-    async fn tx(&self) -> MemoryTx<'_> {
-        MemoryTx {
+    async fn tx(&self) -> Result<MemoryTx<'_>, StoreError> {
+        Ok(MemoryTx {
             store: self,
             _writer: self.writer.lock().await,
             writes: Vec::new(),
-        }
+        })
     }
 
     /// Wakes the streamer after a commit that staged records.
@@ -303,8 +303,7 @@ impl PhaseTx for MemoryTx<'_> {
     }
 }
 
-#[async_trait]
-impl RideStore for MemoryStore {
+ride_store_impl!(MemoryStore, {
     fn describe(&self) -> String {
         "memory://".to_owned()
     }
@@ -332,22 +331,6 @@ impl RideStore for MemoryStore {
         Ok(user)
     }
 
-    async fn begin(&self, req: &BeginRequest) -> Result<Begun, StoreError> {
-        let tx = self.tx().await;
-        Ok(self.woke(phase::begin(tx, req).await?))
-    }
-
-    async fn run_phase(
-        &self,
-        key_id: i64,
-        expected: RecoveryPoint,
-        phase: &Phase,
-        now_ms: i64,
-    ) -> Result<KeyRecord, StoreError> {
-        let tx = self.tx().await;
-        Ok(self.woke(phase::run_phase(tx, key_id, expected, phase, now_ms).await?))
-    }
-
     /// Clears the key's lock; an unknown key has no lock to clear, which is not an error.
     async fn unlock(&self, key_id: i64) -> Result<(), StoreError> {
         // Waits for an open phase on the key, as a row lock would.
@@ -365,11 +348,6 @@ impl RideStore for MemoryStore {
             .get(&(user_id, key.to_owned()))
             .and_then(|id| inner.keys.get(id))
             .cloned())
-    }
-
-    async fn put_key(&self, key: &KeyRecord) -> Result<KeyRecord, StoreError> {
-        let tx = self.tx().await;
-        phase::put_key(tx, key).await
     }
 
     async fn ride_for_key(&self, key_id: i64) -> Result<Option<RideRow>, StoreError> {
@@ -461,7 +439,7 @@ impl RideStore for MemoryStore {
                 .count() as u64,
         })
     }
-}
+});
 
 #[async_trait]
 impl Outbox for MemoryStore {
@@ -533,6 +511,7 @@ mod tests {
     //! cover what only the memory store exposes, and its transaction buffering.
     use super::*;
     use domain::{IdempotencyKey, RideParams};
+    use ports::{BeginRequest, Begun, RideStore};
 
     fn req(key: &str, now_ms: i64) -> BeginRequest {
         BeginRequest {
@@ -577,7 +556,7 @@ mod tests {
     async fn a_dropped_transaction_writes_nothing() {
         let s = MemoryStore::new("p");
         {
-            let mut tx = s.tx().await;
+            let mut tx = s.tx().await.unwrap();
             let key = KeyRecord::new_locked(&req("key-dropped-0123456789", 0));
             let id = tx.insert_key(&key).await.unwrap();
             tx.stage(&[NewRecord::cutover("memory://", 0)])
