@@ -33,6 +33,8 @@ pub mod redis;
 #[cfg(feature = "sled")]
 pub mod sled;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql_error;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql_rows;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;

@@ -558,13 +558,16 @@ mod tests {
         assert_eq!(ride.user_id(), 2);
     }
 
-    /// The request of the replay bug: shortest forms of 17 significant digits.
-    const SF: [f64; 4] = [
-        37.760634058469556,
-        -122.41962585931567,
-        37.79401207930116,
-        -122.39508346185291,
-    ];
+    /// The request of the replay bug, as a client sends it.
+    fn sf() -> [f64; 4] {
+        [
+            "37.760634058469556",
+            "-122.41962585931567",
+            "37.79401207930116",
+            "-122.39508346185291",
+        ]
+        .map(|t| t.parse().unwrap())
+    }
 
     fn json_round_trip(p: &RideParams) -> RideParams {
         let text = serde_json::to_string(&p.to_json()).unwrap();
@@ -592,10 +595,11 @@ mod tests {
         ])
         .unwrap()
         .params;
-        assert_eq!(parsed, RideParams::new(SF[0], SF[1], SF[2], SF[3]).unwrap());
+        let sf = sf();
+        assert_eq!(parsed, RideParams::new(sf[0], sf[1], sf[2], sf[3]).unwrap());
         let back = json_round_trip(&parsed);
         assert_eq!(back, parsed);
-        assert_eq!(back.origin_lon().to_bits(), SF[1].to_bits());
+        assert_eq!(back.origin_lon().to_bits(), sf[1].to_bits());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use sqlx::postgres::PgRow;
 
 use super::PostgresStore;
 use super::error::PgError;
+use crate::sql_error::Kind;
 
 fn checkpoint(row: &PgRow) -> Result<Checkpoint, PgError> {
     let version: i64 = row.try_get("version")?;
@@ -80,8 +81,8 @@ impl ConsumerStore for PostgresStore {
             .await
             .map_err(|e| match PgError::from(e) {
                 // Two first saves racing on the primary key.
-                PgError::Conflict(_) => PgError::Conflict(name.to_owned()),
-                other => other,
+                e if e.kind() == Kind::Conflict => ConsumerStoreError::Conflict(name.to_owned()),
+                other => other.into(),
             })?;
         let version = version.ok_or_else(|| ConsumerStoreError::Conflict(name.to_owned()))?;
         Ok(u64::try_from(version).unwrap_or_default())

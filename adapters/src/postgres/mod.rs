@@ -103,6 +103,8 @@ use config::Target;
 use error::PgError;
 use notify::Wakeup;
 
+use crate::sql_error::Kind;
+
 /// The embedded migrations (`adapters/migrations/postgres`).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -139,12 +141,15 @@ impl PostgresStore {
     /// for a bad URL or schema name, a failed migration, or an unmigrated database. Messages
     /// never contain the password.
     pub async fn connect(url: &str, opts: PgOptions) -> Result<Self, StoreError> {
-        Ok(Self::open(url, opts).await.map_err(|e| match e {
-            PgError::Unavailable(m) => {
-                PgError::Unavailable(config::redact(&format!("cannot connect: {m}"), url))
+        Self::open(url, opts).await.map_err(|e| {
+            let unavailable = e.kind() == Kind::Unavailable;
+            match StoreError::from(e) {
+                StoreError::Unavailable(m) if unavailable => {
+                    StoreError::Unavailable(config::redact(&format!("cannot connect: {m}"), url))
+                }
+                other => other,
             }
-            other => other,
-        })?)
+        })
     }
 
     async fn open(url: &str, opts: PgOptions) -> Result<Self, PgError> {
@@ -172,10 +177,10 @@ impl PostgresStore {
                 .fetch_optional(&pool)
                 .await
                 .map_err(|e| match PgError::from(e) {
-                    PgError::Other(m) => PgError::Other(format!(
+                    e if e.kind() == Kind::Other => e.context(
                         "the database is not migrated (connect with migrate: true or run \
-                         PostgresStore::migrate): {m}"
-                    )),
+                         PostgresStore::migrate)",
+                    ),
                     other => other,
                 })?;
         let producer =

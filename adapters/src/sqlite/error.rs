@@ -1,7 +1,8 @@
 //! The one place where sqlx errors become port errors.
 //!
-//! Internal functions return [`Error`], which is either a raw [`sqlx::Error`] or a port error
-//! decided by the adapter itself (a key not at its expected recovery point, a missing row).
+//! Internal functions return [`Error`], which is either a driver error, classified once by
+//! [`kind`] into the shape both SQL adapters share ([`DbError`], which keeps sqlx's error as its
+//! source), or a port error decided by the adapter itself (a missing row, bad stored data).
 //! `?` works on both, and the trait methods convert once at the boundary with `.map_err(Into::into)`.
 //! (A direct `impl From<sqlx::Error> for StoreError` would break the orphan rule: both types
 //! are foreign to this crate.)
@@ -15,6 +16,8 @@
 
 use ports::{ConsumerStoreError, StoreError};
 
+use crate::sql_error::{DbError, Kind};
+
 /// `SQLITE_BUSY`: another connection held the lock for the whole busy timeout.
 const SQLITE_BUSY: i64 = 5;
 /// `SQLITE_LOCKED`: a conflict inside one shared-cache database (in-memory stores).
@@ -23,18 +26,19 @@ const SQLITE_LOCKED: i64 = 6;
 /// connection wrote since its snapshot (cannot happen with `BEGIN IMMEDIATE`, mapped anyway).
 const SQLITE_BUSY_SNAPSHOT: i64 = 517;
 
-/// An adapter-internal failure: either sqlx's, or a port error the adapter decided on.
+/// An adapter-internal failure: a classified driver error (in the shared shape, which keeps
+/// sqlx's error as its source), or a port error the adapter decided on.
 #[derive(Debug)]
 pub(crate) enum Error {
-    /// A database error, translated once, by `From<Error> for StoreError`.
-    Sqlx(sqlx::Error),
+    /// A database error, classified once by [`kind`].
+    Db(DbError),
     /// A decision of the adapter (conflict, not found, bad stored data).
     Store(StoreError),
 }
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        Self::Sqlx(e)
+        Self::Db(DbError::new(kind(&e), "SQLite", e))
     }
 }
 
@@ -61,45 +65,45 @@ impl From<Error> for StoreError {
     fn from(e: Error) -> Self {
         match e {
             Error::Store(e) => e,
-            Error::Sqlx(e) => translate(e),
+            Error::Db(e) => e.into(),
         }
     }
 }
 
 impl From<Error> for ConsumerStoreError {
     fn from(e: Error) -> Self {
-        match StoreError::from(e) {
-            StoreError::Conflict(m) => Self::Conflict(m),
-            StoreError::Unavailable(m) => Self::Unavailable(m),
-            StoreError::NotFound(m) | StoreError::Other(m) => Self::Other(m),
+        match e {
+            Error::Db(e) => e.into(),
+            Error::Store(e) => match e {
+                StoreError::Conflict(m) => Self::Conflict(m),
+                StoreError::Unavailable(m) => Self::Unavailable(m),
+                StoreError::NotFound(m) | StoreError::Other(m) => Self::Other(m),
+            },
         }
     }
 }
 
-fn translate(e: sqlx::Error) -> StoreError {
-    match &e {
+/// The classification of a driver error.
+fn kind(e: &sqlx::Error) -> Kind {
+    match e {
         sqlx::Error::Database(db) => {
             if db.is_unique_violation() {
-                return StoreError::Conflict(db.message().to_owned());
+                return Kind::Conflict;
             }
             let code = db.code().and_then(|c| c.parse::<i64>().ok()).unwrap_or(0);
             match code {
-                SQLITE_BUSY_SNAPSHOT | SQLITE_LOCKED => {
-                    StoreError::Conflict(format!("SQLite: {}", db.message()))
-                }
-                // Primary code 5 covers every extended BUSY code not matched above.
-                c if c & 0xff == SQLITE_BUSY => StoreError::Unavailable(format!(
-                    "SQLite stayed busy for the whole busy timeout: {}",
-                    db.message()
-                )),
-                _ => StoreError::Other(format!("SQLite: {}", db.message())),
+                SQLITE_BUSY_SNAPSHOT | SQLITE_LOCKED => Kind::Conflict,
+                // Primary code 5 covers every extended BUSY code not matched above: the busy
+                // timeout expired.
+                c if c & 0xff == SQLITE_BUSY => Kind::Unavailable,
+                _ => Kind::Other,
             }
         }
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-            StoreError::Unavailable(e.to_string())
-        }
-        sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
-        sqlx::Error::RowNotFound => StoreError::NotFound(e.to_string()),
-        _ => StoreError::Other(e.to_string()),
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::WorkerCrashed => Kind::Unavailable,
+        sqlx::Error::RowNotFound => Kind::NotFound,
+        _ => Kind::Other,
     }
 }

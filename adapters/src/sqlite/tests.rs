@@ -18,11 +18,12 @@ fn request(key: &str, now_ms: i64) -> BeginRequest {
     BeginRequest {
         user_id: 1,
         key: IdempotencyKey::parse(Some(key)).expect("key"),
+        // Coordinates of the replay bug, as a client sends them.
         params: RideParams::new(
-            37.760634058469556,
-            -122.41962585931567,
-            37.79401207930116,
-            -122.39508346185291,
+            "37.760634058469556".parse().expect("f64"),
+            "-122.41962585931567".parse().expect("f64"),
+            "37.79401207930116".parse().expect("f64"),
+            "-122.39508346185291".parse().expect("f64"),
         )
         .expect("params"),
         method: "POST".into(),
