@@ -104,6 +104,11 @@ pub struct Common {
     /// Seed of the faults, the simulator and the fake payment processor.
     #[arg(long, global = true, env = "RIDES_SEED")]
     pub seed: Option<u64>,
+    /// How long the streamer lets staged records gather after a wake-up, or behind a batch
+    /// that was not full, before it reads the outbox again (ms; 0: never waits). Like
+    /// Kafka's linger.ms: fewer, fuller appends under load, for at most this much latency.
+    #[arg(long, global = true, env = "RIDES_LINGER_MS", default_value_t = 5)]
+    pub linger_ms: u64,
 }
 
 impl Common {
@@ -326,6 +331,7 @@ async fn run_fleet(common: &Common, mut config: FleetConfig) -> anyhow::Result<i
     let stores = wiring::open_store(&common.store).await?;
     let log = wiring::open_log(&common.log, &stores).await?;
     config.thresholds = common.thresholds();
+    config.intervals.streamer_linger = Duration::from_millis(common.linger_ms);
     let faults = common.faults(FaultConfig::none())?;
     config.seed = faults.seed;
     config.faults = Arc::new(Faults::new(faults));
@@ -436,6 +442,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             opts.data_dir = data_dir;
             opts.settle_timeout = Duration::from_secs(settle_timeout_s);
             opts.faults = common.faults(FaultConfig::demo(seed))?;
+            opts.streamer_linger = Duration::from_millis(common.linger_ms);
             // Explicit URLs (flag or env) win over the data dir.
             let explicit =
                 |id: &str| std::env::args().any(|a| a == id || a.starts_with(&format!("{id}=")));
@@ -531,6 +538,18 @@ mod tests {
         );
         assert_eq!(cli.common.listen, "127.0.0.1:5000".parse().unwrap());
         assert_eq!(cli.common.thresholds(), Thresholds::default());
+    }
+
+    #[test]
+    fn the_linger_is_a_flag_in_milliseconds() {
+        let cli = Cli::try_parse_from(["rides", "streamer", "--linger-ms", "0"]).unwrap();
+        assert_eq!(cli.common.linger_ms, 0);
+        let cli = Cli::try_parse_from(["rides", "serve", "--linger-ms", "20"]).unwrap();
+        assert_eq!(cli.common.linger_ms, 20);
+        if std::env::var_os("RIDES_LINGER_MS").is_none() {
+            let cli = Cli::try_parse_from(["rides", "streamer"]).unwrap();
+            assert_eq!(cli.common.linger_ms, 5);
+        }
     }
 
     #[test]

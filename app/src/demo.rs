@@ -247,6 +247,8 @@ pub struct DemoOptions {
     pub settle_timeout: Duration,
     /// Print a progress line every second on stderr.
     pub progress: bool,
+    /// The streamer's linger (see [`crate::services::streamer`]).
+    pub streamer_linger: Duration,
 }
 
 impl DemoOptions {
@@ -270,6 +272,7 @@ impl DemoOptions {
             },
             settle_timeout: Duration::from_secs(180),
             progress: true,
+            streamer_linger: crate::services::streamer::DEFAULT_LINGER,
         }
     }
 }
@@ -339,7 +342,10 @@ pub async fn run_demo(opts: DemoOptions) -> anyhow::Result<Verdict> {
             consumers: opts.consumers.clone(),
             thresholds: opts.thresholds,
             faults: faults.clone(),
-            intervals: Intervals::demo(),
+            intervals: Intervals {
+                streamer_linger: opts.streamer_linger,
+                ..Intervals::demo()
+            },
             seed: opts.seed,
             ..FleetConfig::everything(None)
         },

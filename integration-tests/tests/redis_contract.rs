@@ -155,3 +155,85 @@ async fn blocked_readers_do_not_stall_other_commands() {
         assert_eq!(batch.deliveries[0].record, record);
     }
 }
+
+/// `lag` never walks the whole stream (see the adapter's docs, `LAG_COUNT_BOUND` = 1000):
+/// it is exact within 1000 entries of the head or of the oldest entry held, including after a
+/// trim and for a position trimmed past, and in between it stays within what is provable,
+/// `[1000, len - 1000]`.
+#[tokio::test]
+async fn lag_is_exact_near_both_ends_and_bounded_between() {
+    use ports::Position;
+
+    const BOUND: u64 = 1000;
+    let factory = RedisLogs::default();
+    let log = factory.fresh().await;
+    let producer = format!("lag-{}", uuid::Uuid::new_v4());
+    let records: Vec<domain::LogRecord> = (1..=3000u64)
+        .map(|seq| domain::LogRecord {
+            id: uuid::Uuid::new_v4(),
+            producer: producer.clone(),
+            seq,
+            stream: "rides".into(),
+            key: format!("ride-{seq}"),
+            kind: "ride.created".into(),
+            payload: serde_json::json!({ "distance": seq }),
+            correlation_id: None,
+            causation_id: None,
+            recorded_at_ms: 0,
+        })
+        .collect();
+    for chunk in records.chunks(1000) {
+        log.append(chunk).await.expect("append");
+    }
+    let stream = log
+        .describe()
+        .rsplit('/')
+        .next()
+        .expect("stream")
+        .to_owned();
+    let client = redis::Client::open(redis_url().await).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .expect("XRANGE");
+    let ids: Vec<String> = entries.ids.into_iter().map(|e| e.id).collect();
+    assert_eq!(ids.len(), 3000);
+    // The position after the entry at `i` (0-based) has `3000 - i - 1` entries after it.
+    let after = |i: usize| Position::new(ids[i].clone());
+    let lag = |p: Position| {
+        let log = Arc::clone(&log);
+        async move { log.lag(&p).await.expect("lag") }
+    };
+
+    assert_eq!(lag(Position::start()).await, 3000, "from the start");
+    assert_eq!(lag(after(0)).await, 2999, "after the first entry");
+    assert_eq!(lag(after(998)).await, 2001, "999 entries up to it: exact");
+    assert_eq!(lag(after(2000)).await, 999, "999 entries after it: exact");
+    assert_eq!(lag(after(2999)).await, 0, "at the head");
+    let middle = lag(after(1499)).await;
+    assert!(
+        (BOUND..=3000 - BOUND).contains(&middle),
+        "more than {BOUND} on both sides: the estimate {middle} must lie in [{BOUND}, {}]",
+        3000 - BOUND
+    );
+
+    assert_eq!(log.trim(&[after(499)]).await.expect("trim"), 500);
+    assert_eq!(
+        lag(Position::start()).await,
+        2500,
+        "from the start after a trim"
+    );
+    assert_eq!(lag(after(100)).await, 2500, "from a position trimmed past");
+    assert_eq!(
+        lag(after(1498)).await,
+        1501,
+        "999 entries held up to it: exact"
+    );
+}

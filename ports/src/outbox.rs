@@ -32,6 +32,7 @@ pub struct Route {
 /// # Contract (checked by `contract::outbox`)
 /// - `peek` returns staged records in increasing sequence order and does not remove them;
 ///   with a [`Route`] set, only records above its `after_seq`.
+/// - `peek_after(s, max)` returns what `peek` would, without the records at or below `s`.
 /// - `stage` sequences its records exactly like a phase's, in a transaction of its own.
 /// - `set_route` then `route` returns the same route, also after a restart.
 /// - `remove` removes exactly the given sequences (never "everything up to n").
@@ -48,6 +49,19 @@ pub trait Outbox: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Unavailable`] when the store cannot be reached.
     async fn peek(&self, max: usize) -> Result<Vec<LogRecord>, StoreError>;
+
+    /// Up to `max` staged records above both `after_seq` and the route's `after_seq`, lowest
+    /// sequence first: [`Outbox::peek`] resumed after a cursor. The streamer reads its next
+    /// batch with it while the current one (up to `after_seq`) is still being appended and
+    /// is not removed yet. `peek_after(0, max)` is `peek(max)`.
+    ///
+    /// `after_seq` is compared like the route's: with the sequence this outbox gave the
+    /// record (a record [`crate::Log::append`]ed into a Postgres store keeps its producer's
+    /// sequence, which `peek` hands out, but is ordered by the store's own).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the store cannot be reached.
+    async fn peek_after(&self, after_seq: u64, max: usize) -> Result<Vec<LogRecord>, StoreError>;
 
     /// Removes exactly the records with these sequences; returns how many were removed.
     ///

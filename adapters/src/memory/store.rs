@@ -448,14 +448,19 @@ impl Outbox for MemoryStore {
     }
 
     async fn peek(&self, max: usize) -> Result<Vec<LogRecord>, StoreError> {
+        self.peek_after(0, max).await
+    }
+
+    async fn peek_after(&self, after_seq: u64, max: usize) -> Result<Vec<LogRecord>, StoreError> {
         let inner = lock(&self.inner);
-        let from = inner
+        // Sequences start at 1: "after 0" is everything.
+        let after = inner
             .route
             .as_ref()
-            .map_or(Bound::Unbounded, |r| Bound::Excluded(r.after_seq));
+            .map_or(after_seq, |r| r.after_seq.max(after_seq));
         Ok(inner
             .staged
-            .range((from, Bound::Unbounded))
+            .range((Bound::Excluded(after), Bound::Unbounded))
             .map(|(_, r)| r)
             .take(max)
             .cloned()

@@ -14,7 +14,7 @@ use ports::{Batch, Delivery, Log, LogError, Position, StoreError};
 use tokio::time::Instant;
 
 use super::error::PgError;
-use super::outbox::{RECORD_COLUMNS, insert, record_from_row};
+use super::outbox::{RECORD_COLUMNS, Staged, insert, record_from_row};
 use super::{PgOptions, PostgresStore};
 
 /// The log over a Postgres store's outbox table. Cheap to clone.
@@ -138,14 +138,10 @@ impl Log for PostgresLog {
         if records.is_empty() {
             return Ok(());
         }
-        let staged: Vec<_> = records.iter().map(LogRecord::unsequenced).collect();
         // One statement (insert + `NOTIFY`): atomic without an explicit transaction.
         insert(
             self.store.pool(),
-            staged
-                .iter()
-                .zip(records)
-                .map(|(n, r)| (n, Some((r.producer.as_str(), r.seq)))),
+            records.iter().map(Staged::appended),
             Some(self.store.inner.wake.channel()),
         )
         .await?;

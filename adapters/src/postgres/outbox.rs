@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use domain::{LogRecord, NewRecord};
 use ports::{Outbox, Route, StoreError};
 use sqlx::postgres::PgRow;
+use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -32,19 +33,68 @@ pub(crate) async fn stage(
     channel: &str,
     records: &[NewRecord],
 ) -> Result<(), PgError> {
-    insert(conn, records.iter().map(|r| (r, None)), Some(channel)).await
+    insert(conn, records.iter().map(Staged::from), Some(channel)).await
 }
 
-/// The outbox columns [`insert`] writes, as arrays (one element per record, in order).
-#[derive(Default)]
-struct Columns {
-    producer: Vec<Option<String>>,
+/// What [`insert`] writes of one record, borrowed from a [`NewRecord`] (staged by this store)
+/// or a [`LogRecord`] (appended from another store's outbox): no copy of the record on its
+/// way into the statement's arrays.
+pub(crate) struct Staged<'a> {
+    id: Uuid,
+    stream: &'a str,
+    key: &'a str,
+    kind: &'a str,
+    payload: &'a serde_json::Value,
+    correlation_id: Option<Uuid>,
+    causation_id: Option<Uuid>,
+    recorded_at_ms: i64,
+    /// `(producer, producer seq)` of a record appended from another store.
+    origin: Option<(&'a str, u64)>,
+}
+
+impl<'a> From<&'a NewRecord> for Staged<'a> {
+    fn from(r: &'a NewRecord) -> Self {
+        Self {
+            id: r.id,
+            stream: &r.stream,
+            key: &r.key,
+            kind: &r.kind,
+            payload: &r.payload,
+            correlation_id: r.correlation_id,
+            causation_id: r.causation_id,
+            recorded_at_ms: r.recorded_at_ms,
+            origin: None,
+        }
+    }
+}
+
+impl<'a> Staged<'a> {
+    /// A record appended from another store: it keeps its producer and producer seq.
+    pub(crate) fn appended(r: &'a LogRecord) -> Self {
+        Self {
+            id: r.id,
+            stream: &r.stream,
+            key: &r.key,
+            kind: &r.kind,
+            payload: &r.payload,
+            correlation_id: r.correlation_id,
+            causation_id: r.causation_id,
+            recorded_at_ms: r.recorded_at_ms,
+            origin: Some((&r.producer, r.seq)),
+        }
+    }
+}
+
+/// The outbox columns [`insert`] writes, as arrays (one element per record, in order),
+/// borrowing the records' strings and payloads.
+struct Columns<'a> {
+    producer: Vec<Option<&'a str>>,
     producer_seq: Vec<Option<i64>>,
     record_id: Vec<String>,
-    stream: Vec<String>,
-    key: Vec<String>,
-    kind: Vec<String>,
-    payload: Vec<serde_json::Value>,
+    stream: Vec<&'a str>,
+    key: Vec<&'a str>,
+    kind: Vec<&'a str>,
+    payload: Vec<Json<&'a serde_json::Value>>,
     correlation_id: Vec<Option<String>>,
     causation_id: Vec<Option<String>>,
     recorded_at_ms: Vec<i64>,
@@ -63,30 +113,43 @@ const INSERT_SQL: &str = "INSERT INTO outbox (producer, producer_seq, record_id,
                             correlation_id, causation_id, recorded_at_ms, ord) \
      ORDER BY r.ord";
 
-/// Inserts records with an optional (producer, producer seq) origin, as one statement; with
-/// `notify`, the same statement also runs `pg_notify(channel, '')` (delivered at commit), so
-/// a batch outside a transaction is atomic and costs one round trip.
+/// Inserts records (with their origin when appended from another store) as one statement;
+/// with `notify`, the same statement also runs `pg_notify(channel, '')` (delivered at
+/// commit), so a batch outside a transaction is atomic and costs one round trip.
 pub(crate) async fn insert<'a, 'c, E>(
     conn: E,
-    records: impl Iterator<Item = (&'a NewRecord, Option<(&'a str, u64)>)>,
+    records: impl ExactSizeIterator<Item = Staged<'a>>,
     notify: Option<&str>,
 ) -> Result<(), PgError>
 where
     E: sqlx::Executor<'c, Database = sqlx::Postgres>,
 {
-    let mut c = Columns::default();
-    for (r, origin) in records {
-        let producer_seq = origin
+    let n = records.len();
+    let mut c = Columns {
+        producer: Vec::with_capacity(n),
+        producer_seq: Vec::with_capacity(n),
+        record_id: Vec::with_capacity(n),
+        stream: Vec::with_capacity(n),
+        key: Vec::with_capacity(n),
+        kind: Vec::with_capacity(n),
+        payload: Vec::with_capacity(n),
+        correlation_id: Vec::with_capacity(n),
+        causation_id: Vec::with_capacity(n),
+        recorded_at_ms: Vec::with_capacity(n),
+    };
+    for r in records {
+        let producer_seq = r
+            .origin
             .map(|(_, s)| i64::try_from(s))
             .transpose()
             .map_err(|_| PgError::Other("producer seq out of range".to_owned()))?;
-        c.producer.push(origin.map(|(p, _)| p.to_owned()));
+        c.producer.push(r.origin.map(|(p, _)| p));
         c.producer_seq.push(producer_seq);
         c.record_id.push(r.id.to_string());
-        c.stream.push(r.stream.clone());
-        c.key.push(r.key.clone());
-        c.kind.push(r.kind.clone());
-        c.payload.push(r.payload.clone());
+        c.stream.push(r.stream);
+        c.key.push(r.key);
+        c.kind.push(r.kind);
+        c.payload.push(Json(r.payload));
         c.correlation_id
             .push(r.correlation_id.map(|u| u.to_string()));
         c.causation_id.push(r.causation_id.map(|u| u.to_string()));
@@ -112,7 +175,7 @@ where
         .bind(c.causation_id)
         .bind(c.recorded_at_ms);
     if let Some(channel) = notify {
-        query = query.bind(channel.to_owned());
+        query = query.bind(channel);
     }
     query.execute(conn).await?;
     Ok(())
@@ -166,16 +229,18 @@ impl PostgresStore {
         Ok(u64::try_from(n).unwrap_or_default())
     }
 
-    async fn peek_inner(&self, max: usize) -> Result<Vec<LogRecord>, PgError> {
+    async fn peek_inner(&self, after_seq: u64, max: usize) -> Result<Vec<LogRecord>, PgError> {
         self.sequence().await?;
         let sql = format!(
             "SELECT {RECORD_COLUMNS} FROM outbox WHERE seq IS NOT NULL \
-             AND seq > coalesce((SELECT (value::jsonb ->> 'after_seq')::bigint FROM meta \
-                                 WHERE name = 'route'), 0) \
+             AND seq > greatest($2, coalesce((SELECT (value::jsonb ->> 'after_seq')::bigint \
+                                              FROM meta WHERE name = 'route'), 0)) \
              ORDER BY seq LIMIT $1"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(i64::try_from(max).unwrap_or(i64::MAX))
+            // Seqs are BIGINT: above i64::MAX there is nothing.
+            .bind(i64::try_from(after_seq).unwrap_or(i64::MAX))
             .fetch_all(&self.inner.pool)
             .await?;
         rows.iter()
@@ -189,7 +254,7 @@ impl PostgresStore {
         let channel = self.inner.wake.channel();
         insert(
             &self.inner.pool,
-            records.iter().map(|r| (r, None)),
+            records.iter().map(Staged::from),
             Some(channel),
         )
         .await?;
@@ -230,6 +295,21 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// Whether [`Outbox::peek`] would find anything: committed rows the sequencer has not
+    /// numbered yet, or rows above the route. Two index probes (a `count(*)` reads the whole
+    /// table), and false on the Postgres-only log once the route has passed everything, so a
+    /// waiting streamer really waits there.
+    async fn peekable(&self) -> Result<bool, PgError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE seq IS NULL) \
+                 OR EXISTS (SELECT 1 FROM outbox WHERE seq > coalesce( \
+                        (SELECT (value::jsonb ->> 'after_seq')::bigint FROM meta \
+                         WHERE name = 'route'), 0))",
+        )
+        .fetch_one(&self.inner.pool)
+        .await?)
+    }
+
     pub(crate) async fn staged_inner(&self) -> Result<u64, PgError> {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
             .fetch_one(&self.inner.pool)
@@ -245,12 +325,17 @@ impl Outbox for PostgresStore {
     }
 
     async fn peek(&self, max: usize) -> Result<Vec<LogRecord>, StoreError> {
-        Ok(self.peek_inner(max).await?)
+        Ok(self.peek_inner(0, max).await?)
+    }
+
+    async fn peek_after(&self, after_seq: u64, max: usize) -> Result<Vec<LogRecord>, StoreError> {
+        Ok(self.peek_inner(after_seq, max).await?)
     }
 
     async fn remove(&self, seqs: &[u64]) -> Result<u64, StoreError> {
         // The seqs peek handed out are `coalesce(producer_seq, seq)`: the log seq for this
-        // store's own records, the original producer seq for appended ones.
+        // store's own records, the original producer seq for appended ones. One statement,
+        // one scan of the index on that expression (migration 0003).
         let seqs: Vec<i64> = seqs.iter().filter_map(|s| i64::try_from(*s).ok()).collect();
         let done = sqlx::query(
             "DELETE FROM outbox WHERE coalesce(producer_seq, seq) = ANY($1) \
@@ -271,7 +356,7 @@ impl Outbox for PostgresStore {
         let deadline = Instant::now() + timeout;
         let mut rx = self.inner.wake.subscribe();
         loop {
-            if self.staged_inner().await.is_ok_and(|n| n > 0) {
+            if self.peekable().await.unwrap_or(false) {
                 return;
             }
             if Instant::now() >= deadline || self.inner.wake.wait(&mut rx, deadline).await {

@@ -28,6 +28,27 @@
 //! yet. The log shrinks only through [`Log::trim`], which removes what every checkpoint has
 //! passed (`XTRIM MINID`, exact).
 //!
+//! # Lag
+//!
+//! Redis cannot count the entries of a stream range without walking them, and a script
+//! walking them blocks the whole server, so [`Log::lag`] walks at most 1000 entries
+//! (`LAG_COUNT_BOUND`) on each side of the position, in one script:
+//!
+//! - nothing at or before the position (the start, or a position the log was trimmed past):
+//!   everything held is after it, the lag is `XLEN`: exact, O(log n);
+//! - fewer than 1000 entries after the position: counted, exact;
+//! - fewer than 1000 entries at or before it: `XLEN` minus those, exact;
+//! - otherwise (more than the bound on both sides) it is an *estimate*: `XLEN` times the
+//!   share of the stream's time span (the millisecond parts of the first and last ids) that
+//!   lies after the position, clamped to `[1000, XLEN - 1000]`, the range the true count is
+//!   known to lie in. It assumes evenly spread appends.
+//!
+//! So the lag is exact for a consumer within 1000 entries of the head or of the oldest
+//! entry held (the slowest consumer sits there once the trimmer has run), and one call
+//! costs at most about 2000 walked entries of server time (2–4 ms), whatever the length.
+//! This needs no `XINFO STREAM` counters (`entries-added` only tells where the oldest
+//! entry is, never how many entries lie after an arbitrary id).
+//!
 //! # Durability
 //!
 //! "Durable when `append` returns" means "acknowledged by Redis"; whether it survives a
@@ -62,19 +83,48 @@ const BLOCK_GRACE: Duration = Duration::from_secs(5);
 /// The longest `BLOCK` sent to Redis (longer waits are cut to this).
 const MAX_BLOCK: Duration = Duration::from_secs(24 * 3600);
 
-/// Counts the entries after an id without shipping them to the client: `XRANGE` in chunks of
-/// 1000 from the exclusive start `ARGV[1]` (`-` for the start of the stream).
+/// How many entries [`Log::lag`] walks at most on each side of the position (see the
+/// [module docs](self#lag)). Walking an entry in a script costs 1.5–3 µs of blocked server
+/// on a small machine; 10 000 of them blocked Redis 20–30 ms in a measurement, 1000 about
+/// 1.5 ms.
+const LAG_COUNT_BOUND: u64 = 1000;
+
+/// The bounded lag count: `KEYS[1]` the stream, `ARGV[1]` the position's id (`0-0` for the
+/// start), `ARGV[2]` the bound. Returns `{1, count, '', ''}` when the count is exact, and
+/// `{0, XLEN, first id, last id}` when more than the bound lie on both sides of the position.
+/// Only reads the first entry, at most `bound` entries after the position and at most
+/// `bound` entries up to it.
 const LAG_SCRIPT: &str = r"
-local n = 0
-local start = ARGV[1]
-while true do
-  local chunk = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 1000)
-  local c = #chunk
-  if c == 0 then return n end
-  n = n + c
-  start = '(' .. chunk[c][1]
+local len = redis.call('XLEN', KEYS[1])
+if len == 0 then return {1, 0, '', ''} end
+local pos = ARGV[1]
+if #redis.call('XRANGE', KEYS[1], '-', pos, 'COUNT', 1) == 0 then
+  return {1, len, '', ''}
 end
+local bound = tonumber(ARGV[2])
+local after = #redis.call('XRANGE', KEYS[1], '(' .. pos, '+', 'COUNT', bound)
+if after < bound then return {1, after, '', ''} end
+local upto = #redis.call('XRANGE', KEYS[1], '-', pos, 'COUNT', bound)
+if upto < bound then return {1, len - upto, '', ''} end
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1][1]
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1][1]
+return {0, len, first, last}
 ";
+
+/// Estimates how many of `len` entries (ids `first..=last`) lie after `at`, when more than
+/// `bound` lie on each side of it: the share of the time span after `at`, by the ids'
+/// millisecond parts, clamped to `[bound, len - bound]` (where the true count lies).
+fn estimate_after(at: EntryId, first: EntryId, last: EntryId, len: u64, bound: u64) -> u64 {
+    let (low, high) = (bound, len.saturating_sub(bound).max(bound));
+    let span = last.ms.saturating_sub(first.ms);
+    let share = if span == 0 {
+        0.5
+    } else {
+        last.ms.saturating_sub(at.ms.max(first.ms)) as f64 / span as f64
+    };
+    let estimate = (len as f64 * share).round() as u64;
+    estimate.clamp(low, high)
+}
 
 /// What [`RedisLog::connect`] found out about the server's persistence.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +168,11 @@ struct EntryId {
 impl EntryId {
     /// Before every entry.
     const ZERO: Self = Self { ms: 0, seq: 0 };
+    /// The largest id there is.
+    const MAX: Self = Self {
+        ms: u64::MAX,
+        seq: u64::MAX,
+    };
 
     /// Parses `<ms>-<seq>`, each a decimal `u64` (digits only).
     fn parse(s: &str) -> Option<Self> {
@@ -423,20 +478,38 @@ impl Log for RedisLog {
         self.to_batch(from, reply)
     }
 
+    /// Bounded: exact within `LAG_COUNT_BOUND` entries of either end of the stream, an
+    /// estimate in between (see the [module docs](self#lag)).
     async fn lag(&self, from: &Position) -> Result<u64, LogError> {
         let after = EntryId::from_position(from)?;
-        let start = if after == EntryId::ZERO {
-            "-".to_owned()
-        } else {
-            format!("({after}")
-        };
+        if after == EntryId::MAX {
+            // Nothing can come after it (and `(` cannot be put before it).
+            return Ok(0);
+        }
         let mut conn = self.shared.clone();
-        self.lag_script
+        let (exact, n, first, last): (u8, u64, String, String) = self
+            .lag_script
             .key(&self.stream)
-            .arg(start)
+            .arg(after.to_string())
+            .arg(LAG_COUNT_BOUND)
             .invoke_async(&mut conn)
             .await
-            .map_err(log_error)
+            .map_err(log_error)?;
+        if exact == 1 {
+            return Ok(n);
+        }
+        let id = |s: &str| {
+            EntryId::parse(s).ok_or_else(|| {
+                LogError::Other(format!("{}: lag script returned id {s:?}", self.described))
+            })
+        };
+        Ok(estimate_after(
+            after,
+            id(&first)?,
+            id(&last)?,
+            n,
+            LAG_COUNT_BOUND,
+        ))
     }
 
     async fn trim(&self, checkpoints: &[Position]) -> Result<u64, LogError> {
@@ -512,6 +585,25 @@ mod tests {
             EntryId::parse("5-1").unwrap().successor().to_string(),
             "5-2"
         );
+    }
+
+    #[test]
+    fn a_lag_estimate_stays_within_what_the_counts_proved() {
+        let id = |ms| EntryId { ms, seq: 0 };
+        // 10 000 entries over 1 000 ms; the position at 250 ms has ~7 500 after it.
+        let est = estimate_after(id(1250), id(1000), id(2000), 10_000, 1000);
+        assert_eq!(est, 7500);
+        // Near the ends the counts proved at least `bound` on each side.
+        assert_eq!(
+            estimate_after(id(1999), id(1000), id(2000), 10_000, 1000),
+            1000
+        );
+        assert_eq!(
+            estimate_after(id(1000), id(1000), id(2000), 10_000, 1000),
+            9000
+        );
+        // All in one millisecond: the middle of what is possible.
+        assert_eq!(estimate_after(id(5), id(5), id(5), 4000, 1000), 2000);
     }
 
     #[test]

@@ -20,11 +20,22 @@
 //! # Durability and visibility
 //!
 //! [`SledLog::append`] allocates offsets and writes the whole batch in one transaction under
-//! an async mutex, then waits for `flush_async`: only then is the batch durable, and only
-//! then does the *visible head* (a [`tokio::sync::watch`] channel) move. Readers never look
-//! past the visible head, so a reader can never checkpoint a record that a crash could still
-//! take back. Waiting readers subscribe to the watch channel before they look, so a wake-up
+//! an async mutex, then flushes: only then is the batch durable, and only then does the
+//! *visible head* (a [`tokio::sync::watch`] channel) move. Readers never look past the
+//! visible head, so a reader can never checkpoint a record that a crash could still take
+//! back. Waiting readers subscribe to the watch channel before they look, so a wake-up
 //! cannot be lost between "found nothing" and "start waiting".
+//!
+//! # Off the async runtime
+//!
+//! sled calls block (a write may hit the disk, a flush is an `fsync`), so every call that
+//! touches sled runs in *one* [`tokio::task::spawn_blocking`] task per `append`, `read`
+//! (only when there is something to read), `trim` and `ping`, never per record. An append's
+//! task takes the allocation lock with it: if the caller stops waiting, the task still
+//! finishes writing its batch before the next append can allocate offsets. `lag` and `len`
+//! touch no sled at all: they are differences of two counters kept in memory, the visible
+//! head and the offset below the first record held (read from disk at open, raised by
+//! `trim`).
 //!
 //! # One process only
 //!
@@ -36,6 +47,7 @@
 //! process) holds fails with [`LogError::Unavailable`] naming the path.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -57,12 +69,14 @@ pub struct SledLog {
     db: sled::Db,
     records: sled::Tree,
     meta: sled::Tree,
-    /// Serialises appends; holds the last allocated offset.
-    allocated: Mutex<u64>,
-    /// Mirror of `allocated`, readable without the lock (to find the trimmed prefix).
-    allocated_mirror: AtomicU64,
+    /// Serialises appends; holds the last allocated offset. An append's blocking task holds
+    /// it (owned) until its batch is written, even when the caller stopped waiting.
+    allocated: Arc<Mutex<u64>>,
+    /// The offset just before the first record held: records `(low, head]` exist. Read from
+    /// disk at open; only `trim` raises it.
+    low: Arc<AtomicU64>,
     /// The visible head: the last offset that is durable. Readers never go past it.
-    head: watch::Sender<u64>,
+    head: Arc<watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for SledLog {
@@ -93,6 +107,11 @@ fn key_offset(key: &[u8]) -> Result<u64, LogError> {
 /// The key of a record: its offset, big-endian so byte order is numeric order.
 fn offset_key(offset: u64) -> [u8; 8] {
     offset.to_be_bytes()
+}
+
+/// Maps the failure of a blocking task (a panic inside it) to a log error.
+fn join_error(what: &str, e: tokio::task::JoinError) -> LogError {
+    LogError::Other(format!("sled log: {what} task failed: {e}"))
 }
 
 /// Parses a position of this log: `""` is 0 (before offset 1), else a decimal `u64`.
@@ -137,14 +156,18 @@ impl SledLog {
         };
         // Both are written in one transaction; the max is belt and braces.
         let head = from_meta.max(last_key);
+        let low = match records.first().map_err(|e| map_sled(&context, e))? {
+            Some((k, _)) => key_offset(&k)?.saturating_sub(1),
+            None => head,
+        };
         Ok(SledLog {
             path,
             db,
             records,
             meta,
-            allocated: Mutex::new(head),
-            allocated_mirror: AtomicU64::new(head),
-            head: watch::Sender::new(head),
+            allocated: Arc::new(Mutex::new(head)),
+            low: Arc::new(AtomicU64::new(low)),
+            head: Arc::new(watch::Sender::new(head)),
         })
     }
 
@@ -154,15 +177,8 @@ impl SledLog {
     }
 
     /// The offset just before the first record still held: records `(low, head]` exist.
-    fn low(&self) -> Result<u64, LogError> {
-        match self
-            .records
-            .first()
-            .map_err(|e| map_sled("sled log: read", e))?
-        {
-            Some((k, _)) => Ok(key_offset(&k)?.saturating_sub(1)),
-            None => Ok(self.allocated_mirror.load(Ordering::Acquire)),
-        }
+    fn low(&self) -> u64 {
+        self.low.load(Ordering::Acquire)
     }
 
     /// Parses `position` and rejects one beyond the visible head (never handed out here).
@@ -173,23 +189,29 @@ impl SledLog {
         }
         Ok(offset)
     }
+}
 
-    /// Reads up to `max` records in `(from, head]`.
-    fn scan(&self, from: u64, head: u64, max: usize) -> Result<Vec<(u64, LogRecord)>, LogError> {
-        let mut out = Vec::new();
-        if from >= head || max == 0 {
-            return Ok(out);
-        }
-        let range = offset_key(from + 1)..=offset_key(head);
-        for item in self.records.range(range).take(max) {
-            let (k, v) = item.map_err(|e| map_sled("sled log: read", e))?;
-            let offset = key_offset(&k)?;
-            let record = LogRecord::from_json(&v)
-                .map_err(|e| LogError::Other(format!("sled log: offset {offset}: {e}")))?;
-            out.push((offset, record));
-        }
-        Ok(out)
+/// Reads up to `max` records of `records` in `(from, head]` (blocking: sled).
+fn scan(
+    records: &sled::Tree,
+    from: u64,
+    head: u64,
+    max: usize,
+) -> Result<Vec<(u64, LogRecord)>, LogError> {
+    if from >= head || max == 0 {
+        return Ok(Vec::new());
     }
+    let wanted = usize::try_from(head - from).unwrap_or(usize::MAX).min(max);
+    let mut out = Vec::with_capacity(wanted);
+    let range = offset_key(from + 1)..=offset_key(head);
+    for item in records.range(range).take(max) {
+        let (k, v) = item.map_err(|e| map_sled("sled log: read", e))?;
+        let offset = key_offset(&k)?;
+        let record = LogRecord::from_json(&v)
+            .map_err(|e| LogError::Other(format!("sled log: offset {offset}: {e}")))?;
+        out.push((offset, record));
+    }
+    Ok(out)
 }
 
 #[async_trait]
@@ -199,43 +221,58 @@ impl Log for SledLog {
     }
 
     async fn ping(&self) -> Result<(), LogError> {
-        self.records
-            .first()
-            .map(|_| ())
-            .map_err(|e| map_sled("sled log: ping", e))
+        let records = self.records.clone();
+        tokio::task::spawn_blocking(move || {
+            records
+                .first()
+                .map(|_| ())
+                .map_err(|e| map_sled("sled log: ping", e))
+        })
+        .await
+        .map_err(|e| join_error("ping", e))?
     }
 
     async fn append(&self, records: &[LogRecord]) -> Result<(), LogError> {
         if records.is_empty() {
             return Ok(());
         }
-        let mut allocated = self.allocated.lock().await;
-        let first = *allocated + 1;
-        let last = *allocated + records.len() as u64;
-        let mut batch = sled::Batch::default();
-        for (offset, record) in (first..=last).zip(records) {
-            batch.insert(&offset_key(offset), record.to_json());
-        }
-        (&self.records, &self.meta)
-            .transaction(|(recs, meta)| {
-                recs.apply_batch(&batch)?;
-                meta.insert(HEAD_KEY, &offset_key(last))?;
-                Ok::<_, ConflictableTransactionError<LogError>>(())
-            })
-            .map_err(|e| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => map_sled("sled log: append", e),
-            })?;
-        // The offsets are taken now, even if the flush below fails or is cancelled: the
-        // records are in the tree and become visible with the next successful append.
-        *allocated = last;
-        self.allocated_mirror.store(last, Ordering::Release);
-        self.db
-            .flush_async()
-            .await
-            .map_err(|e| map_sled("sled log: flush", e))?;
-        self.head.send_modify(|h| *h = (*h).max(last));
-        Ok(())
+        // Encoding is CPU work; it happens before the lock so appends overlap in it.
+        let encoded: Vec<Vec<u8>> = records.iter().map(LogRecord::to_json).collect();
+        // Owned: the blocking task keeps the offsets locked until its batch is written, even
+        // if this future is dropped while it waits for the task.
+        let mut allocated = Arc::clone(&self.allocated).lock_owned().await;
+        let (tree, meta, db) = (self.records.clone(), self.meta.clone(), self.db.clone());
+        let head = Arc::clone(&self.head);
+        tokio::task::spawn_blocking(move || {
+            let first = *allocated + 1;
+            let last = *allocated + encoded.len() as u64;
+            let mut batch = sled::Batch::default();
+            for (offset, json) in (first..=last).zip(encoded) {
+                batch.insert(&offset_key(offset), json);
+            }
+            (&tree, &meta)
+                .transaction(|(recs, meta)| {
+                    recs.apply_batch(&batch)?;
+                    meta.insert(HEAD_KEY, &offset_key(last))?;
+                    Ok::<_, ConflictableTransactionError<LogError>>(())
+                })
+                .map_err(|e| match e {
+                    TransactionError::Abort(e) => e,
+                    TransactionError::Storage(e) => map_sled("sled log: append", e),
+                })?;
+            // The offsets are taken now, even if the flush below fails: the records are in
+            // the tree and become visible with the next successful append.
+            *allocated = last;
+            // The next append may write while this one flushes: a flush makes everything
+            // written before it durable, so whichever flush ends first covers both batches
+            // and the head it publishes is durable.
+            drop(allocated);
+            db.flush().map_err(|e| map_sled("sled log: flush", e))?;
+            head.send_modify(|h| *h = (*h).max(last));
+            Ok(())
+        })
+        .await
+        .map_err(|e| join_error("append", e))?
     }
 
     async fn read(&self, from: &Position, max: usize, wait: Duration) -> Result<Batch, LogError> {
@@ -246,8 +283,15 @@ impl Log for SledLog {
         loop {
             let head = *rx.borrow_and_update();
             // Records trimmed below a stale position are gone: look from the first one held.
-            let effective = start.max(self.low()?);
-            let found = self.scan(effective, head, max)?;
+            let effective = start.max(self.low());
+            let found = if effective < head && max > 0 {
+                let records = self.records.clone();
+                tokio::task::spawn_blocking(move || scan(&records, effective, head, max))
+                    .await
+                    .map_err(|e| join_error("read", e))??
+            } else {
+                Vec::new()
+            };
             if let Some((last, _)) = found.last() {
                 let next = Position::new(last.to_string());
                 let deliveries = found
@@ -275,7 +319,7 @@ impl Log for SledLog {
     async fn lag(&self, from: &Position) -> Result<u64, LogError> {
         let start = self.checked(from)?;
         let head = *self.head.borrow();
-        Ok(head.saturating_sub(start.max(self.low()?)))
+        Ok(head.saturating_sub(start.max(self.low())))
     }
 
     async fn trim(&self, checkpoints: &[Position]) -> Result<u64, LogError> {
@@ -286,11 +330,13 @@ impl Log for SledLog {
         for cp in checkpoints {
             min = min.min(self.checked(cp)?);
         }
-        let records = self.records.clone();
-        // Removing many keys is slow work: keep it off the async worker threads.
-        let removed = tokio::task::spawn_blocking(move || -> Result<u64, LogError> {
+        let (records, db) = (self.records.clone(), self.db.clone());
+        let low = Arc::clone(&self.low);
+        // Removing many keys and flushing are slow, blocking work: one task for both.
+        tokio::task::spawn_blocking(move || -> Result<u64, LogError> {
             let mut removed = 0;
-            // Ascending order: an interrupted trim still leaves a contiguous suffix.
+            // Ascending order: an interrupted trim still leaves a contiguous suffix, whose
+            // start `low` follows as keys go.
             for item in records.range(..=offset_key(min)) {
                 let (k, _) = item.map_err(|e| map_sled("sled log: trim", e))?;
                 if records
@@ -300,23 +346,22 @@ impl Log for SledLog {
                 {
                     removed += 1;
                 }
+                low.fetch_max(key_offset(&k)?, Ordering::AcqRel);
+            }
+            // Every record up to `min` is gone now (`min` is at most the visible head).
+            low.fetch_max(min, Ordering::AcqRel);
+            if removed > 0 {
+                db.flush().map_err(|e| map_sled("sled log: flush", e))?;
             }
             Ok(removed)
         })
         .await
-        .map_err(|e| LogError::Other(format!("sled log: trim task failed: {e}")))??;
-        if removed > 0 {
-            self.db
-                .flush_async()
-                .await
-                .map_err(|e| map_sled("sled log: flush", e))?;
-        }
-        Ok(removed)
+        .map_err(|e| join_error("trim", e))?
     }
 
     async fn len(&self) -> Result<u64, LogError> {
         let head = *self.head.borrow();
-        Ok(head.saturating_sub(self.low()?))
+        Ok(head.saturating_sub(self.low()))
     }
 }
 
@@ -409,6 +454,26 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(seqs(&b), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_append_still_owns_its_offsets() {
+        use futures::FutureExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let log = SledLog::open(dir.path()).unwrap();
+        // Polled once, then dropped: its blocking task carries on with offset 1 locked.
+        let first = [record(1)];
+        assert!(log.append(&first).now_or_never().is_none_or(|r| r.is_ok()));
+        log.append(&[record(2)]).await.unwrap();
+        let b = log
+            .read(&Position::start(), 10, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(seqs(&b), vec![1, 2], "the abandoned batch keeps offset 1");
+        assert_eq!(b.next, Position::new("2"));
+        assert_eq!(log.len().await.unwrap(), 2);
+        assert_eq!(log.lag(&Position::new("1")).await.unwrap(), 1);
     }
 
     #[tokio::test]

@@ -64,16 +64,19 @@ pub(super) async fn insert_staged(
 }
 
 impl SqliteStore {
-    async fn peek_tx(&self, max: usize) -> Result<Vec<LogRecord>, Error> {
+    async fn peek_tx(&self, after_seq: u64, max: usize) -> Result<Vec<LogRecord>, Error> {
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        // Above i64::MAX there is nothing (sequences are SQLite integers).
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
         // Sequences start at 1, so "no route" is "after 0".
         let rows = sqlx::query(
             "SELECT seq, id, stream, key, kind, payload, correlation_id, causation_id, \
              recorded_at_ms FROM staged_records \
-             WHERE seq > coalesce((SELECT json_extract(value, '$.after_seq') FROM meta \
-                                   WHERE key = 'route'), 0) \
+             WHERE seq > max(?, coalesce((SELECT json_extract(value, '$.after_seq') FROM meta \
+                                          WHERE key = 'route'), 0)) \
              ORDER BY seq LIMIT ?",
         )
+        .bind(after)
         .bind(limit)
         .fetch_all(self.reader())
         .await?;
@@ -153,7 +156,11 @@ impl Outbox for SqliteStore {
     }
 
     async fn peek(&self, max: usize) -> Result<Vec<LogRecord>, StoreError> {
-        self.peek_tx(max).await.map_err(Into::into)
+        self.peek_tx(0, max).await.map_err(Into::into)
+    }
+
+    async fn peek_after(&self, after_seq: u64, max: usize) -> Result<Vec<LogRecord>, StoreError> {
+        self.peek_tx(after_seq, max).await.map_err(Into::into)
     }
 
     async fn remove(&self, seqs: &[u64]) -> Result<u64, StoreError> {

@@ -27,6 +27,10 @@ use crate::wiring::{OpenedLog, Stores};
 pub struct Intervals {
     /// The streamer's longest wait for an outbox wake-up.
     pub streamer_poll: Duration,
+    /// The streamer's linger: how long records may gather after a wake-up, or behind a
+    /// batch that was not full, before it peeks again (zero: never waits). See
+    /// [`super::streamer`].
+    pub streamer_linger: Duration,
     /// A consumer's blocking read.
     pub consumer_wait: Duration,
     /// The completer's pause after a run with nothing to do.
@@ -42,6 +46,7 @@ impl Intervals {
     pub fn production() -> Self {
         Self {
             streamer_poll: Duration::from_millis(250),
+            streamer_linger: super::streamer::DEFAULT_LINGER,
             consumer_wait: Duration::from_secs(1),
             completer: Duration::from_secs(5),
             reaper: Duration::from_secs(5),
@@ -53,6 +58,7 @@ impl Intervals {
     pub fn demo() -> Self {
         Self {
             streamer_poll: Duration::from_millis(100),
+            streamer_linger: super::streamer::DEFAULT_LINGER,
             consumer_wait: Duration::from_millis(500),
             completer: Duration::from_millis(200),
             reaper: Duration::from_secs(1),
@@ -229,7 +235,8 @@ impl Fleet {
                 config.faults.clone(),
             )
             .following(log.clone())
-            .with_poll(i.streamer_poll);
+            .with_poll(i.streamer_poll)
+            .with_linger(i.streamer_linger);
             tasks.push(("streamer".to_owned(), tokio::spawn(s.run(shutdown.clone()))));
         }
         for name in &config.consumers {

@@ -162,6 +162,7 @@ macro_rules! store_contract_tests {
             store::ride_by_id,
             store::truth_counts_rides_distance_and_unfinished_keys,
             store::outbox_peek_is_in_seq_order_and_remove_is_exact,
+            store::peek_after_resumes_after_a_cursor,
             store::wait_staged_wakes_on_a_phase,
             store::stage_sequences_like_a_phase,
             store::route_is_durable_and_peek_starts_after_it,

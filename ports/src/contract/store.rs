@@ -779,6 +779,69 @@ pub async fn outbox_peek_is_in_seq_order_and_remove_is_exact(f: &dyn StoreFactor
     assert!(peek(&sut, 100).await.is_empty(), "the outbox is drained");
 }
 
+/// Rule: `peek_after(s, max)` is `peek(max)` without the records at or below `s`: records
+/// above the cursor, lowest seq first, at most `max`, nothing removed; `peek_after(0, _)` is
+/// `peek`; with a route, the higher of the cursor and the route's `after_seq` applies.
+/// Preconditions: a fresh store.
+pub async fn peek_after_resumes_after_a_cursor(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let now = now_ms();
+    for n in 0..5 {
+        create_ride(&sut, u.id, params(n), now).await;
+    }
+    let all = peek(&sut, 100).await;
+    assert_eq!(all.len(), 5, "five phases staged five records");
+    let peek_after = |after: u64, max: usize| {
+        let outbox = Arc::clone(&sut.outbox);
+        async move {
+            outbox
+                .peek_after(after, max)
+                .await
+                .unwrap_or_else(|e| panic!("peek_after({after}, {max}) failed: {e}"))
+        }
+    };
+    assert_eq!(peek_after(0, 100).await, all, "peek_after(0, _) is peek");
+    assert_eq!(
+        peek_after(all[1].seq, 100).await,
+        all[2..],
+        "peek_after returns only the records above the cursor"
+    );
+    assert_eq!(
+        peek_after(all[1].seq, 2).await,
+        all[2..4],
+        "peek_after returns at most `max`, lowest seqs first"
+    );
+    assert!(
+        peek_after(all[4].seq, 100).await.is_empty(),
+        "nothing above the last record"
+    );
+    assert!(
+        peek_after(u64::MAX, 100).await.is_empty(),
+        "nothing above u64::MAX"
+    );
+    assert_eq!(staged(&sut).await, 5, "peek_after must not remove");
+
+    set_route(
+        &sut,
+        &Route {
+            log_url: "x://y".to_owned(),
+            after_seq: all[2].seq,
+        },
+    )
+    .await;
+    assert_eq!(
+        peek_after(all[0].seq, 100).await,
+        all[3..],
+        "a route above the cursor wins"
+    );
+    assert_eq!(
+        peek_after(all[3].seq, 100).await,
+        all[4..],
+        "a cursor above the route wins"
+    );
+}
+
 /// Rule: `wait_staged` returns soon after a phase stages records, well before its timeout
 /// (a 30 s wait must return within 10 s).
 /// Preconditions: a fresh store.
