@@ -11,9 +11,11 @@
 //! | `postgres/`  | `postgres` | store + outbox + consumer state, and the Postgres-only log |
 //! | `redis/`     | `redis`    | the log on Redis Streams                            |
 //! | `kafka/`     | `kafka`    | the log on Kafka (rdkafka)                          |
+//! | `baseline/`  | -          | the benchmarks' SQL baselines (`sqlite/baseline.rs`, `postgres/baseline.rs`) |
 //!
 //! Every adapter passes the contract suites of `ports::contract` (see `tests/contract_*.rs`).
 
+pub mod baseline;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 #[cfg(any(test, feature = "memory"))]
