@@ -72,10 +72,10 @@ pub trait Baseline: Send + Sync {
     /// What runs, e.g. `postgres://…: reference design (4 transactions per ride)`.
     fn describe(&self) -> String;
 
-    /// Creates the reference design's tables (dropping leftovers of an earlier run first).
+    /// Creates the reference design's tables.
     ///
     /// # Errors
-    /// When the DDL fails.
+    /// When the DDL fails, e.g. because they exist (a database holds one run at a time).
     async fn create_tables(&self) -> Result<(), StoreError>;
 
     /// Drops the reference design's tables.

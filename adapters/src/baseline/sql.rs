@@ -19,7 +19,7 @@ pub(crate) struct Dialect {
     pub(crate) key_by_text: &'static str,
     /// Phases 2-4's read of the key by id, locking it: its recovery point.
     pub(crate) point_by_id: &'static str,
-    /// Drops the reference tables (run before [`Dialect::create`] too).
+    /// Drops the reference tables.
     pub(crate) drop: &'static [&'static str],
     /// Creates the reference tables.
     pub(crate) create: &'static [&'static str],
@@ -391,7 +391,6 @@ where
     }
 
     async fn create_tables(&self) -> Result<(), StoreError> {
-        self.run_all(self.dialect.drop).await?;
         self.run_all(self.dialect.create).await
     }
 

@@ -17,8 +17,8 @@
 //! # Fresh namespaces
 //!
 //! A benchmark never touches existing data: Redis gets a unique stream (`?stream=`), Postgres
-//! a fresh schema (created and dropped with `psql`, selected with the store's own `?schema=`
-//! option), and a sled log or SQLite store that was not named explicitly lives in a fresh
+//! a fresh schema (created by the adapter through its `?schema=` option, dropped with
+//! `psql`), and a sled log or SQLite store that was not named explicitly lives in a fresh
 //! temporary directory. Everything created is removed at the end. An explicit `sled://PATH`
 //! or `sqlite://PATH` is used as given: pass a fresh path. When `--log` is the same Postgres
 //! URL as `--store`, the log stays the store's own outbox (the Postgres-only log).
@@ -194,10 +194,13 @@ fn scheme(url: &str) -> String {
 }
 
 /// A fresh Postgres schema; returns the URL that selects it (the store's and the log's
-/// `?schema=` option) and its name.
+/// `?schema=` option, with which the adapter creates it) and its name. `psql`, which drops
+/// it at the end, must be there.
 async fn fresh_pg_schema(url: &str, scratch: &mut Scratch) -> anyhow::Result<(String, String)> {
     let schema = format!("rides_bench_{}", unique_suffix());
-    psql(url, &format!("CREATE SCHEMA {schema};")).await?;
+    tokio::task::spawn_blocking(|| std::process::Command::new("psql").arg("--version").output())
+        .await?
+        .map_err(|e| anyhow::anyhow!("cannot run psql (the Postgres benches need it): {e}"))?;
     scratch.pg_schemas.push((url.to_owned(), schema.clone()));
     Ok((with_query(url, &format!("schema={schema}")), schema))
 }
