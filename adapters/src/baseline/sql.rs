@@ -370,6 +370,7 @@ where
     }
 }
 
+// The same bounds as the inherent impl above: what the statements bind and read.
 #[async_trait]
 impl<DB> Baseline for SqlBaseline<DB>
 where

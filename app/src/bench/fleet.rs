@@ -137,6 +137,7 @@ impl FleetBenchReport {
     /// A small text table.
     pub fn table(&self) -> String {
         let opt = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.3}"));
+        let ms = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.0}"));
         let mut out = format!(
             "rides bench fleet: store {}, log {}\n\
              load: {} requests at {:.0}/s: {} created, {} failed, {} retries, {:.1} rides/s over {:.2} s; drained {:.2} s later\n\
@@ -152,8 +153,8 @@ impl FleetBenchReport {
             self.load_seconds,
             self.drain_seconds,
             opt(self.cpu_ms_per_ride),
-            opt(self.process_cpu_ms),
-            opt(self.loadgen_cpu_ms),
+            ms(self.process_cpu_ms),
+            ms(self.loadgen_cpu_ms),
         );
         for s in &self.servers {
             out.push_str(&format!(
