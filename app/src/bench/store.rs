@@ -2,12 +2,14 @@
 //! reference design on the same database.
 //!
 //! Both designs create the same number of rides from the same number of concurrent tasks
-//! (default 2000 from 16), one after the other, each task with its own user and fresh
+//! (default 2000 from 16), never at the same time, each task with its own user and fresh
 //! idempotency keys, a fake payment processor that answers at once and never fails, and no
 //! faults. A 409 is retried with the same key after a short pause, as a client does; the
 //! latency of a ride runs from its first attempt to its final answer. Each design first
 //! makes one untimed ride per task, so that neither is timed with cold connections and
-//! caches.
+//! caches; then the designs run in halves in the order ours, baseline, baseline, ours, so
+//! that a drift over the run (growing tables, a checkpoint, a neighbour's load) weighs on
+//! both alike.
 //!
 //! - **ours**: [`RideService::create_ride`], exactly as the API calls it (no HTTP).
 //! - **baseline**: rocket-rides-atomic's design through [`adapters::baseline::Baseline`]:
@@ -72,12 +74,26 @@ struct Run {
     failed: u64,
     retried: u64,
     seconds: f64,
-    latency: Latency,
+    samples: Vec<Duration>,
 }
 
 impl Run {
     fn rides_per_sec(&self) -> f64 {
         self.created as f64 / self.seconds.max(1e-9)
+    }
+
+    fn latency(&self) -> Latency {
+        Latency::of(self.samples.clone())
+    }
+
+    /// Two runs of one design as one.
+    fn merge(mut self, other: Run) -> Run {
+        self.created += other.created;
+        self.failed += other.failed;
+        self.retried += other.retried;
+        self.seconds += other.seconds;
+        self.samples.extend(other.samples);
+        self
     }
 }
 
@@ -137,6 +153,8 @@ impl StoreBenchReport {
         baseline: (String, Option<Run>),
     ) -> Self {
         let (what, b) = baseline;
+        let latency = ours.latency();
+        let b_latency = b.as_ref().map(Run::latency);
         Self {
             bench: "store",
             store,
@@ -147,17 +165,17 @@ impl StoreBenchReport {
             retried: ours.retried,
             seconds: ours.seconds,
             rides_per_sec: ours.rides_per_sec(),
-            p50_ms: ours.latency.p50_ms,
-            p99_ms: ours.latency.p99_ms,
-            max_ms: ours.latency.max_ms,
+            p50_ms: latency.p50_ms,
+            p99_ms: latency.p99_ms,
+            max_ms: latency.max_ms,
             baseline: what,
             baseline_created: b.as_ref().map(|b| b.created),
             baseline_failed: b.as_ref().map(|b| b.failed),
             baseline_retried: b.as_ref().map(|b| b.retried),
             baseline_seconds: b.as_ref().map(|b| b.seconds),
             baseline_rides_per_sec: b.as_ref().map(Run::rides_per_sec),
-            baseline_p50_ms: b.as_ref().map(|b| b.latency.p50_ms),
-            baseline_p99_ms: b.as_ref().map(|b| b.latency.p99_ms),
+            baseline_p50_ms: b_latency.as_ref().map(|l| l.p50_ms),
+            baseline_p99_ms: b_latency.as_ref().map(|l| l.p99_ms),
             ratio: ratio(ours.rides_per_sec(), b.as_ref().map(Run::rides_per_sec)),
         }
     }
@@ -254,41 +272,61 @@ async fn run_store_bench(
         );
     }
 
-    progress(&format!(
-        "ours: {} rides from {} tasks through RideService::create_ride",
-        opts.rides, opts.concurrency
-    ));
-    let ours = Design::Ours(Arc::new(RideService::new(
+    let ours = Arc::new(Design::Ours(Arc::new(RideService::new(
         stores.store.clone(),
         Arc::new(FakeProcessor::new(0.0, 7)),
         Arc::new(SystemClock),
         RideServiceConfig::default(),
-    )));
-    let ours = warm_then_run(Arc::new(ours), &users, opts.rides).await?;
-
-    let baseline = match wiring::open_baseline(&url).await? {
+    ))));
+    let reference = match wiring::open_baseline(&url).await? {
         Some(b) if opts.baseline => {
             let b: Arc<dyn SqlBaseline> = Arc::from(b);
-            let what = format!(
-                "reference design (rocket-rides-atomic), 4 transactions per ride, {} isolation, same database, driver and concurrency",
-                isolation(&url)
-            );
-            progress(&format!("baseline: {what}"));
             b.create_tables().await?;
             let design = Design::Reference {
                 baseline: b.clone(),
                 payments: Arc::new(FakeProcessor::new(0.0, 7)),
             };
-            let result = warm_then_run(Arc::new(design), &users, opts.rides).await;
-            if let Err(e) = b.drop_tables().await {
-                progress(&format!("could not drop the baseline tables: {e}"));
-            }
-            (what, Some(result?))
+            Some((b, Arc::new(design)))
         }
-        Some(_) => ("skipped (--no-baseline)".to_owned(), None),
-        None => ("none: the store has no SQL".to_owned(), None),
+        _ => None,
     };
-    Ok(StoreBenchReport::new(described, opts, &ours, baseline))
+    progress(&format!(
+        "{} rides per design from {} tasks: ours (RideService::create_ride){}",
+        opts.rides,
+        opts.concurrency,
+        if reference.is_some() {
+            " and the reference design, in the order A B B A (halves)"
+        } else {
+            ""
+        }
+    ));
+    let measured = measure(
+        &ours,
+        reference.as_ref().map(|(_, d)| d),
+        &users,
+        opts.rides,
+    )
+    .await;
+    if let Some((b, _)) = &reference
+        && let Err(e) = b.drop_tables().await
+    {
+        progress(&format!("could not drop the baseline tables: {e}"));
+    }
+    let (ours, baseline) = measured?;
+    let what = match (baseline.is_some(), opts.baseline) {
+        (true, _) => format!(
+            "reference design (rocket-rides-atomic), 4 transactions per ride, {} isolation, same database, driver and concurrency",
+            isolation(&url)
+        ),
+        (false, false) => "skipped (--no-baseline)".to_owned(),
+        (false, true) => "none: the store has no SQL".to_owned(),
+    };
+    Ok(StoreBenchReport::new(
+        described,
+        opts,
+        &ours,
+        (what, baseline),
+    ))
 }
 
 /// How the baseline's transactions are isolated on the store at `url`.
@@ -341,10 +379,27 @@ impl Design {
     }
 }
 
-/// One untimed ride per user, then [`run_design`].
-async fn warm_then_run(design: Arc<Design>, users: &[User], rides: u64) -> anyhow::Result<Run> {
-    run_design(design.clone(), users, users.len() as u64).await?;
-    run_design(design, users, rides).await
+/// Runs `rides` rides of ours and, when given, of the baseline: first one untimed ride per
+/// task of each, then halves in the order ours, baseline, baseline, ours, so that a drift
+/// over the run (growing tables, a checkpoint, a neighbour's load) weighs on both alike.
+async fn measure(
+    ours: &Arc<Design>,
+    baseline: Option<&Arc<Design>>,
+    users: &[User],
+    rides: u64,
+) -> anyhow::Result<(Run, Option<Run>)> {
+    let warm = users.len() as u64;
+    run_design(ours.clone(), users, warm).await?;
+    let Some(baseline) = baseline else {
+        return Ok((run_design(ours.clone(), users, rides).await?, None));
+    };
+    run_design(baseline.clone(), users, warm).await?;
+    let (first, second) = (rides / 2, rides - rides / 2);
+    let a1 = run_design(ours.clone(), users, first).await?;
+    let b1 = run_design(baseline.clone(), users, first).await?;
+    let b2 = run_design(baseline.clone(), users, second).await?;
+    let a2 = run_design(ours.clone(), users, second).await?;
+    Ok((a1.merge(a2), Some(b1.merge(b2))))
 }
 
 /// Creates `rides` rides from one task per user.
@@ -375,8 +430,8 @@ async fn run_design(design: Arc<Design>, users: &[User], rides: u64) -> anyhow::
         created,
         failed,
         retried,
-        seconds: started.elapsed().as_secs_f64().max(1e-9),
-        latency: Latency::of(samples),
+        seconds: started.elapsed().as_secs_f64(),
+        samples,
     })
 }
 
