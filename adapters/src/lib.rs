@@ -11,6 +11,7 @@
 //! | `postgres/`  | `postgres` | store + outbox + consumer state, and the Postgres-only log |
 //! | `redis/`     | `redis`    | the log on Redis Streams                            |
 //! | `kafka/`     | `kafka`    | the log on Kafka (rdkafka)                          |
+//! | `baseline/`  | -          | the benchmarks' SQL baselines (`sqlite/baseline.rs`, `postgres/baseline.rs`) |
 //!
 //! Every adapter passes the contract suites of `ports::contract` (see `tests/contract_*.rs`).
 //!
@@ -18,6 +19,7 @@
 //! domain decides each step of an idempotency key's life, the engine sequences the writes, and
 //! each store only implements the writes for its dialect (`PhaseTx`).
 
+pub mod baseline;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 #[cfg(any(test, feature = "memory"))]

@@ -14,7 +14,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use domain::Thresholds;
 
-use crate::bench::{self, LogBenchOptions, StoreBenchOptions};
+use crate::bench::{
+    self, FleetBenchOptions, LogBenchOptions, RelayBenchOptions, StoreBenchOptions, Urls,
+};
 use crate::demo::{self, DemoOptions};
 use crate::faults::{FaultConfig, Faults};
 use crate::services::{Fleet, FleetConfig};
@@ -265,15 +267,50 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-    /// `create_ride` throughput and latency on the `--store`, without HTTP. Without an
-    /// explicit `--store`: a temporary SQLite file.
+    /// `create_ride` throughput and latency on the `--store`, without HTTP, next to the
+    /// reference design (rocket-rides-atomic's four transactions per ride) on the same
+    /// database, driver, isolation and concurrency. Without an explicit `--store`: a
+    /// temporary SQLite file.
     Store {
-        /// Rides to create.
+        /// Rides to create (per design).
         #[arg(long, default_value_t = 2000)]
         rides: u64,
         /// Concurrent tasks.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// Skip the reference design.
+        #[arg(long)]
+        no_baseline: bool,
+        /// Print the report as one JSON object on the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The streamer moving `--records` staged records from the `--store`'s outbox to the
+    /// `--log` until the outbox is empty, next to the store side's limit (one `DELETE …
+    /// RETURNING` per 1000 records). Without explicit URLs: a temporary SQLite store and
+    /// sled log.
+    Relay {
+        /// Records to stage and move.
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        /// Skip the store-side baseline.
+        #[arg(long)]
+        no_baseline: bool,
+        /// Print the report as one JSON object on the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The whole fleet as `rides serve` runs it (HTTP API, streamer, consumers, …) at a fixed
+    /// request rate: CPU milliseconds per ride (this process, and local `postgres` /
+    /// `redis-server` processes) and commit-to-consumed latency. Without explicit URLs: a
+    /// temporary SQLite store and sled log.
+    Fleet {
+        /// Rides requested per second.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
         /// Print the report as one JSON object on the last line of stdout.
         #[arg(long)]
         json: bool,
@@ -284,6 +321,16 @@ pub enum BenchCommand {
 fn explicit(id: &str, env: &str) -> bool {
     std::env::args().any(|a| a == id || a.starts_with(&format!("{id}=")))
         || std::env::var_os(env).is_some()
+}
+
+/// The store and the log of a benchmark that runs both, and whether each was given.
+fn bench_urls(common: &Common) -> Urls {
+    Urls {
+        store: common.store.clone(),
+        store_explicit: explicit("--store", "RIDES_STORE"),
+        log: common.log.clone(),
+        log_explicit: explicit("--log", "RIDES_LOG"),
+    }
 }
 
 /// Prints a report: a table on stdout, or with `json` the table on stderr and one JSON object
@@ -506,15 +553,46 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             BenchCommand::Store {
                 rides,
                 concurrency,
+                no_baseline,
                 json,
             } => {
                 let mut opts = StoreBenchOptions::new(common.store.clone());
                 opts.explicit = explicit("--store", "RIDES_STORE");
                 opts.rides = rides;
                 opts.concurrency = concurrency;
+                opts.baseline = !no_baseline;
                 let report = bench::bench_store(opts).await?;
                 print_report(&report.table(), &report, json)?;
-                Ok(if report.failed == 0 { 0 } else { 1 })
+                let failed = report.failed + report.baseline_failed.unwrap_or(0);
+                Ok(if failed == 0 { 0 } else { 1 })
+            }
+            BenchCommand::Relay {
+                records,
+                no_baseline,
+                json,
+            } => {
+                let mut opts = RelayBenchOptions::new(bench_urls(common));
+                opts.records = records;
+                opts.baseline = !no_baseline;
+                let report = bench::bench_relay(opts).await?;
+                print_report(&report.table(), &report, json)?;
+                Ok(0)
+            }
+            BenchCommand::Fleet {
+                rate,
+                seconds,
+                json,
+            } => {
+                let mut opts = FleetBenchOptions::new(bench_urls(common));
+                opts.rate = rate;
+                opts.seconds = seconds;
+                let report = bench::bench_fleet(opts).await?;
+                print_report(&report.table(), &report, json)?;
+                Ok(if report.failed == 0 && report.settled && report.agree {
+                    0
+                } else {
+                    1
+                })
             }
         },
     }

@@ -10,7 +10,7 @@
 //! - [`wiring`]: the only place that turns URLs into adapters.
 //! - [`cutover`]: swapping the log of a live system (`rides log cutover --to URL`).
 //! - [`simulator`], [`demo`], [`cli`]: the load generator, the one-command demo, the CLI.
-//! - [`bench`]: the project's own benchmarks (`rides bench log|store`).
+//! - [`bench`]: the project's own benchmarks (`rides bench log|store|relay|fleet`).
 
 pub mod bench;
 pub mod cli;

@@ -295,6 +295,48 @@ pub async fn open_store(url: &str) -> anyhow::Result<Stores> {
     }
 }
 
+/// Opens the benchmarks' SQL baselines on the store named by `url` (`rides bench`): the same
+/// database, driver and connection settings as [`open_store`]. `None` for a store without
+/// SQL (`memory://`).
+///
+/// # Errors
+/// As [`open_store`].
+pub async fn open_baseline(
+    url: &str,
+) -> anyhow::Result<Option<Box<dyn adapters::baseline::Baseline>>> {
+    let role = "store";
+    let Some((scheme, rest)) = split_scheme(url) else {
+        return Err(WiringError::UnknownScheme {
+            role,
+            url: redact(url),
+            supported: STORE_SCHEMES,
+        }
+        .into());
+    };
+    let _ = rest;
+    match scheme.as_str() {
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(Some(
+            adapters::sqlite::baseline::connect(url)
+                .await
+                .map_err(|e| anyhow::anyhow!("opening {}: {e}", redact(url)))?,
+        )),
+        #[cfg(not(feature = "sqlite"))]
+        "sqlite" => Err(feature_missing(role, url, "sqlite")),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => {
+            let (pg_url, opts) = pg_options(url)?;
+            Ok(Some(
+                adapters::postgres::baseline::connect(&pg_url, &opts)
+                    .map_err(|e| anyhow::anyhow!("opening {}: {e}", redact(url)))?,
+            ))
+        }
+        #[cfg(not(feature = "postgres"))]
+        "postgres" | "postgresql" => Err(feature_missing(role, url, "postgres")),
+        _ => Ok(None),
+    }
+}
+
 #[allow(dead_code)] // only used when some feature is off
 fn feature_missing(role: &'static str, url: &str, feature: &'static str) -> anyhow::Error {
     WiringError::FeatureNotEnabled {

@@ -82,6 +82,7 @@
 //! the streamer wait on `LISTEN` (see `notify.rs`), or poll every 100 ms with
 //! [`PgOptions::listen`] `false`. Times are stored as BIGINT milliseconds.
 
+pub mod baseline;
 mod config;
 mod consumer;
 mod error;

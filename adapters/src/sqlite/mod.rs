@@ -46,6 +46,7 @@
 //! working directory) and `sqlite::memory:` (a private in-memory database, for tests: one
 //! connection serves reads and writes, and the data lives as long as the store).
 
+pub mod baseline;
 mod consumer;
 mod error;
 mod outbox;
