@@ -245,6 +245,9 @@ impl Outbox for Counting {
     async fn peek(&self, max: usize) -> Result<Vec<LogRecord>, StoreError> {
         self.inner.peek(max).await
     }
+    async fn peek_after(&self, after_seq: u64, max: usize) -> Result<Vec<LogRecord>, StoreError> {
+        self.inner.peek_after(after_seq, max).await
+    }
     async fn remove(&self, seqs: &[u64]) -> Result<u64, StoreError> {
         let n = self.inner.remove(seqs).await?;
         if self.removed.fetch_add(n, Ordering::Relaxed) + n >= self.target {
