@@ -9,9 +9,11 @@
 //! its `RideStore` methods; it never decides anything itself.
 //!
 //! ```text
-//!  begin:     lock key by text ─ decide ─┬─ Replay / Mismatch / InProgress: commit nothing
-//!                                        └─ Proceed: [insert key] ─ opening phase (ride,
-//!                                           audit, staged records) ─ [update key] ─ commit
+//!  begin:     insert the new key ─┬─ inserted: opening phase (ride, audit, staged records)
+//!                                 │            ─ commit
+//!                                 └─ the user has it: lock key by text ─ decide ─┬─ Replay /
+//!                                    Mismatch / InProgress: commit nothing       │
+//!                                    Proceed: [opening phase] ─ update key ─ commit ┘
 //!  run_phase: lock key by id ─ expect_at ─ ride write ─ audit ─ stage ─ update key ─ commit
 //! ```
 //!
@@ -61,9 +63,9 @@ pub(crate) trait PhaseTx: Send + Sized {
     async fn lock_key(&mut self, user_id: i64, key: &str) -> Result<Option<KeyRecord>, StoreError>;
     /// The key `key_id`, locked until the transaction ends.
     async fn lock_key_by_id(&mut self, key_id: i64) -> Result<Option<KeyRecord>, StoreError>;
-    /// Inserts `key` as given except its id; returns the new id. A user's second key with
-    /// the same text is a [`StoreError::Conflict`].
-    async fn insert_key(&mut self, key: &KeyRecord) -> Result<i64, StoreError>;
+    /// Inserts `key` as given except its id; returns the new id, or `None` (and writes
+    /// nothing) when the user has a key with that text already.
+    async fn insert_key(&mut self, key: &KeyRecord) -> Result<Option<i64>, StoreError>;
     /// Writes the key's mutable fields (lock, last run, recovery point, response).
     async fn update_key(&mut self, key: &KeyRecord) -> Result<(), StoreError>;
     /// Inserts a ride; returns its id.
@@ -88,35 +90,58 @@ pub(crate) struct Committed<T> {
 }
 
 /// Phase 1 and, for a key at `started`, commit 1 of the ride: see `RideStore::begin`.
+///
+/// Most requests carry a new key, so the key is inserted first (one statement instead of a
+/// locking read and an insert): for an absent key the domain decides
+/// [`KeyRecord::new_locked`]. Only when the user has that key already is it locked, read and
+/// decided on.
 pub(crate) async fn begin<T: PhaseTx>(
     mut tx: T,
     req: &BeginRequest,
 ) -> Result<Committed<Begun>, StoreError> {
-    let existing = tx.lock_key(req.user_id, req.key.as_str()).await?;
-    let mut begun = KeyRecord::decide(existing.as_ref(), req);
+    let mut new = KeyRecord::new_locked(req);
+    let opening = opening_phase(&new, req)?;
+    if let Some(phase) = &opening {
+        new.apply(&phase.then);
+    }
+    if let Some(id) = tx.insert_key(&new).await? {
+        new.id = id;
+        let staged = match &opening {
+            Some(phase) => write_phase(&mut tx, &new, phase, req.now_ms).await?,
+            None => false,
+        };
+        tx.commit().await?;
+        return Ok(Committed {
+            value: Begun::Proceed(new),
+            staged,
+        });
+    }
+    let existing = tx
+        .lock_key(req.user_id, req.key.as_str())
+        .await?
+        .ok_or_else(|| {
+            StoreError::Conflict(format!("idempotency key {:?} vanished", req.key.as_str()))
+        })?;
+    let mut begun = KeyRecord::decide(Some(&existing), req);
     let mut staged = false;
     if let Begun::Proceed(key) = &mut begun {
-        let opening = key.opening_phase(req).map_err(|e| {
-            StoreError::Other(format!("Bug! The ride of key {} was refused: {e}", key.id))
-        })?;
-        if let Some(phase) = &opening {
+        if let Some(phase) = opening_phase(key, req)? {
             key.apply(&phase.then);
+            staged = write_phase(&mut tx, key, &phase, req.now_ms).await?;
         }
-        if existing.is_none() {
-            key.id = tx.insert_key(key).await?;
-        }
-        if let Some(phase) = &opening {
-            staged = write_phase(&mut tx, key, phase, req.now_ms).await?;
-        }
-        if existing.is_some() {
-            tx.update_key(key).await?;
-        }
+        tx.update_key(key).await?;
     }
     tx.commit().await?;
     Ok(Committed {
         value: begun,
         staged,
     })
+}
+
+/// The domain's opening phase of `key` (a bug if the ride aggregate refuses).
+fn opening_phase(key: &KeyRecord, req: &BeginRequest) -> Result<Option<Phase>, StoreError> {
+    key.opening_phase(req)
+        .map_err(|e| StoreError::Other(format!("Bug! The ride of key {} was refused: {e}", key.id)))
 }
 
 /// One atomic phase on the key `key_id`, which must be at `expected`: see
@@ -146,7 +171,12 @@ pub(crate) async fn put_key<T: PhaseTx>(
     mut tx: T,
     key: &KeyRecord,
 ) -> Result<KeyRecord, StoreError> {
-    let id = tx.insert_key(key).await?;
+    let id = tx.insert_key(key).await?.ok_or_else(|| {
+        StoreError::Conflict(format!(
+            "user {} already has the idempotency key {:?}",
+            key.user_id, key.key
+        ))
+    })?;
     tx.commit().await?;
     Ok(KeyRecord { id, ..key.clone() })
 }

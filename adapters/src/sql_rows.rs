@@ -45,7 +45,7 @@ macro_rules! store_sql {
                 $json,
                 ", $9, $10, $11",
                 $json,
-                ") RETURNING id"
+                ") ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id"
             ),
             update_key: concat!(
                 "UPDATE idempotency_keys SET last_run_at_ms = $1, locked_at_ms = $2, \
@@ -116,7 +116,8 @@ pub(crate) struct StoreSql {
     /// key id → a locked [`KeyRow`].
     pub(crate) lock_key_by_id: &'static str,
     /// user id, key text, created, last run, locked, method, path, params (JSON text),
-    /// recovery point, response code, response body (JSON text) → id.
+    /// recovery point, response code, response body (JSON text) → id, or no row when the user
+    /// has that key already.
     pub(crate) insert_key: &'static str,
     /// last run, locked, recovery point, response code, response body (JSON text), key id.
     pub(crate) update_key: &'static str,
@@ -179,7 +180,10 @@ macro_rules! sql_phase_tx {
             row.map(domain::KeyRecord::try_from).transpose()
         }
 
-        async fn insert_key(&mut self, k: &domain::KeyRecord) -> Result<i64, ports::StoreError> {
+        async fn insert_key(
+            &mut self,
+            k: &domain::KeyRecord,
+        ) -> Result<Option<i64>, ports::StoreError> {
             let c = $crate::sql_rows::KeyColumns::of(k);
             sqlx::query_scalar($sql.insert_key)
                 .bind(k.user_id)
@@ -193,7 +197,7 @@ macro_rules! sql_phase_tx {
                 .bind(k.recovery_point.as_str())
                 .bind(c.response_code)
                 .bind(c.response_body)
-                .fetch_one(self.conn())
+                .fetch_optional(self.conn())
                 .await
                 .map_err(db)
         }

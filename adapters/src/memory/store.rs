@@ -200,20 +200,17 @@ impl PhaseTx for MemoryTx<'_> {
         Ok(lock(&self.store.inner).keys.get(&key_id).cloned())
     }
 
-    async fn insert_key(&mut self, key: &KeyRecord) -> Result<i64, StoreError> {
+    async fn insert_key(&mut self, key: &KeyRecord) -> Result<Option<i64>, StoreError> {
         let mut inner = lock(&self.store.inner);
         if inner.key_id(key.user_id, &key.key).is_some() {
-            return Err(StoreError::Conflict(format!(
-                "user {} already has the idempotency key {:?}",
-                key.user_id, key.key
-            )));
+            return Ok(None);
         }
         let id = inner.next_key_id;
         inner.next_key_id += 1;
         drop(inner);
         self.writes
             .push(Write::Key(KeyRecord { id, ..key.clone() }));
-        Ok(id)
+        Ok(Some(id))
     }
 
     async fn update_key(&mut self, key: &KeyRecord) -> Result<(), StoreError> {
@@ -563,7 +560,7 @@ mod tests {
         {
             let mut tx = s.tx().await.unwrap();
             let key = KeyRecord::new_locked(&req("key-dropped-0123456789", 0));
-            let id = tx.insert_key(&key).await.unwrap();
+            let id = tx.insert_key(&key).await.unwrap().expect("a new key");
             tx.stage(&[NewRecord::cutover("memory://", 0)])
                 .await
                 .unwrap();

@@ -186,7 +186,12 @@ impl PostgresStore {
                 })?;
         let producer =
             producer.ok_or_else(|| PgError::Other("meta.producer is missing".to_owned()))?;
-        let wake = Wakeup::new(opts.listen, target.channel.clone(), target.listener_pool());
+        let wake = Wakeup::new(
+            opts.listen,
+            target.channel.clone(),
+            target.listener_pool(),
+            pool.clone(),
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,

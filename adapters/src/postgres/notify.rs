@@ -1,8 +1,15 @@
 //! Wake-ups: `LISTEN`/`NOTIFY` turned into a version counter that waiters watch.
 //!
-//! Every phase that stages records (and every sequencer run that assigned seqs) runs
+//! Every sequencer run that assigned seqs, and every staging outside a phase, runs
 //! `SELECT pg_notify(<channel>, '')` in its own transaction, so the notification is delivered
-//! at commit, to every process. One background task per store owns a [`PgListener`] on a
+//! at commit, to every process. Phases do not: a transaction that ran `NOTIFY` holds a lock
+//! that is global to the database through its commit (WAL flush included), which serializes
+//! every committing phase and defeats group commit. After a phase that staged records commits,
+//! the store instead [`Wakeup::announce`]s: this process's waiters wake at once, and one
+//! background task sends `pg_notify` outside any phase, one statement for however many
+//! commits arrived while the previous one was in flight. A process that dies between its
+//! commit and the announcement costs the other processes' waiters at most their wait timeout
+//! (they re-check then): a wake-up is a hint, the outbox is the truth. One background task per store owns a [`PgListener`] on a
 //! dedicated one-connection pool, created lazily on the first wait, and bumps a
 //! [`tokio::sync::watch`] counter on every notification. Waiters subscribe *before* they
 //! query, so a commit between their query and their wait is never missed. The task also bumps
@@ -16,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 /// Re-check interval of poll-only mode.
@@ -31,17 +38,51 @@ pub(crate) struct Wakeup {
     channel: String,
     listener_pool: PgPool,
     task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The pool the announcer sends its `pg_notify` through.
+    pool: PgPool,
+    /// Commits not announced yet (one permit however many).
+    pending: Arc<Notify>,
+    announcer: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl Wakeup {
-    pub(crate) fn new(listen: bool, channel: String, listener_pool: PgPool) -> Self {
+    pub(crate) fn new(listen: bool, channel: String, listener_pool: PgPool, pool: PgPool) -> Self {
         Self {
             tx: Arc::new(watch::channel(0).0),
             listen,
             channel,
             listener_pool,
             task: Mutex::new(None),
+            pool,
+            pending: Arc::new(Notify::new()),
+            announcer: Mutex::new(None),
         }
+    }
+
+    /// After a commit that staged records without `NOTIFY`: wakes this process's waiters now,
+    /// and every process's through the background announcer.
+    pub(crate) fn announce(&self) {
+        self.bump();
+        self.ensure_announcer();
+        self.pending.notify_one();
+    }
+
+    fn ensure_announcer(&self) {
+        let Ok(mut task) = self.announcer.lock() else {
+            return;
+        };
+        if task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let join = handle.spawn(announce_loop(
+            self.pool.clone(),
+            self.channel.clone(),
+            Arc::clone(&self.pending),
+        ));
+        *task = Some(join.abort_handle());
     }
 
     /// The `NOTIFY` channel.
@@ -105,10 +146,27 @@ impl Wakeup {
 
 impl Drop for Wakeup {
     fn drop(&mut self) {
-        if let Ok(mut task) = self.task.lock()
-            && let Some(t) = task.take()
+        for slot in [&self.task, &self.announcer] {
+            if let Ok(mut task) = slot.lock()
+                && let Some(t) = task.take()
+            {
+                t.abort();
+            }
+        }
+    }
+}
+
+/// Sends one `pg_notify` per burst of announced commits, outside any phase.
+async fn announce_loop(pool: PgPool, channel: String, pending: Arc<Notify>) {
+    loop {
+        pending.notified().await;
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(&channel)
+            .execute(&pool)
+            .await
         {
-            t.abort();
+            // Other processes re-check at their wait timeout; nothing is lost.
+            tracing::warn!(error = %e, channel, "postgres NOTIFY after a commit failed");
         }
     }
 }

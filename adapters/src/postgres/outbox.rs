@@ -26,6 +26,15 @@ pub(crate) const RECORD_COLUMNS: &str = "seq, producer, producer_seq, record_id:
      stream, key, kind, payload, correlation_id::text AS correlation_id, \
      causation_id::text AS causation_id, recorded_at_ms";
 
+/// Inserts `records` unsequenced, in a phase's transaction, without `NOTIFY` (the store
+/// announces after the commit: see [`super::notify`]).
+pub(crate) async fn stage_in_phase(
+    conn: &mut PgConnection,
+    records: &[NewRecord],
+) -> Result<(), PgError> {
+    insert(conn, records.iter().map(Staged::from), None).await
+}
+
 /// Inserts `records` unsequenced and schedules the wake-up for commit, in one statement.
 /// Runs inside the caller's transaction.
 pub(crate) async fn stage(

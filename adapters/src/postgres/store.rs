@@ -18,7 +18,7 @@ use sqlx::{PgConnection, Postgres, Transaction};
 
 use super::PostgresStore;
 use super::error::PgError;
-use super::outbox::stage;
+use super::outbox::stage_in_phase;
 use crate::phase::Committed;
 use crate::sql_rows::{StoreSql, UserRow, sql_phase_tx, sql_ride_store, store_sql};
 
@@ -41,21 +41,20 @@ fn db(e: impl Into<PgError>) -> StoreError {
     e.into().into()
 }
 
-/// A phase transaction; `channel` is the outbox's `NOTIFY` channel.
-struct PgTx<'a> {
+/// A phase transaction.
+struct PgTx {
     tx: Transaction<'static, Postgres>,
-    channel: &'a str,
 }
 
-impl PgTx<'_> {
+impl PgTx {
     fn conn(&mut self) -> &mut PgConnection {
         &mut self.tx
     }
 }
 
-sql_phase_tx!(PgTx<'_>, SQL, {
+sql_phase_tx!(PgTx, SQL, {
     async fn stage(&mut self, records: &[NewRecord]) -> Result<(), StoreError> {
-        Ok(stage(&mut self.tx, self.channel, records).await?)
+        Ok(stage_in_phase(&mut self.tx, records).await?)
     }
 
     async fn commit(self) -> Result<(), StoreError> {
@@ -66,24 +65,21 @@ sql_phase_tx!(PgTx<'_>, SQL, {
 impl PostgresStore {
     /// Starts a phase: a `READ COMMITTED` transaction (named explicitly, so a server whose
     /// `default_transaction_isolation` differs changes nothing).
-    async fn tx(&self) -> Result<PgTx<'_>, StoreError> {
+    async fn tx(&self) -> Result<PgTx, StoreError> {
         let tx = self
             .inner
             .pool
             .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
             .await
             .map_err(db)?;
-        Ok(PgTx {
-            tx,
-            channel: self.inner.wake.channel(),
-        })
+        Ok(PgTx { tx })
     }
 
-    /// Wakes this process's waiters after a commit that staged records (others get the
-    /// `NOTIFY`).
+    /// Wakes every process's waiters after a commit that staged records (see
+    /// [`super::notify`]: phases do not `NOTIFY` in their transaction).
     fn woke<T>(&self, committed: Committed<T>) -> T {
         if committed.staged {
-            self.inner.wake.bump();
+            self.inner.wake.announce();
         }
         committed.value
     }
