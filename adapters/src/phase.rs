@@ -9,11 +9,12 @@
 //! its `RideStore` methods; it never decides anything itself.
 //!
 //! ```text
-//!  begin:     insert the new key ─┬─ inserted: opening phase (ride, audit, staged records)
-//!                                 │            ─ commit
-//!                                 └─ the user has it: lock key by text ─ decide ─┬─ Replay /
-//!                                    Mismatch / InProgress: commit nothing       │
-//!                                    Proceed: [opening phase] ─ update key ─ commit ┘
+//!  begin:     create: insert the new key ─┬─ inserted: opening phase (ride, audit, staged
+//!                                        │            records) ─ commit
+//!                                        └─ the user has it: (new transaction) lock key by
+//!                                           text ─ decide ─ Replay / Mismatch / InProgress:
+//!                                           commit nothing; Proceed: [opening phase] ─ update
+//!                                           key ─ commit
 //!  run_phase: lock key by id ─ expect_at ─ ride write ─ audit ─ stage ─ update key ─ commit
 //! ```
 //!
@@ -89,33 +90,44 @@ pub(crate) struct Committed<T> {
     pub(crate) staged: bool,
 }
 
-/// Phase 1 and, for a key at `started`, commit 1 of the ride: see `RideStore::begin`.
-///
-/// Most requests carry a new key, so the key is inserted first (one statement instead of a
-/// locking read and an insert): for an absent key the domain decides
-/// [`KeyRecord::new_locked`]. Only when the user has that key already is it locked, read and
-/// decided on.
-pub(crate) async fn begin<T: PhaseTx>(
+/// A new key for `req` (as the domain decides for a key the user does not have:
+/// [`KeyRecord::new_locked`]) moved through its opening phase, which is returned to be
+/// written with it. Not written yet.
+pub(crate) fn new_key(req: &BeginRequest) -> Result<(KeyRecord, Option<Phase>), StoreError> {
+    let mut key = KeyRecord::new_locked(req);
+    let opening = opening_phase(&key, req)?;
+    if let Some(phase) = &opening {
+        key.apply(&phase.then);
+    }
+    Ok((key, opening))
+}
+
+/// Writes a new key (from [`new_key`]) and its opening phase in `tx`, and commits. Returns
+/// the key's id, or `None` with nothing written when the user has that key already.
+pub(crate) async fn create<T: PhaseTx>(
+    mut tx: T,
+    key: &KeyRecord,
+    opening: Option<&Phase>,
+    now_ms: i64,
+) -> Result<Option<i64>, StoreError> {
+    let Some(id) = tx.insert_key(key).await? else {
+        return Ok(None);
+    };
+    if let Some(phase) = opening {
+        let key = KeyRecord { id, ..key.clone() };
+        write_phase(&mut tx, &key, phase, now_ms).await?;
+    }
+    tx.commit().await?;
+    Ok(Some(id))
+}
+
+/// Phase 1 for a key the user has already (the store's `create` found it): lock it, let the
+/// domain decide, and for `Proceed` take the lock (a key left at `started` gets its ride in
+/// the same transaction).
+pub(crate) async fn begin_existing<T: PhaseTx>(
     mut tx: T,
     req: &BeginRequest,
 ) -> Result<Committed<Begun>, StoreError> {
-    let mut new = KeyRecord::new_locked(req);
-    let opening = opening_phase(&new, req)?;
-    if let Some(phase) = &opening {
-        new.apply(&phase.then);
-    }
-    if let Some(id) = tx.insert_key(&new).await? {
-        new.id = id;
-        let staged = match &opening {
-            Some(phase) => write_phase(&mut tx, &new, phase, req.now_ms).await?,
-            None => false,
-        };
-        tx.commit().await?;
-        return Ok(Committed {
-            value: Begun::Proceed(new),
-            staged,
-        });
-    }
     let existing = tx
         .lock_key(req.user_id, req.key.as_str())
         .await?
@@ -235,8 +247,14 @@ async fn write_phase<T: PhaseTx>(
 
 /// `impl RideStore for $ty` with `begin`, `run_phase` and `put_key` through the engine, plus
 /// the store's own `{ items }`. The store has `async fn tx(&self) -> Result<impl PhaseTx,
-/// StoreError>` and `fn woke<T>(&self, Committed<T>) -> T` (which wakes the streamer after a
-/// commit that staged records).
+/// StoreError>`, `fn woke<T>(&self, Committed<T>) -> T` (which wakes the streamer after a
+/// commit that staged records), and `async fn create(&self, &KeyRecord, Option<&Phase>, i64)
+/// -> Result<Option<i64>, StoreError>`: [`create`] in a transaction, or anything that writes
+/// the same rows atomically.
+///
+/// `begin` first writes the request's key as new (most requests carry a new key: one step
+/// instead of a locking read and an insert); only when the user has it already does it lock,
+/// read and decide ([`begin_existing`]).
 ///
 /// The whole impl is generated (not just the methods) because `#[async_trait]` must see the
 /// methods' tokens, not a macro call.
@@ -248,8 +266,15 @@ macro_rules! ride_store_impl {
                 &self,
                 req: &ports::BeginRequest,
             ) -> Result<ports::Begun, ports::StoreError> {
+                let (mut key, opening) = $crate::phase::new_key(req)?;
+                if let Some(id) = self.create(&key, opening.as_ref(), req.now_ms).await? {
+                    key.id = id;
+                    let staged = opening.is_some_and(|p| !p.records.is_empty());
+                    let value = ports::Begun::Proceed(key);
+                    return Ok(self.woke($crate::phase::Committed { value, staged }));
+                }
                 let tx = self.tx().await?;
-                Ok(self.woke($crate::phase::begin(tx, req).await?))
+                Ok(self.woke($crate::phase::begin_existing(tx, req).await?))
             }
 
             async fn run_phase(

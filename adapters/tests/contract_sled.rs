@@ -38,8 +38,18 @@ impl LogFactory for SledLogs {
             "reopen: the caller must have dropped every other clone (sled locks its directory)"
         );
         drop(log);
-        let reopened =
-            SledLog::open(&path).unwrap_or_else(|e| panic!("reopen {}: {e}", path.display()));
+        // sled releases its directory lock from its background flusher shortly after the last
+        // handle drops: a reopen in the same process retries for a while.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let reopened = loop {
+            match SledLog::open(&path) {
+                Ok(log) => break log,
+                Err(e) if std::time::Instant::now() > deadline => {
+                    panic!("reopen {}: {e}", path.display())
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        };
         Some(Arc::new(reopened))
     }
 }

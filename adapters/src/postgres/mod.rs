@@ -122,6 +122,8 @@ pub(crate) struct Inner {
     describe: String,
     schema: Option<String>,
     wake: Wakeup,
+    /// Ride ids taken from the `rides` sequence ahead of use (see `store.rs`).
+    ride_ids: std::sync::Mutex<Vec<i64>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -195,6 +197,7 @@ impl PostgresStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                ride_ids: std::sync::Mutex::new(Vec::new()),
                 producer,
                 describe: target.describe,
                 schema: opts.schema,

@@ -12,15 +12,18 @@
 //! JSON columns travel as text (cast to `jsonb` on the way in, to `text` on the way out), so
 //! both SQL stores share their row structs and statements' bind order.
 
-use domain::NewRecord;
+use domain::{KeyRecord, NewRecord, Phase, RideWrite};
 use ports::{StoreError, User};
+use sqlx::types::Json;
 use sqlx::{PgConnection, Postgres, Transaction};
 
 use super::PostgresStore;
 use super::error::PgError;
 use super::outbox::stage_in_phase;
 use crate::phase::Committed;
-use crate::sql_rows::{StoreSql, UserRow, sql_phase_tx, sql_ride_store, store_sql};
+use crate::sql_rows::{
+    KeyColumns, StoreSql, UserRow, sql_phase_tx, sql_ride_store, store_sql, to_i64,
+};
 
 /// Columns of `idempotency_keys AS k` for [`crate::sql_rows::KeyRow`], JSON as text.
 macro_rules! key_columns {
@@ -62,7 +65,168 @@ sql_phase_tx!(PgTx, SQL, {
     }
 });
 
+/// How many ride ids a store takes from the sequence at once.
+const RIDE_ID_BLOCK: i64 = 16;
+
+/// The most staged records [`PostgresStore::create`] writes in its one statement.
+const CREATE_RECORDS_MAX: usize = 4;
+
+/// The first commit of a ride as ONE statement, run in a transaction of its own: the key
+/// (`ON CONFLICT DO NOTHING`: nothing at all is written when the user has it already), its
+/// ride, the audit record and `n` staged records (index = `n`, 0 unused). Binds: the key's 11
+/// columns as `StoreSql::insert_key`, the ride's 8 columns after its id, the audit record's 5
+/// (user, action, data, origin ip, created), then 8 per record as the phase outbox insert.
+static CREATE_SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    (0..=CREATE_RECORDS_MAX)
+        .map(|n| {
+            let rows: Vec<String> = (0..n)
+                .map(|i| {
+                    let b = 25 + i * 8;
+                    format!(
+                        "(${b}::uuid, ${}, ${}, ${}, ${}::jsonb, ${}::uuid, ${}::uuid, ${}::bigint)",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7
+                    )
+                })
+                .collect();
+            format!(
+                "WITH k AS (INSERT INTO idempotency_keys (user_id, idempotency_key, \
+                   created_at_ms, last_run_at_ms, locked_at_ms, request_method, request_path, \
+                   request_params, recovery_point, response_code, response_body) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11::jsonb) \
+                   ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id), \
+                 r AS (INSERT INTO rides (id, user_id, idempotency_key_id, origin_lat, \
+                   origin_lon, target_lat, target_lon, distance_mm, created_at_ms) \
+                   SELECT $12, $13, k.id, $14, $15, $16, $17, $18, $19 FROM k RETURNING id), \
+                 a AS (INSERT INTO audit_records (user_id, action, data, origin_ip, \
+                   resource_type, resource_id, created_at_ms) \
+                   SELECT $20, $21, $22::jsonb, $23, 'ride', r.id, $24 FROM r) \
+                 {} SELECT id FROM k",
+                if n == 0 {
+                    String::new()
+                } else {
+                    format!(
+                        ", o AS (INSERT INTO outbox (record_id, stream, key, kind, payload, \
+                           correlation_id, causation_id, recorded_at_ms) \
+                           SELECT v.* FROM r, (VALUES {}) AS v)",
+                        rows.join(", ")
+                    )
+                }
+            )
+        })
+        .collect()
+});
+
 impl PostgresStore {
+    /// A new key with its opening phase: one statement in a transaction of its own
+    /// ([`CREATE_SQL`]) when the phase inserts a ride with an audit record and a few records
+    /// (the first commit of every new ride), else [`crate::phase::create`] in a transaction.
+    /// The ride's id is taken from the sequence ahead ([`RIDE_ID_BLOCK`] at a time), so the
+    /// records can be built with it before the statement runs.
+    async fn create(
+        &self,
+        key: &KeyRecord,
+        opening: Option<&Phase>,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let one_statement = opening.and_then(|p| match (&p.ride, &p.audit) {
+            (RideWrite::Insert { .. }, Some(audit)) if p.records.len() <= CREATE_RECORDS_MAX => {
+                Some((p, audit))
+            }
+            _ => None,
+        });
+        let Some((phase, audit)) = one_statement else {
+            return crate::phase::create(self.tx().await?, key, opening, now_ms).await;
+        };
+        let RideWrite::Insert {
+            user_id,
+            params,
+            distance_mm,
+        } = &phase.ride
+        else {
+            return crate::phase::create(self.tx().await?, key, opening, now_ms).await;
+        };
+        let ride_id = self.next_ride_id().await?;
+        let records: Vec<NewRecord> = phase
+            .records
+            .iter()
+            .map(|d| d.build(ride_id, now_ms))
+            .collect();
+        let c = KeyColumns::of(key);
+        let mut q =
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(CREATE_SQL[records.len()].as_str()))
+                .bind(key.user_id)
+                .bind(&key.key)
+                .bind(key.created_at_ms)
+                .bind(key.last_run_at_ms)
+                .bind(key.locked_at_ms)
+                .bind(&key.request_method)
+                .bind(&key.request_path)
+                .bind(c.request_params)
+                .bind(key.recovery_point.as_str())
+                .bind(c.response_code)
+                .bind(c.response_body)
+                .bind(ride_id)
+                .bind(user_id)
+                .bind(params.origin_lat())
+                .bind(params.origin_lon())
+                .bind(params.target_lat())
+                .bind(params.target_lon())
+                .bind(to_i64(*distance_mm, "distance")?)
+                .bind(now_ms)
+                .bind(key.user_id)
+                .bind(&audit.action)
+                .bind(audit.data.to_string())
+                .bind(&audit.origin_ip)
+                .bind(now_ms);
+        for r in &records {
+            q = q
+                .bind(r.id.to_string())
+                .bind(&r.stream)
+                .bind(&r.key)
+                .bind(&r.kind)
+                .bind(Json(&r.payload))
+                .bind(r.correlation_id.map(|u| u.to_string()))
+                .bind(r.causation_id.map(|u| u.to_string()))
+                .bind(r.recorded_at_ms);
+        }
+        q.fetch_optional(self.pool()).await.map_err(db)
+    }
+
+    /// The next ride id, from a block taken ahead from the `rides` sequence (ids are unique,
+    /// not gap-free, as with any sequence).
+    async fn next_ride_id(&self) -> Result<i64, StoreError> {
+        if let Some(id) = self.take_ride_id() {
+            return Ok(id);
+        }
+        let mut block: Vec<i64> = sqlx::query_scalar(
+            "SELECT nextval(pg_get_serial_sequence('rides', 'id')) FROM generate_series(1, $1)",
+        )
+        .bind(RIDE_ID_BLOCK)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db)?;
+        // Hand out the lowest first.
+        block.sort_unstable_by(|a, b| b.cmp(a));
+        let id = block
+            .pop()
+            .ok_or_else(|| StoreError::Other("the rides sequence returned no ids".to_owned()))?;
+        if let Ok(mut ids) = self.inner.ride_ids.lock() {
+            ids.extend(block);
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        Ok(id)
+    }
+
+    fn take_ride_id(&self) -> Option<i64> {
+        self.inner.ride_ids.lock().ok()?.pop()
+    }
+
     /// Starts a phase: a `READ COMMITTED` transaction (named explicitly, so a server whose
     /// `default_transaction_isolation` differs changes nothing).
     async fn tx(&self) -> Result<PgTx, StoreError> {

@@ -371,6 +371,20 @@ mod tests {
 
     use super::*;
 
+    /// Reopens a log whose last handle was just dropped. sled releases its directory lock
+    /// from its background flusher shortly after the drop, so a reopen in the same process
+    /// retries for a while (a restarted process never sees this: the lock dies with it).
+    async fn open_again(path: &std::path::Path) -> SledLog {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match SledLog::open(path) {
+                Ok(log) => return log,
+                Err(e) if std::time::Instant::now() > deadline => panic!("reopen: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
     fn record(seq: u64) -> LogRecord {
         LogRecord {
             id: uuid::Uuid::new_v4(),
@@ -410,7 +424,7 @@ mod tests {
         let all = log.trim(&[Position::new("3")]).await.unwrap();
         assert_eq!(all, 1);
         drop(log);
-        let log = SledLog::open(dir.path()).unwrap();
+        let log = open_again(dir.path()).await;
         assert_eq!(log.len().await.unwrap(), 0);
         log.append(&[record(4)]).await.unwrap();
         let b = log

@@ -4,7 +4,7 @@
 //!
 //! Nothing here decides: the domain decides, the engine sequences, this file persists.
 
-use domain::NewRecord;
+use domain::{KeyRecord, NewRecord, Phase};
 use ports::{StoreError, User};
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
@@ -57,6 +57,16 @@ sql_phase_tx!(SqliteTx, SQL, {
 impl SqliteStore {
     async fn tx(&self) -> Result<SqliteTx, StoreError> {
         self.write().await.map(SqliteTx).map_err(db)
+    }
+
+    /// A new key with its opening phase, in one transaction (see [`crate::phase::create`]).
+    async fn create(
+        &self,
+        key: &KeyRecord,
+        opening: Option<&Phase>,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        crate::phase::create(self.tx().await?, key, opening, now_ms).await
     }
 
     /// Wakes the streamer after a commit that staged records.
