@@ -103,22 +103,26 @@ pub(crate) fn new_key(req: &BeginRequest) -> Result<(KeyRecord, Option<Phase>), 
 }
 
 /// Writes a new key (from [`new_key`]) and its opening phase in `tx`, and commits. Returns
-/// the key's id, or `None` with nothing written when the user has that key already.
+/// the key as written, or `None` with nothing written when the user has that key already.
 pub(crate) async fn create<T: PhaseTx>(
     mut tx: T,
     key: &KeyRecord,
     opening: Option<&Phase>,
     now_ms: i64,
-) -> Result<Option<i64>, StoreError> {
+) -> Result<Option<KeyRecord>, StoreError> {
     let Some(id) = tx.insert_key(key).await? else {
         return Ok(None);
     };
+    let mut key = KeyRecord { id, ..key.clone() };
     if let Some(phase) = opening {
-        let key = KeyRecord { id, ..key.clone() };
-        write_phase(&mut tx, &key, phase, now_ms).await?;
+        let written = write_phase(&mut tx, &key, phase, now_ms).await?;
+        if written.ride_id.is_some() {
+            key.ride_id = written.ride_id;
+            tx.update_key(&key).await?;
+        }
     }
     tx.commit().await?;
-    Ok(Some(id))
+    Ok(Some(key))
 }
 
 /// Phase 1 for a key the user has already (the store's `create` found it): lock it, let the
@@ -139,7 +143,9 @@ pub(crate) async fn begin_existing<T: PhaseTx>(
     if let Begun::Proceed(key) = &mut begun {
         if let Some(phase) = opening_phase(key, req)? {
             key.apply(&phase.then);
-            staged = write_phase(&mut tx, key, &phase, req.now_ms).await?;
+            let written = write_phase(&mut tx, key, &phase, req.now_ms).await?;
+            staged = written.staged;
+            key.ride_id = written.ride_id.or(key.ride_id);
         }
         tx.update_key(key).await?;
     }
@@ -171,11 +177,15 @@ pub(crate) async fn run_phase<T: PhaseTx>(
         .ok_or_else(|| StoreError::NotFound(format!("idempotency key {key_id}")))?;
     key.expect_at(expected)
         .map_err(|moved| StoreError::Conflict(moved.to_string()))?;
-    let staged = write_phase(&mut tx, &key, phase, now_ms).await?;
+    let written = write_phase(&mut tx, &key, phase, now_ms).await?;
     key.apply(&phase.then);
+    key.ride_id = written.ride_id.or(key.ride_id);
     tx.update_key(&key).await?;
     tx.commit().await?;
-    Ok(Committed { value: key, staged })
+    Ok(Committed {
+        value: key,
+        staged: written.staged,
+    })
 }
 
 /// Inserts a key exactly as given except its id: see `RideStore::put_key`.
@@ -193,14 +203,22 @@ pub(crate) async fn put_key<T: PhaseTx>(
     Ok(KeyRecord { id, ..key.clone() })
 }
 
-/// The ride write, the audit record and the staged records of `phase`; returns whether
-/// records were staged.
+/// What [`write_phase`] wrote.
+struct Written {
+    /// Records were staged.
+    staged: bool,
+    /// The id of the ride it inserted.
+    ride_id: Option<i64>,
+}
+
+/// The ride write, the audit record and the staged records of `phase`.
 async fn write_phase<T: PhaseTx>(
     tx: &mut T,
     key: &KeyRecord,
     phase: &Phase,
     now_ms: i64,
-) -> Result<bool, StoreError> {
+) -> Result<Written, StoreError> {
+    let inserted = matches!(phase.ride, RideWrite::Insert { .. });
     let ride_id = match &phase.ride {
         RideWrite::Insert {
             user_id,
@@ -233,8 +251,12 @@ async fn write_phase<T: PhaseTx>(
         };
         tx.insert_audit(&audit).await?;
     }
+    let written = Written {
+        staged: !phase.records.is_empty(),
+        ride_id: inserted.then_some(ride_id),
+    };
     if phase.records.is_empty() {
-        return Ok(false);
+        return Ok(written);
     }
     let records: Vec<NewRecord> = phase
         .records
@@ -242,15 +264,15 @@ async fn write_phase<T: PhaseTx>(
         .map(|d| d.build(ride_id, now_ms))
         .collect();
     tx.stage(&records).await?;
-    Ok(true)
+    Ok(written)
 }
 
 /// `impl RideStore for $ty` with `begin`, `run_phase` and `put_key` through the engine, plus
 /// the store's own `{ items }`. The store has `async fn tx(&self) -> Result<impl PhaseTx,
 /// StoreError>`, `fn woke<T>(&self, Committed<T>) -> T` (which wakes the streamer after a
 /// commit that staged records), and `async fn create(&self, &KeyRecord, Option<&Phase>, i64)
-/// -> Result<Option<i64>, StoreError>`: [`create`] in a transaction, or anything that writes
-/// the same rows atomically.
+/// -> Result<Option<KeyRecord>, StoreError>`: [`create`] in a transaction, or anything that
+/// writes the same rows atomically.
 ///
 /// `begin` first writes the request's key as new (most requests carry a new key: one step
 /// instead of a locking read and an insert); only when the user has it already does it lock,
@@ -266,9 +288,8 @@ macro_rules! ride_store_impl {
                 &self,
                 req: &ports::BeginRequest,
             ) -> Result<ports::Begun, ports::StoreError> {
-                let (mut key, opening) = $crate::phase::new_key(req)?;
-                if let Some(id) = self.create(&key, opening.as_ref(), req.now_ms).await? {
-                    key.id = id;
+                let (key, opening) = $crate::phase::new_key(req)?;
+                if let Some(key) = self.create(&key, opening.as_ref(), req.now_ms).await? {
                     let staged = opening.is_some_and(|p| !p.records.is_empty());
                     let value = ports::Begun::Proceed(key);
                     return Ok(self.woke($crate::phase::Committed { value, staged }));

@@ -40,18 +40,18 @@ macro_rules! store_sql {
             insert_key: concat!(
                 "INSERT INTO idempotency_keys (user_id, idempotency_key, created_at_ms, \
                  last_run_at_ms, locked_at_ms, request_method, request_path, request_params, \
-                 recovery_point, response_code, response_body) \
+                 recovery_point, response_code, response_body, ride_id) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8",
                 $json,
                 ", $9, $10, $11",
                 $json,
-                ") ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id"
+                ", $12) ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id"
             ),
             update_key: concat!(
                 "UPDATE idempotency_keys SET last_run_at_ms = $1, locked_at_ms = $2, \
                  recovery_point = $3, response_code = $4, response_body = $5",
                 $json,
-                " WHERE id = $6"
+                ", ride_id = $6 WHERE id = $7"
             ),
             insert_ride: "INSERT INTO rides (user_id, idempotency_key_id, origin_lat, \
                  origin_lon, target_lat, target_lon, distance_mm, created_at_ms) \
@@ -116,10 +116,11 @@ pub(crate) struct StoreSql {
     /// key id → a locked [`KeyRow`].
     pub(crate) lock_key_by_id: &'static str,
     /// user id, key text, created, last run, locked, method, path, params (JSON text),
-    /// recovery point, response code, response body (JSON text) → id, or no row when the user
-    /// has that key already.
+    /// recovery point, response code, response body (JSON text), ride id → id, or no row when
+    /// the user has that key already.
     pub(crate) insert_key: &'static str,
-    /// last run, locked, recovery point, response code, response body (JSON text), key id.
+    /// last run, locked, recovery point, response code, response body (JSON text), ride id,
+    /// key id.
     pub(crate) update_key: &'static str,
     /// user id, key id, origin lat, origin lon, target lat, target lon, distance, created → id.
     pub(crate) insert_ride: &'static str,
@@ -197,6 +198,7 @@ macro_rules! sql_phase_tx {
                 .bind(k.recovery_point.as_str())
                 .bind(c.response_code)
                 .bind(c.response_body)
+                .bind(k.ride_id)
                 .fetch_optional(self.conn())
                 .await
                 .map_err(db)
@@ -210,6 +212,7 @@ macro_rules! sql_phase_tx {
                 .bind(k.recovery_point.as_str())
                 .bind(c.response_code)
                 .bind(c.response_body)
+                .bind(k.ride_id)
                 .bind(k.id)
                 .execute(self.conn())
                 .await
@@ -396,6 +399,7 @@ pub(crate) struct KeyRow {
     recovery_point: String,
     response_code: Option<i64>,
     response_body: Option<String>,
+    ride_id: Option<i64>,
 }
 
 impl TryFrom<KeyRow> for KeyRecord {
@@ -433,6 +437,7 @@ impl TryFrom<KeyRow> for KeyRecord {
             request_params,
             recovery_point,
             response,
+            ride_id: r.ride_id,
         })
     }
 }

@@ -302,31 +302,37 @@ impl RideService {
         raise_error: bool,
         corr: Option<Uuid>,
     ) -> Result<Phase, Failure> {
-        let row = self.ride_for(record).await?;
+        // The key knows its unpaid ride when this version created it; older keys look it up.
+        let (ride_id, ride) = match record.ride_awaiting_payment() {
+            Some(known) => known,
+            None => {
+                let row = self.ride_for(record).await?;
+                (row.id, ride_state(&row))
+            }
+        };
         if raise_error {
             return Err(Failure::Internal(
                 "raise_error was requested: failing the charge phase".into(),
             ));
         }
-        let ride = ride_state(&row);
         let req = ChargeRequest {
             idempotency_key: record.processor_key(),
             customer: user.email.clone(),
             amount_cents: RIDE_CHARGE_CENTS,
             currency: RIDE_CHARGE_CURRENCY.into(),
-            description: format!("Charge for ride {}", row.id),
+            description: format!("Charge for ride {ride_id}"),
         };
         let refused = |e: domain::RideError| {
-            Failure::Internal(format!("ride {} cannot record its payment: {e}", row.id))
+            Failure::Internal(format!("ride {ride_id} cannot record its payment: {e}"))
         };
         match self.payments.charge(&req).await {
-            Ok(charge) => Phase::charged(&ride, row.id, &charge.id, corr).map_err(refused),
+            Ok(charge) => Phase::charged(&ride, ride_id, &charge.id, corr).map_err(refused),
             Err(PaymentError::CardDeclined(m)) => {
-                Phase::declined(&ride, row.id, &m, corr).map_err(refused)
+                Phase::declined(&ride, ride_id, &m, corr).map_err(refused)
             }
             Err(PaymentError::Processor(m)) => {
                 tracing::warn!(error = %m, "payment processor error (stored as a final 503)");
-                Ok(Phase::processor_error(row.id))
+                Ok(Phase::processor_error(ride_id))
             }
             Err(e @ PaymentError::Unavailable(_)) => Err(Failure::Internal(e.to_string())),
         }
@@ -424,6 +430,7 @@ mod tests {
             request_params: params(),
             recovery_point: rp,
             response: None,
+            ride_id: None,
         }
     }
 
@@ -469,6 +476,52 @@ mod tests {
             .with(eq(KEY_ID))
             .returning(|_| Ok(Some(ride_row())));
         store
+    }
+
+    #[tokio::test]
+    async fn a_key_that_knows_its_ride_is_charged_without_looking_the_ride_up() {
+        let mut store = MockStore::new();
+        store.expect_begin().returning(|_| {
+            Ok(Begun::Proceed(KeyRecord {
+                ride_id: Some(7),
+                ..record(RecoveryPoint::RideCreated)
+            }))
+        });
+        store.expect_ride_for_key().never();
+        store
+            .expect_run_phase()
+            .withf(|key_id, expected, phase, _| {
+                *key_id == KEY_ID
+                    && *expected == RecoveryPoint::RideCreated
+                    && phase
+                        .records
+                        .iter()
+                        .all(|r| r.build(7, 0).payload["ride_id"] == 7)
+                    && phase.records.len() == 2
+            })
+            .times(1)
+            .returning(|_, _, _, _| {
+                Ok(KeyRecord {
+                    response: Some(StoredResponse::created()),
+                    ..record(RecoveryPoint::Finished)
+                })
+            });
+        let mut payments = MockPayments::new();
+        payments
+            .expect_charge()
+            .withf(|req| req.description == "Charge for ride 7")
+            .times(1)
+            .returning(|_| {
+                Ok(Charge {
+                    id: "ch_7".into(),
+                    amount_cents: 2000,
+                })
+            });
+        let svc = service(store, payments, Faults::none());
+        let reply = svc
+            .create_ride(&user(), &key_text(), &request(false), "1.2.3.4")
+            .await;
+        assert_eq!(reply.status, 201);
     }
 
     #[tokio::test]

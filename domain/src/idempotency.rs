@@ -263,6 +263,9 @@ pub struct KeyRecord {
     pub recovery_point: RecoveryPoint,
     /// The stored response, once finished.
     pub response: Option<StoredResponse>,
+    /// The ride created for this key, set by the commit that creates it (`None` before, and
+    /// on keys written by older versions, whose ride is found by its key id).
+    pub ride_id: Option<i64>,
 }
 
 /// Timing thresholds of the key life cycle.
@@ -333,7 +336,22 @@ impl KeyRecord {
             request_params: req.params,
             recovery_point: RecoveryPoint::Started,
             response: None,
+            ride_id: None,
         }
+    }
+
+    /// The ride of a key at `ride_created` whose ride id is known, as the aggregate: the
+    /// commit that charges a ride is the one that moves its key past `ride_created`, so that
+    /// ride is requested and not paid yet, with the distance of the key's parameters.
+    pub fn ride_awaiting_payment(&self) -> Option<(i64, Ride)> {
+        let ride_id = self.ride_id?;
+        (self.recovery_point == RecoveryPoint::RideCreated).then(|| {
+            let requested = RideEvent::Requested {
+                user_id: self.user_id,
+                distance_mm: self.request_params.distance_mm(),
+            };
+            (ride_id, Ride::from_events(&[requested]))
+        })
     }
 
     /// Takes the lock of an abandoned key for a request at `now_ms`.
@@ -672,6 +690,7 @@ mod tests {
             request_params: params(0.0),
             recovery_point: rp,
             response: (rp == RecoveryPoint::Finished).then(StoredResponse::created),
+            ride_id: None,
         }
     }
 
@@ -768,6 +787,25 @@ mod tests {
         assert_eq!(k.recovery_point, RecoveryPoint::Finished);
         assert_eq!(k.locked_at_ms, None);
         assert_eq!(k.response, Some(StoredResponse::created()));
+    }
+
+    #[test]
+    fn a_key_at_ride_created_knows_its_unpaid_ride() {
+        let mut k = key(RecoveryPoint::RideCreated, Some(0));
+        k.request_params = params(1.0);
+        assert_eq!(
+            k.ride_awaiting_payment(),
+            None,
+            "no ride id: look the ride up"
+        );
+        k.ride_id = Some(9);
+        let (id, ride) = k.ride_awaiting_payment().expect("known");
+        assert_eq!(id, 9);
+        assert_eq!(ride.status(), &crate::RideStatus::Requested);
+        assert_eq!(ride.distance_mm(), params(1.0).distance_mm());
+        assert_eq!(ride.user_id(), 1);
+        k.recovery_point = RecoveryPoint::ChargeCreated;
+        assert_eq!(k.ride_awaiting_payment(), None, "charged already");
     }
 
     #[test]

@@ -152,7 +152,7 @@ impl MemoryStore {
         key: &KeyRecord,
         opening: Option<&Phase>,
         now_ms: i64,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Option<KeyRecord>, StoreError> {
         crate::phase::create(self.tx().await?, key, opening, now_ms).await
     }
 

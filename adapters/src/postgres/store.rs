@@ -31,7 +31,8 @@ macro_rules! key_columns {
         "k.id, k.user_id, k.idempotency_key, k.created_at_ms, k.last_run_at_ms, \
          k.locked_at_ms, k.request_method, k.request_path, \
          k.request_params::text AS request_params, k.recovery_point, \
-         k.response_code::bigint AS response_code, k.response_body::text AS response_body"
+         k.response_code::bigint AS response_code, k.response_body::text AS response_body, \
+         k.ride_id"
     };
 }
 
@@ -73,15 +74,16 @@ const CREATE_RECORDS_MAX: usize = 4;
 
 /// The first commit of a ride as ONE statement, run in a transaction of its own: the key
 /// (`ON CONFLICT DO NOTHING`: nothing at all is written when the user has it already), its
-/// ride, the audit record and `n` staged records (index = `n`, 0 unused). Binds: the key's 11
-/// columns as `StoreSql::insert_key`, the ride's 8 columns after its id, the audit record's 5
-/// (user, action, data, origin ip, created), then 8 per record as the phase outbox insert.
+/// ride, the audit record and `n` staged records (index = `n`). Binds: the key's 12 columns
+/// as `StoreSql::insert_key` (its ride id included), the ride's id and its 7 other columns,
+/// the audit record's 5 (user, action, data, origin ip, created), then 8 per record as the
+/// phase outbox insert.
 static CREATE_SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
     (0..=CREATE_RECORDS_MAX)
         .map(|n| {
             let rows: Vec<String> = (0..n)
                 .map(|i| {
-                    let b = 25 + i * 8;
+                    let b = 26 + i * 8;
                     format!(
                         "(${b}::uuid, ${}, ${}, ${}, ${}::jsonb, ${}::uuid, ${}::uuid, ${}::bigint)",
                         b + 1,
@@ -97,15 +99,15 @@ static CREATE_SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|
             format!(
                 "WITH k AS (INSERT INTO idempotency_keys (user_id, idempotency_key, \
                    created_at_ms, last_run_at_ms, locked_at_ms, request_method, request_path, \
-                   request_params, recovery_point, response_code, response_body) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11::jsonb) \
+                   request_params, recovery_point, response_code, response_body, ride_id) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11::jsonb, $12) \
                    ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id), \
                  r AS (INSERT INTO rides (id, user_id, idempotency_key_id, origin_lat, \
                    origin_lon, target_lat, target_lon, distance_mm, created_at_ms) \
-                   SELECT $12, $13, k.id, $14, $15, $16, $17, $18, $19 FROM k RETURNING id), \
+                   SELECT $13, $14, k.id, $15, $16, $17, $18, $19, $20 FROM k RETURNING id), \
                  a AS (INSERT INTO audit_records (user_id, action, data, origin_ip, \
                    resource_type, resource_id, created_at_ms) \
-                   SELECT $20, $21, $22::jsonb, $23, 'ride', r.id, $24 FROM r) \
+                   SELECT $21, $22, $23::jsonb, $24, 'ride', r.id, $25 FROM r) \
                  {} SELECT id FROM k",
                 if n == 0 {
                     String::new()
@@ -133,7 +135,7 @@ impl PostgresStore {
         key: &KeyRecord,
         opening: Option<&Phase>,
         now_ms: i64,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Option<KeyRecord>, StoreError> {
         let one_statement = opening.and_then(|p| match (&p.ride, &p.audit) {
             (RideWrite::Insert { .. }, Some(audit)) if p.records.len() <= CREATE_RECORDS_MAX => {
                 Some((p, audit))
@@ -152,12 +154,16 @@ impl PostgresStore {
             return crate::phase::create(self.tx().await?, key, opening, now_ms).await;
         };
         let ride_id = self.next_ride_id().await?;
+        let key = KeyRecord {
+            ride_id: Some(ride_id),
+            ..key.clone()
+        };
         let records: Vec<NewRecord> = phase
             .records
             .iter()
             .map(|d| d.build(ride_id, now_ms))
             .collect();
-        let c = KeyColumns::of(key);
+        let c = KeyColumns::of(&key);
         let mut q =
             sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(CREATE_SQL[records.len()].as_str()))
                 .bind(key.user_id)
@@ -171,6 +177,7 @@ impl PostgresStore {
                 .bind(key.recovery_point.as_str())
                 .bind(c.response_code)
                 .bind(c.response_body)
+                .bind(key.ride_id)
                 .bind(ride_id)
                 .bind(user_id)
                 .bind(params.origin_lat())
@@ -195,7 +202,8 @@ impl PostgresStore {
                 .bind(r.causation_id.map(|u| u.to_string()))
                 .bind(r.recorded_at_ms);
         }
-        q.fetch_optional(self.pool()).await.map_err(db)
+        let id = q.fetch_optional(self.pool()).await.map_err(db)?;
+        Ok(id.map(|id| KeyRecord { id, ..key }))
     }
 
     /// The next ride id, from a block taken ahead from the `rides` sequence (ids are unique,

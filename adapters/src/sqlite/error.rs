@@ -104,6 +104,7 @@ fn kind(e: &sqlx::Error) -> Kind {
         | sqlx::Error::Io(_)
         | sqlx::Error::WorkerCrashed => Kind::Unavailable,
         sqlx::Error::RowNotFound => Kind::NotFound,
+        sqlx::Error::Configuration(_) => Kind::Config,
         _ => Kind::Other,
     }
 }

@@ -19,7 +19,7 @@ macro_rules! key_columns {
     () => {
         "k.id, k.user_id, k.idempotency_key, k.created_at_ms, k.last_run_at_ms, \
          k.locked_at_ms, k.request_method, k.request_path, k.request_params, k.recovery_point, \
-         k.response_code, k.response_body"
+         k.response_code, k.response_body, k.ride_id"
     };
 }
 
@@ -65,7 +65,7 @@ impl SqliteStore {
         key: &KeyRecord,
         opening: Option<&Phase>,
         now_ms: i64,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Option<KeyRecord>, StoreError> {
         crate::phase::create(self.tx().await?, key, opening, now_ms).await
     }
 

@@ -144,6 +144,7 @@ mod tests {
             request_params: RideParams::new(0.0, 0.0, 0.0, 0.0).unwrap(),
             recovery_point: RecoveryPoint::Started,
             response: None,
+            ride_id: None,
         };
         let user = User {
             id: 1,

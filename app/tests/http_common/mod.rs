@@ -103,6 +103,7 @@ impl Harness {
             request_params: zero_params(),
             recovery_point: RecoveryPoint::Started,
             response: None,
+            ride_id: None,
         };
         edit(&mut record);
         self.store.put_key(&record).await.unwrap()

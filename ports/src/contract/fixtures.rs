@@ -132,6 +132,7 @@ pub fn key_fixture(user_id: i64, key: &str, params: RideParams, now_ms: i64) -> 
         request_params: params,
         recovery_point: RecoveryPoint::Started,
         response: None,
+        ride_id: None,
     }
 }
 

@@ -120,19 +120,23 @@ pub async fn begin_creates_a_locked_key_with_its_ride(f: &dyn StoreFactory) {
     let now = now_ms();
     let text = key_text("begin");
     let k = proceed(&sut, &begin_request(u.id, &text, params(1), now)).await;
+    let ride = ride_for(&sut, k.id).await;
     let expected = KeyRecord {
         id: k.id,
         locked_at_ms: Some(now),
         recovery_point: RecoveryPoint::RideCreated,
+        ride_id: Some(ride.id),
         ..key_fixture(u.id, &text, params(1), now)
     };
-    assert_eq!(k, expected, "a new key must be locked at `ride_created`");
+    assert_eq!(
+        k, expected,
+        "a new key must be locked at `ride_created`, knowing its ride"
+    );
     assert_eq!(
         key_of(&sut, u.id, &text).await,
         Some(expected),
         "the new key must be stored as returned"
     );
-    let ride = ride_for(&sut, k.id).await;
     assert_eq!(
         (ride.user_id, ride.params, ride.charge_id.as_deref()),
         (u.id, params(1), None),
@@ -218,6 +222,11 @@ pub async fn keys_left_by_an_older_version_resume(f: &dyn StoreFactory) {
     );
     let ride = ride_for(&sut, old.id).await;
     assert_eq!(ride.params, params(5));
+    assert_eq!(
+        resumed.ride_id,
+        Some(ride.id),
+        "the resumed key knows its ride"
+    );
 
     // An older version's charge phase: charge id stored, key at `charge_created`.
     let (k, ride) = create_ride(&sut, u.id, params(6), now).await;
