@@ -63,6 +63,50 @@ pub(super) async fn insert_staged(
     Ok(())
 }
 
+/// The most records [`insert_staged_rows`] writes with one statement.
+const STAGE_ROWS_MAX: usize = 4;
+
+/// `INSERT … VALUES` for 0..=[`STAGE_ROWS_MAX`] records (index = row count).
+static STAGE_ROWS_SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    (0..=STAGE_ROWS_MAX)
+        .map(|n| {
+            let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; n].join(", ");
+            format!(
+                "INSERT INTO staged_records (id, stream, key, kind, payload, correlation_id, \
+                 causation_id, recorded_at_ms) VALUES {rows}"
+            )
+        })
+        .collect()
+});
+
+/// Inserts a phase's staged records (a few) with one statement; their sequences are
+/// assigned by `AUTOINCREMENT` in row order.
+pub(super) async fn insert_staged_rows(
+    tx: &mut Transaction<'static, Sqlite>,
+    records: &[NewRecord],
+) -> Result<(), Error> {
+    if records.len() > STAGE_ROWS_MAX {
+        for r in records {
+            insert_staged(tx, r).await?;
+        }
+        return Ok(());
+    }
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(STAGE_ROWS_SQL[records.len()].as_str()));
+    for r in records {
+        q = q
+            .bind(r.id.to_string())
+            .bind(&r.stream)
+            .bind(&r.key)
+            .bind(&r.kind)
+            .bind(serde_json::to_string(&r.payload)?)
+            .bind(r.correlation_id.map(|u| u.to_string()))
+            .bind(r.causation_id.map(|u| u.to_string()))
+            .bind(r.recorded_at_ms);
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
 impl SqliteStore {
     async fn peek_tx(&self, after_seq: u64, max: usize) -> Result<Vec<LogRecord>, Error> {
         let limit = i64::try_from(max).unwrap_or(i64::MAX);

@@ -10,7 +10,7 @@ use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use super::SqliteStore;
 use super::error::Error;
-use super::outbox::insert_staged;
+use super::outbox::insert_staged_rows;
 use crate::phase::Committed;
 use crate::sql_rows::{StoreSql, UserRow, sql_phase_tx, sql_ride_store, store_sql};
 
@@ -43,10 +43,7 @@ impl SqliteTx {
 
 sql_phase_tx!(SqliteTx, SQL, {
     async fn stage(&mut self, records: &[NewRecord]) -> Result<(), StoreError> {
-        for record in records {
-            insert_staged(&mut self.0, record).await.map_err(db)?;
-        }
-        Ok(())
+        insert_staged_rows(&mut self.0, records).await.map_err(db)
     }
 
     async fn commit(self) -> Result<(), StoreError> {
