@@ -391,12 +391,12 @@ impl Outbox for PostgresStore {
 
     async fn remove(&self, seqs: &[u64]) -> Result<u64, StoreError> {
         // The seqs peek handed out are `coalesce(producer_seq, seq)`: the log seq for this
-        // store's own records, the original producer seq for appended ones. One statement,
-        // one scan of the index on that expression (migration 0003).
+        // store's own records, the original producer seq for appended ones. One statement:
+        // the unique index on `seq`, or the partial index on `producer_seq` (migration 0003).
         let seqs: Vec<i64> = seqs.iter().filter_map(|s| i64::try_from(*s).ok()).collect();
         let done = sqlx::query(
-            "DELETE FROM outbox WHERE coalesce(producer_seq, seq) = ANY($1) \
-             AND seq IS NOT NULL",
+            "DELETE FROM outbox WHERE seq IS NOT NULL \
+             AND ((producer_seq IS NULL AND seq = ANY($1)) OR producer_seq = ANY($1))",
         )
         .bind(&seqs)
         .execute(&self.inner.pool)
