@@ -281,6 +281,20 @@ async fn write_phase<T: PhaseTx>(
 /// The whole impl is generated (not just the methods) because `#[async_trait]` must see the
 /// methods' tokens, not a macro call.
 macro_rules! ride_store_impl {
+    // A store without a one-step `create` of its own: [`create`] in a transaction.
+    ($ty:ty, create in a transaction, { $($items:tt)* }) => {
+        impl $ty {
+            async fn create(
+                &self,
+                key: &domain::KeyRecord,
+                opening: Option<&domain::Phase>,
+                now_ms: i64,
+            ) -> Result<Option<domain::KeyRecord>, ports::StoreError> {
+                $crate::phase::create(self.tx().await?, key, opening, now_ms).await
+            }
+        }
+        $crate::phase::ride_store_impl!($ty, { $($items)* });
+    };
     ($ty:ty, { $($items:tt)* }) => {
         #[async_trait::async_trait]
         impl ports::RideStore for $ty {

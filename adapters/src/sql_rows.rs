@@ -106,6 +106,27 @@ macro_rules! store_sql {
 }
 pub(crate) use store_sql;
 
+/// Binds a key's 12 columns in [`StoreSql::insert_key`]'s order to query `$q`.
+macro_rules! bind_key {
+    ($q:expr, $k:expr) => {{
+        let k: &domain::KeyRecord = $k;
+        let c = $crate::sql_rows::KeyColumns::of(k);
+        $q.bind(k.user_id)
+            .bind(k.key.clone())
+            .bind(k.created_at_ms)
+            .bind(k.last_run_at_ms)
+            .bind(k.locked_at_ms)
+            .bind(k.request_method.clone())
+            .bind(k.request_path.clone())
+            .bind(c.request_params)
+            .bind(k.recovery_point.as_str())
+            .bind(c.response_code)
+            .bind(c.response_body)
+            .bind(k.ride_id)
+    }};
+}
+pub(crate) use bind_key;
+
 /// The statements of one SQL dialect behind the phase engine and the store's reads. Both
 /// dialects bind the same values in the same order (listed on each field), so one macro body
 /// ([`sql_phase_tx`], [`sql_store_reads`]) runs either.
@@ -185,20 +206,7 @@ macro_rules! sql_phase_tx {
             &mut self,
             k: &domain::KeyRecord,
         ) -> Result<Option<i64>, ports::StoreError> {
-            let c = $crate::sql_rows::KeyColumns::of(k);
-            sqlx::query_scalar($sql.insert_key)
-                .bind(k.user_id)
-                .bind(&k.key)
-                .bind(k.created_at_ms)
-                .bind(k.last_run_at_ms)
-                .bind(k.locked_at_ms)
-                .bind(&k.request_method)
-                .bind(&k.request_path)
-                .bind(c.request_params)
-                .bind(k.recovery_point.as_str())
-                .bind(c.response_code)
-                .bind(c.response_body)
-                .bind(k.ride_id)
+            $crate::sql_rows::bind_key!(sqlx::query_scalar($sql.insert_key), k)
                 .fetch_optional(self.conn())
                 .await
                 .map_err(db)
@@ -280,8 +288,14 @@ pub(crate) use sql_phase_tx;
 /// `{ items }`. `self.$pool()` is the pool to read from, and a function `db` in scope
 /// translates sqlx errors.
 macro_rules! sql_ride_store {
+    ($ty:ty, $sql:expr, $pool:ident, create in a transaction, { $($items:tt)* }) => {
+        $crate::sql_rows::sql_ride_store!(@reads $ty, $sql, $pool, [create in a transaction,], { $($items)* });
+    };
     ($ty:ty, $sql:expr, $pool:ident, { $($items:tt)* }) => {
-        $crate::phase::ride_store_impl!($ty, {
+        $crate::sql_rows::sql_ride_store!(@reads $ty, $sql, $pool, [], { $($items)* });
+    };
+    (@reads $ty:ty, $sql:expr, $pool:ident, [$($create:tt)*], { $($items:tt)* }) => {
+        $crate::phase::ride_store_impl!($ty, $($create)* {
         async fn user_by_email(
             &self,
             email: &str,

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::{KeyRecord, LogRecord, NewRecord, Phase, RecoveryPoint, Thresholds};
+use domain::{KeyRecord, LogRecord, NewRecord, RecoveryPoint, Thresholds};
 use ports::{Outbox, RideRow, Route, StoreError, Truth, User};
 use tokio::sync::Notify;
 
@@ -144,16 +144,6 @@ impl MemoryStore {
             _writer: self.writer.lock().await,
             writes: Vec::new(),
         })
-    }
-
-    /// A new key with its opening phase, in one transaction (see [`crate::phase::create`]).
-    async fn create(
-        &self,
-        key: &KeyRecord,
-        opening: Option<&Phase>,
-        now_ms: i64,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        crate::phase::create(self.tx().await?, key, opening, now_ms).await
     }
 
     /// Wakes the streamer after a commit that staged records.
@@ -310,7 +300,7 @@ impl PhaseTx for MemoryTx<'_> {
     }
 }
 
-ride_store_impl!(MemoryStore, {
+ride_store_impl!(MemoryStore, create in a transaction, {
     fn describe(&self) -> String {
         "memory://".to_owned()
     }

@@ -41,19 +41,28 @@ pub(crate) async fn stage_in_phase(
     let sql = &PHASE_INSERT_SQL[records.len()];
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
     for r in records {
-        q = q
-            .bind(r.id.to_string())
-            .bind(&r.stream)
-            .bind(&r.key)
-            .bind(&r.kind)
-            .bind(Json(&r.payload))
-            .bind(r.correlation_id.map(|u| u.to_string()))
-            .bind(r.causation_id.map(|u| u.to_string()))
-            .bind(r.recorded_at_ms);
+        q = bind_record!(q, r);
     }
     q.execute(conn).await?;
     Ok(())
 }
+
+/// Binds a staged record's 8 columns (as `PHASE_INSERT_SQL` writes them, UUIDs as text) to
+/// query `$q`.
+macro_rules! bind_record {
+    ($q:expr, $r:expr) => {{
+        let r: &'_ domain::NewRecord = $r;
+        $q.bind(r.id.to_string())
+            .bind(&r.stream)
+            .bind(&r.key)
+            .bind(&r.kind)
+            .bind(sqlx::types::Json(&r.payload))
+            .bind(r.correlation_id.map(|u| u.to_string()))
+            .bind(r.causation_id.map(|u| u.to_string()))
+            .bind(r.recorded_at_ms)
+    }};
+}
+pub(crate) use bind_record;
 
 /// The most records a phase stages with a `VALUES` statement.
 const PHASE_VALUES_MAX: usize = 4;

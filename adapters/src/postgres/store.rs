@@ -14,15 +14,14 @@
 
 use domain::{KeyRecord, NewRecord, Phase, RideWrite};
 use ports::{StoreError, User};
-use sqlx::types::Json;
 use sqlx::{PgConnection, Postgres, Transaction};
 
 use super::PostgresStore;
 use super::error::PgError;
-use super::outbox::stage_in_phase;
+use super::outbox::{bind_record, stage_in_phase};
 use crate::phase::Committed;
 use crate::sql_rows::{
-    KeyColumns, StoreSql, UserRow, sql_phase_tx, sql_ride_store, store_sql, to_i64,
+    StoreSql, UserRow, bind_key, sql_phase_tx, sql_ride_store, store_sql, to_i64,
 };
 
 /// Columns of `idempotency_keys AS k` for [`crate::sql_rows::KeyRow`], JSON as text.
@@ -163,44 +162,24 @@ impl PostgresStore {
             .iter()
             .map(|d| d.build(ride_id, now_ms))
             .collect();
-        let c = KeyColumns::of(&key);
-        let mut q =
-            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(CREATE_SQL[records.len()].as_str()))
-                .bind(key.user_id)
-                .bind(&key.key)
-                .bind(key.created_at_ms)
-                .bind(key.last_run_at_ms)
-                .bind(key.locked_at_ms)
-                .bind(&key.request_method)
-                .bind(&key.request_path)
-                .bind(c.request_params)
-                .bind(key.recovery_point.as_str())
-                .bind(c.response_code)
-                .bind(c.response_body)
-                .bind(key.ride_id)
-                .bind(ride_id)
-                .bind(user_id)
-                .bind(params.origin_lat())
-                .bind(params.origin_lon())
-                .bind(params.target_lat())
-                .bind(params.target_lon())
-                .bind(to_i64(*distance_mm, "distance")?)
-                .bind(now_ms)
-                .bind(key.user_id)
-                .bind(&audit.action)
-                .bind(audit.data.to_string())
-                .bind(&audit.origin_ip)
-                .bind(now_ms);
+        let statement =
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(CREATE_SQL[records.len()].as_str()));
+        let mut q = bind_key!(statement, &key)
+            .bind(ride_id)
+            .bind(user_id)
+            .bind(params.origin_lat())
+            .bind(params.origin_lon())
+            .bind(params.target_lat())
+            .bind(params.target_lon())
+            .bind(to_i64(*distance_mm, "distance")?)
+            .bind(now_ms)
+            .bind(key.user_id)
+            .bind(&audit.action)
+            .bind(audit.data.to_string())
+            .bind(&audit.origin_ip)
+            .bind(now_ms);
         for r in &records {
-            q = q
-                .bind(r.id.to_string())
-                .bind(&r.stream)
-                .bind(&r.key)
-                .bind(&r.kind)
-                .bind(Json(&r.payload))
-                .bind(r.correlation_id.map(|u| u.to_string()))
-                .bind(r.causation_id.map(|u| u.to_string()))
-                .bind(r.recorded_at_ms);
+            q = bind_record!(q, r);
         }
         let id = q.fetch_optional(self.pool()).await.map_err(db)?;
         Ok(id.map(|id| KeyRecord { id, ..key }))

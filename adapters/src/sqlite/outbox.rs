@@ -40,29 +40,6 @@ fn record_from_row(row: &SqliteRow, producer: &str) -> Result<LogRecord, Error> 
     Ok(record.sequenced(producer, seq))
 }
 
-/// Inserts one staged record; its sequence is assigned by `AUTOINCREMENT`. Phases and
-/// [`Outbox::stage`] share this statement, inside their own `BEGIN IMMEDIATE` transaction.
-pub(super) async fn insert_staged(
-    tx: &mut Transaction<'static, Sqlite>,
-    r: &NewRecord,
-) -> Result<(), Error> {
-    sqlx::query(
-        "INSERT INTO staged_records (id, stream, key, kind, payload, correlation_id, \
-         causation_id, recorded_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(r.id.to_string())
-    .bind(&r.stream)
-    .bind(&r.key)
-    .bind(&r.kind)
-    .bind(serde_json::to_string(&r.payload)?)
-    .bind(r.correlation_id.map(|u| u.to_string()))
-    .bind(r.causation_id.map(|u| u.to_string()))
-    .bind(r.recorded_at_ms)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 /// The most records [`insert_staged_rows`] writes with one statement.
 const STAGE_ROWS_MAX: usize = 4;
 
@@ -79,18 +56,23 @@ static STAGE_ROWS_SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::n
         .collect()
 });
 
-/// Inserts a phase's staged records (a few) with one statement; their sequences are
-/// assigned by `AUTOINCREMENT` in row order.
+/// Inserts staged records, up to [`STAGE_ROWS_MAX`] per statement; their sequences are
+/// assigned by `AUTOINCREMENT` in row order. Phases and [`Outbox::stage`] share it, inside
+/// their own `BEGIN IMMEDIATE` transaction.
 pub(super) async fn insert_staged_rows(
     tx: &mut Transaction<'static, Sqlite>,
     records: &[NewRecord],
 ) -> Result<(), Error> {
-    if records.len() > STAGE_ROWS_MAX {
-        for r in records {
-            insert_staged(tx, r).await?;
-        }
-        return Ok(());
+    for chunk in records.chunks(STAGE_ROWS_MAX) {
+        insert_chunk(tx, chunk).await?;
     }
+    Ok(())
+}
+
+async fn insert_chunk(
+    tx: &mut Transaction<'static, Sqlite>,
+    records: &[NewRecord],
+) -> Result<(), Error> {
     let mut q = sqlx::query(sqlx::AssertSqlSafe(STAGE_ROWS_SQL[records.len()].as_str()));
     for r in records {
         q = q
@@ -131,9 +113,7 @@ impl SqliteStore {
     /// Stages `records` in one `BEGIN IMMEDIATE` transaction, with the same insert as a phase.
     async fn stage_tx(&self, records: &[NewRecord]) -> Result<(), Error> {
         let mut tx = self.write().await?;
-        for r in records {
-            insert_staged(&mut tx, r).await?;
-        }
+        insert_staged_rows(&mut tx, records).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -4,7 +4,7 @@
 //!
 //! Nothing here decides: the domain decides, the engine sequences, this file persists.
 
-use domain::{KeyRecord, NewRecord, Phase};
+use domain::NewRecord;
 use ports::{StoreError, User};
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
@@ -56,16 +56,6 @@ impl SqliteStore {
         self.write().await.map(SqliteTx).map_err(db)
     }
 
-    /// A new key with its opening phase, in one transaction (see [`crate::phase::create`]).
-    async fn create(
-        &self,
-        key: &KeyRecord,
-        opening: Option<&Phase>,
-        now_ms: i64,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        crate::phase::create(self.tx().await?, key, opening, now_ms).await
-    }
-
     /// Wakes the streamer after a commit that staged records.
     fn woke<T>(&self, committed: Committed<T>) -> T {
         if committed.staged {
@@ -87,7 +77,7 @@ impl SqliteStore {
     }
 }
 
-sql_ride_store!(SqliteStore, SQL, reader, {
+sql_ride_store!(SqliteStore, SQL, reader, create in a transaction, {
     fn describe(&self) -> String {
         self.inner.url.clone()
     }
