@@ -14,10 +14,15 @@ use crate::sql_error::Kind;
 
 fn checkpoint(row: &PgRow) -> Result<Checkpoint, PgError> {
     let version: i64 = row.try_get("version")?;
+    let name: String = row.try_get("name")?;
     Ok(Checkpoint {
         position: Position::new(row.try_get::<String, _>("position")?),
         state: row.try_get("state")?,
-        version: u64::try_from(version).unwrap_or_default(),
+        version: u64::try_from(version).map_err(|_| {
+            PgError::Other(format!(
+                "corrupt data in the store, consumer checkpoint {name:?}: negative version {version}"
+            ))
+        })?,
         updated_at_ms: row.try_get("updated_at_ms")?,
     })
 }
@@ -38,7 +43,7 @@ impl ConsumerStore for PostgresStore {
 
     async fn load(&self, name: &str) -> Result<Option<Checkpoint>, ConsumerStoreError> {
         let row = sqlx::query(
-            "SELECT position, state, version, updated_at_ms FROM consumer_checkpoints \
+            "SELECT name, position, state, version, updated_at_ms FROM consumer_checkpoints \
              WHERE name = $1",
         )
         .bind(name)
@@ -85,7 +90,11 @@ impl ConsumerStore for PostgresStore {
                 other => other.into(),
             })?;
         let version = version.ok_or_else(|| ConsumerStoreError::Conflict(name.to_owned()))?;
-        Ok(u64::try_from(version).unwrap_or_default())
+        u64::try_from(version).map_err(|_| {
+            ConsumerStoreError::Other(format!(
+                "corrupt data in the store, consumer checkpoint {name:?}: version {version}"
+            ))
+        })
     }
 
     async fn list(&self) -> Result<Vec<(String, Checkpoint)>, ConsumerStoreError> {
