@@ -77,8 +77,24 @@ pub(crate) trait PhaseTx: Send + Sized {
     async fn insert_audit(&mut self, audit: &NewAudit<'_>) -> Result<(), StoreError>;
     /// Stages records in the outbox, to be sequenced in commit order.
     async fn stage(&mut self, records: &[NewRecord]) -> Result<(), StoreError>;
+    /// Writes a phase that inserts no ride (the charge's commit), then the key's state after
+    /// it, `after` (what [`KeyRecord::apply`] made of the locked key). One write at a time
+    /// unless the store writes all of it at once.
+    async fn finish_phase(
+        &mut self,
+        after: &KeyRecord,
+        phase: &Phase,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        finish_one_at_a_time(self, after, phase, now_ms).await
+    }
     /// Commits everything.
     async fn commit(self) -> Result<(), StoreError>;
+    /// Whether inserting a ride also records its id on its key (a trigger), so that a new
+    /// key needs no second write for it.
+    fn ride_id_set_by_store(&self) -> bool {
+        false
+    }
 }
 
 /// What a committed transaction did, for the store's wake-ups.
@@ -118,7 +134,9 @@ pub(crate) async fn create<T: PhaseTx>(
         let written = write_phase(&mut tx, &key, phase, now_ms).await?;
         if written.ride_id.is_some() {
             key.ride_id = written.ride_id;
-            tx.update_key(&key).await?;
+            if !tx.ride_id_set_by_store() {
+                tx.update_key(&key).await?;
+            }
         }
     }
     tx.commit().await?;
@@ -177,15 +195,31 @@ pub(crate) async fn run_phase<T: PhaseTx>(
         .ok_or_else(|| StoreError::NotFound(format!("idempotency key {key_id}")))?;
     key.expect_at(expected)
         .map_err(|moved| StoreError::Conflict(moved.to_string()))?;
-    let written = write_phase(&mut tx, &key, phase, now_ms).await?;
-    key.apply(&phase.then);
-    key.ride_id = written.ride_id.or(key.ride_id);
-    tx.update_key(&key).await?;
+    if matches!(phase.ride, RideWrite::Insert { .. }) {
+        let written = write_phase(&mut tx, &key, phase, now_ms).await?;
+        key.apply(&phase.then);
+        key.ride_id = written.ride_id.or(key.ride_id);
+        tx.update_key(&key).await?;
+    } else {
+        key.apply(&phase.then);
+        tx.finish_phase(&key, phase, now_ms).await?;
+    }
     tx.commit().await?;
     Ok(Committed {
         value: key,
-        staged: written.staged,
+        staged: !phase.records.is_empty(),
     })
+}
+
+/// [`PhaseTx::finish_phase`] one write at a time.
+pub(crate) async fn finish_one_at_a_time<T: PhaseTx>(
+    tx: &mut T,
+    after: &KeyRecord,
+    phase: &Phase,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    write_phase(tx, after, phase, now_ms).await?;
+    tx.update_key(after).await
 }
 
 /// Inserts a key exactly as given except its id: see `RideStore::put_key`.

@@ -49,6 +49,11 @@ sql_phase_tx!(SqliteTx, SQL, {
     async fn commit(self) -> Result<(), StoreError> {
         self.0.commit().await.map_err(db)
     }
+
+    /// The `rides_set_key_ride_id` trigger does it.
+    fn ride_id_set_by_store(&self) -> bool {
+        true
+    }
 });
 
 impl SqliteStore {
