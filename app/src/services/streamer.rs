@@ -202,19 +202,12 @@ impl Streamer {
         // Otherwise the outbox was drained: let records gather for the linger meanwhile.
         let read_ahead = target.is_none() && records.len() >= self.batch;
         let after_seq = last.seq;
-        let seqs: Vec<u64> = send.iter().map(|r| r.seq).collect();
-        // Append, follow a cutover, remove exactly what was sent: in this order, and while
-        // the next batch is read (the store's side of both can run at once).
-        let moved = async {
+        let append = async {
             log.append(send).await?;
             if self.faults.double_send() {
                 tracing::debug!(n = send.len(), "fault injected: sending the batch twice");
                 log.append(send).await?;
             }
-            if let Some((to, seq)) = &target {
-                self.switch(to, *seq).await?;
-            }
-            self.outbox.remove(&seqs).await?;
             anyhow::Ok(())
         };
         let next = async {
@@ -227,8 +220,13 @@ impl Streamer {
                 None
             }
         };
-        let (moved, next) = tokio::join!(moved, next);
-        moved?;
+        let (appended, next) = tokio::join!(append, next);
+        appended?;
+        if let Some((to, seq)) = target {
+            self.switch(&to, seq).await?;
+        }
+        let seqs: Vec<u64> = send.iter().map(|r| r.seq).collect();
+        self.outbox.remove(&seqs).await?;
         match next {
             Some(Ok(next)) => {
                 *self.ahead.lock().unwrap_or_else(PoisonError::into_inner) = Some(next);
