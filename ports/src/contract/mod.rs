@@ -155,6 +155,7 @@ macro_rules! store_contract_tests {
             store::phases_chain_to_finished,
             store::run_phase_at_the_wrong_recovery_point_conflicts_and_writes_nothing,
             store::run_phase_on_an_unknown_key_is_not_found,
+            store::charging_a_missing_ride_is_not_found_and_writes_nothing,
             store::unlock_clears_the_lock_only,
             store::completer_eligibility,
             store::reaper_deletes_old_keys_and_keeps_their_rides,

@@ -514,6 +514,46 @@ pub async fn run_phase_on_an_unknown_key_is_not_found(f: &dyn StoreFactory) {
     assert_eq!(truth(&sut).await, Truth::default(), "a failed phase wrote");
 }
 
+/// Rule: the charge's commit for a ride that does not exist fails with
+/// [`StoreError::NotFound`] and writes nothing (key, rides and outbox unchanged).
+/// Preconditions: a fresh store.
+pub async fn charging_a_missing_ride_is_not_found_and_writes_nothing(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let now = now_ms();
+    let (k, ride) = create_ride(&sut, u.id, params(1), now).await;
+    let before = (
+        key_of(&sut, u.id, &k.key).await,
+        peek(&sut, 100).await,
+        truth(&sut).await,
+    );
+    let missing = ride.id + 1_000_000;
+    let phase = Phase::charged(
+        &super::fixtures::ride_state(&ride),
+        missing,
+        "ch_ghost",
+        None,
+    )
+    .unwrap_or_else(|e| panic!("charge: {e}"));
+    let r = sut
+        .store
+        .run_phase(k.id, RecoveryPoint::RideCreated, &phase, now)
+        .await;
+    assert!(
+        matches!(r, Err(StoreError::NotFound(_))),
+        "charging a missing ride must be NotFound, got {r:?}"
+    );
+    assert_eq!(
+        (
+            key_of(&sut, u.id, &k.key).await,
+            peek(&sut, 100).await,
+            truth(&sut).await
+        ),
+        before,
+        "a failed charge's commit must write nothing"
+    );
+}
+
 /// Rule: `unlock` clears the lock and nothing else; the key can then be resumed at once.
 /// Preconditions: a fresh store.
 pub async fn unlock_clears_the_lock_only(f: &dyn StoreFactory) {
