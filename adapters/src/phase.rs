@@ -88,6 +88,21 @@ pub(crate) trait PhaseTx: Send + Sized {
     ) -> Result<(), StoreError> {
         finish_one_at_a_time(self, after, phase, now_ms).await
     }
+    /// The audit record (if any) and the staged records of a phase, after its ride write.
+    /// One write at a time unless the store writes both at once.
+    async fn audit_and_stage(
+        &mut self,
+        audit: Option<&NewAudit<'_>>,
+        records: &[NewRecord],
+    ) -> Result<(), StoreError> {
+        if let Some(audit) = audit {
+            self.insert_audit(audit).await?;
+        }
+        if !records.is_empty() {
+            self.stage(records).await?;
+        }
+        Ok(())
+    }
     /// Commits everything.
     async fn commit(self) -> Result<(), StoreError>;
     /// Whether inserting a ride also records its id on its key (a trigger), so that a new
@@ -276,29 +291,22 @@ async fn write_phase<T: PhaseTx>(
         }
         RideWrite::Existing(ride_id) => *ride_id,
     };
-    if let Some(draft) = &phase.audit {
-        let audit = NewAudit {
-            user_id: key.user_id,
-            draft,
-            ride_id,
-            created_at_ms: now_ms,
-        };
-        tx.insert_audit(&audit).await?;
-    }
-    let written = Written {
-        staged: !phase.records.is_empty(),
-        ride_id: inserted.then_some(ride_id),
-    };
-    if phase.records.is_empty() {
-        return Ok(written);
-    }
+    let audit = phase.audit.as_ref().map(|draft| NewAudit {
+        user_id: key.user_id,
+        draft,
+        ride_id,
+        created_at_ms: now_ms,
+    });
     let records: Vec<NewRecord> = phase
         .records
         .iter()
         .map(|d| d.build(ride_id, now_ms))
         .collect();
-    tx.stage(&records).await?;
-    Ok(written)
+    tx.audit_and_stage(audit.as_ref(), &records).await?;
+    Ok(Written {
+        staged: !records.is_empty(),
+        ride_id: inserted.then_some(ride_id),
+    })
 }
 
 /// `impl RideStore for $ty` with `begin`, `run_phase` and `put_key` through the engine, plus

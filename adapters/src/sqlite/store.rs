@@ -11,7 +11,7 @@ use sqlx::{Sqlite, SqliteConnection, Transaction};
 use super::SqliteStore;
 use super::error::Error;
 use super::outbox::insert_staged_rows;
-use crate::phase::Committed;
+use crate::phase::{Committed, NewAudit};
 use crate::sql_rows::{KeyColumns, StoreSql, UserRow, sql_phase_tx, sql_ride_store, store_sql};
 
 /// Columns of `idempotency_keys AS k` for [`crate::sql_rows::KeyRow`].
@@ -69,6 +69,52 @@ static FINISH_SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|
     all
 });
 
+/// The most staged records [`SqliteTx`]'s `audit_and_stage` writes in its one call.
+const AUDIT_RECORDS_MAX: usize = 4;
+
+/// A phase's audit record and `n` staged records as ONE call on the writer (index = `n`).
+/// Binds: the audit record as `StoreSql::insert_audit` (6), then 8 per record.
+static AUDIT_AND_STAGE_SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    (0..=AUDIT_RECORDS_MAX)
+        .map(|n| {
+            let mut sql = String::from(
+                "INSERT INTO audit_records (user_id, action, data, origin_ip, resource_type, \
+                 resource_id, created_at_ms) VALUES ($1, $2, $3, $4, 'ride', $5, $6);",
+            );
+            if n > 0 {
+                let rows: Vec<String> = (0..n)
+                    .map(|i| {
+                        let p: Vec<String> =
+                            (0..8).map(|c| format!("${}", 7 + i * 8 + c)).collect();
+                        format!("({})", p.join(", "))
+                    })
+                    .collect();
+                sql.push_str(&format!(
+                    " INSERT INTO staged_records (id, stream, key, kind, payload, \
+                     correlation_id, causation_id, recorded_at_ms) VALUES {};",
+                    rows.join(", ")
+                ));
+            }
+            sql
+        })
+        .collect()
+});
+
+/// Binds a staged record's 8 columns as `staged_records` stores them (JSON and UUIDs as text).
+macro_rules! bind_staged {
+    ($q:expr, $r:expr) => {{
+        let r: &NewRecord = $r;
+        $q.bind(r.id.to_string())
+            .bind(r.stream.clone())
+            .bind(r.key.clone())
+            .bind(r.kind.clone())
+            .bind(r.payload.to_string())
+            .bind(r.correlation_id.map(|u| u.to_string()))
+            .bind(r.causation_id.map(|u| u.to_string()))
+            .bind(r.recorded_at_ms)
+    }};
+}
+
 /// A sqlx error, translated once (see [`super::error`]).
 fn db(e: impl Into<Error>) -> StoreError {
     e.into().into()
@@ -90,6 +136,33 @@ sql_phase_tx!(SqliteTx, SQL, {
 
     async fn commit(self) -> Result<(), StoreError> {
         self.0.commit().await.map_err(db)
+    }
+
+    async fn audit_and_stage(
+        &mut self,
+        audit: Option<&NewAudit<'_>>,
+        records: &[NewRecord],
+    ) -> Result<(), StoreError> {
+        let Some(a) = audit.filter(|_| records.len() <= AUDIT_RECORDS_MAX) else {
+            if let Some(a) = audit {
+                self.insert_audit(a).await?;
+            }
+            return insert_staged_rows(&mut self.0, records).await.map_err(db);
+        };
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(
+            AUDIT_AND_STAGE_SQL[records.len()].as_str(),
+        ))
+        .bind(a.user_id)
+        .bind(a.draft.action.clone())
+        .bind(a.draft.data.to_string())
+        .bind(a.draft.origin_ip.clone())
+        .bind(a.ride_id)
+        .bind(a.created_at_ms);
+        for r in records {
+            q = bind_staged!(q, r);
+        }
+        q.execute(&mut *self.0).await.map_err(db)?;
+        Ok(())
     }
 
     /// The `rides_set_key_ride_id` trigger does it.
@@ -132,15 +205,7 @@ sql_phase_tx!(SqliteTx, SQL, {
             q = q.bind(charge.clone()).bind(ride_id);
         }
         for r in &records {
-            q = q
-                .bind(r.id.to_string())
-                .bind(r.stream.clone())
-                .bind(r.key.clone())
-                .bind(r.kind.clone())
-                .bind(r.payload.to_string())
-                .bind(r.correlation_id.map(|u| u.to_string()))
-                .bind(r.causation_id.map(|u| u.to_string()))
-                .bind(r.recorded_at_ms);
+            q = bind_staged!(q, r);
         }
         // One change per statement row: the key, the ride when charged, each record.
         let changed = q.execute(&mut *self.0).await.map_err(db)?.rows_affected();
