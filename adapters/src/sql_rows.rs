@@ -6,7 +6,7 @@
 //! each row. Data the store holds but the domain refuses is an error naming the row, never a
 //! default.
 
-use domain::{KeyRecord, RecoveryPoint, RideParams, StoredResponse};
+use domain::{KeyRecord, NewRecord, Phase, RecoveryPoint, RideParams, RideWrite, StoredResponse};
 use ports::{RideRow, StoreError, User};
 
 /// Columns of `rides` for [`RideSqlRow`], as a literal for `concat!`.
@@ -127,6 +127,140 @@ macro_rules! bind_key {
 }
 pub(crate) use bind_key;
 
+/// The most staged records the charge's commit writes in its one call.
+pub(crate) const FINISH_RECORDS_MAX: usize = 4;
+
+/// How a dialect runs several writes as one call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum FinishStyle {
+    /// Postgres: data-modifying CTEs in one statement; JSON and UUIDs cast from text.
+    Cte,
+    /// SQLite: consecutive statements sharing one numbered argument list.
+    Statements,
+}
+
+/// The charge's commit as ONE call, after the key was locked and checked: the key's new
+/// state, the ride's charge id (when the phase sets it) and up to [`FINISH_RECORDS_MAX`]
+/// staged records. The call returns one row: how many rides got the charge id (1 when the
+/// phase sets none). Binds: the key as `StoreSql::update_key` (7), then charge id and ride id
+/// when charging, then 8 per record.
+#[derive(Debug)]
+pub(crate) struct FinishSql(Vec<String>);
+
+/// What [`FinishSql::plan`] chose for a phase.
+#[derive(Debug)]
+pub(crate) struct FinishPlan<'a> {
+    /// The statement text.
+    pub(crate) sql: &'a str,
+    /// The ride the phase is about.
+    pub(crate) ride_id: i64,
+    /// The charge id to set, if any.
+    pub(crate) charge_id: Option<&'a str>,
+    /// The staged records, built with the ride id.
+    pub(crate) records: Vec<NewRecord>,
+}
+
+impl FinishSql {
+    /// Every variant (index = `charging * (FINISH_RECORDS_MAX + 1) + records`).
+    pub(crate) fn new(style: FinishStyle) -> Self {
+        let (json, uuid, table, id) = match style {
+            FinishStyle::Cte => ("::jsonb", "::uuid", "outbox", "record_id"),
+            FinishStyle::Statements => ("", "", "staged_records", "id"),
+        };
+        let mut all = Vec::new();
+        for charging in [false, true] {
+            for n in 0..=FINISH_RECORDS_MAX {
+                let key = format!(
+                    "UPDATE idempotency_keys SET last_run_at_ms = $1, locked_at_ms = $2, \
+                     recovery_point = $3, response_code = $4, response_body = $5{json}, \
+                     ride_id = $6 WHERE id = $7"
+                );
+                let first = if charging { 10 } else { 8 };
+                let rows: Vec<String> = (0..n)
+                    .map(|i| {
+                        let p = |c: usize| format!("${}", first + i * 8 + c);
+                        format!(
+                            "({}{uuid}, {}, {}, {}, {}{json}, {}{uuid}, {}{uuid}, {})",
+                            p(0),
+                            p(1),
+                            p(2),
+                            p(3),
+                            p(4),
+                            p(5),
+                            p(6),
+                            p(7)
+                        )
+                    })
+                    .collect();
+                let records = (n > 0).then(|| {
+                    format!(
+                        "INSERT INTO {table} ({id}, stream, key, kind, payload, correlation_id, \
+                         causation_id, recorded_at_ms) VALUES {}",
+                        rows.join(", ")
+                    )
+                });
+                let charge = "UPDATE rides SET charge_id = $8 WHERE id = $9";
+                all.push(match style {
+                    FinishStyle::Cte => {
+                        let mut sql = format!("WITH k AS ({key})");
+                        if charging {
+                            sql.push_str(&format!(", r AS ({charge} RETURNING id)"));
+                        }
+                        if let Some(records) = records {
+                            sql.push_str(&format!(", o AS ({records})"));
+                        }
+                        sql.push_str(if charging {
+                            " SELECT count(*) FROM r"
+                        } else {
+                            " SELECT 1::bigint"
+                        });
+                        sql
+                    }
+                    // `changes()` counts the rows of the statement just before it: the charge.
+                    FinishStyle::Statements => {
+                        let mut sql = format!("{key};");
+                        if let Some(records) = records {
+                            sql.push_str(&format!(" {records};"));
+                        }
+                        if charging {
+                            sql.push_str(&format!(" {charge}; SELECT changes();"));
+                        } else {
+                            sql.push_str(" SELECT 1;");
+                        }
+                        sql
+                    }
+                });
+            }
+        }
+        Self(all)
+    }
+
+    /// The one-call plan for `phase`, or `None` when it needs the engine's one-write-at-a-time
+    /// path (it inserts a ride, writes an audit record, or stages more records).
+    pub(crate) fn plan<'a>(&'a self, phase: &'a Phase, now_ms: i64) -> Option<FinishPlan<'a>> {
+        let (ride_id, charge_id) = match &phase.ride {
+            RideWrite::SetCharge { ride_id, charge_id } => (*ride_id, Some(charge_id.as_str())),
+            RideWrite::Existing(ride_id) => (*ride_id, None),
+            RideWrite::Insert { .. } => return None,
+        };
+        if phase.audit.is_some() || phase.records.len() > FINISH_RECORDS_MAX {
+            return None;
+        }
+        let records: Vec<NewRecord> = phase
+            .records
+            .iter()
+            .map(|d| d.build(ride_id, now_ms))
+            .collect();
+        let index = usize::from(charge_id.is_some()) * (FINISH_RECORDS_MAX + 1) + records.len();
+        Some(FinishPlan {
+            sql: &self.0[index],
+            ride_id,
+            charge_id,
+            records,
+        })
+    }
+}
+
 /// The statements of one SQL dialect behind the phase engine and the store's reads. Both
 /// dialects bind the same values in the same order (listed on each field), so one macro body
 /// ([`sql_phase_tx`], [`sql_store_reads`]) runs either.
@@ -169,13 +303,44 @@ pub(crate) struct StoreSql {
     pub(crate) truth: &'static str,
 }
 
-/// `impl PhaseTx for $ty` for a SQL dialect, from its [`StoreSql`], plus the dialect's own
-/// `{ items }` (`stage`, `commit`). `$ty` has `fn conn(&mut self) -> &mut <Db>::Connection`,
+/// `impl PhaseTx for $ty` for a SQL dialect, from its [`StoreSql`] and [`FinishSql`], plus
+/// the dialect's own `{ items }` (`stage`, `commit`). `$ty` has `fn conn(&mut self) -> &mut
+/// <Db>::Connection`, `$bind_record!(query, &NewRecord)` binds a staged record's 8 columns,
 /// and a function `db` in scope translates sqlx errors.
 macro_rules! sql_phase_tx {
-    ($ty:ty, $sql:expr, { $($items:tt)* }) => {
+    ($ty:ty, $sql:expr, $finish:expr, $bind_record:ident, { $($items:tt)* }) => {
         #[async_trait::async_trait]
         impl $crate::phase::PhaseTx for $ty {
+        async fn finish_phase(
+            &mut self,
+            after: &domain::KeyRecord,
+            phase: &domain::Phase,
+            now_ms: i64,
+        ) -> Result<(), ports::StoreError> {
+            let Some(plan) = $finish.plan(phase, now_ms) else {
+                return $crate::phase::finish_one_at_a_time(self, after, phase, now_ms).await;
+            };
+            let c = $crate::sql_rows::KeyColumns::of(after);
+            let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(plan.sql))
+                .bind(after.last_run_at_ms)
+                .bind(after.locked_at_ms)
+                .bind(after.recovery_point.as_str())
+                .bind(c.response_code)
+                .bind(c.response_body)
+                .bind(after.ride_id)
+                .bind(after.id);
+            if let Some(charge) = plan.charge_id {
+                q = q.bind(charge.to_owned()).bind(plan.ride_id);
+            }
+            for r in &plan.records {
+                q = $bind_record!(q, r);
+            }
+            if q.fetch_one(self.conn()).await.map_err(db)? == 0 {
+                return Err(ports::StoreError::NotFound(format!("ride {}", plan.ride_id)));
+            }
+            Ok(())
+        }
+
         async fn lock_key(
             &mut self,
             user_id: i64,

@@ -21,7 +21,8 @@ use super::error::PgError;
 use super::outbox::{bind_record, stage_in_phase};
 use crate::phase::Committed;
 use crate::sql_rows::{
-    KeyColumns, StoreSql, UserRow, bind_key, sql_phase_tx, sql_ride_store, store_sql, to_i64,
+    FinishSql, FinishStyle, StoreSql, UserRow, bind_key, sql_phase_tx, sql_ride_store, store_sql,
+    to_i64,
 };
 
 /// Columns of `idempotency_keys AS k` for [`crate::sql_rows::KeyRow`], JSON as text.
@@ -55,53 +56,13 @@ impl PgTx {
     }
 }
 
-sql_phase_tx!(PgTx, SQL, {
+/// The charge's commit in one statement (data-modifying CTEs).
+static FINISH: std::sync::LazyLock<FinishSql> =
+    std::sync::LazyLock::new(|| FinishSql::new(FinishStyle::Cte));
+
+sql_phase_tx!(PgTx, SQL, FINISH, bind_record, {
     async fn stage(&mut self, records: &[NewRecord]) -> Result<(), StoreError> {
         Ok(stage_in_phase(&mut self.tx, records).await?)
-    }
-
-    async fn finish_phase(
-        &mut self,
-        after: &KeyRecord,
-        phase: &Phase,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let (ride_id, charge_id) = match &phase.ride {
-            RideWrite::SetCharge { ride_id, charge_id } => (*ride_id, Some(charge_id)),
-            RideWrite::Existing(ride_id) => (*ride_id, None),
-            RideWrite::Insert { .. } => {
-                return crate::phase::finish_one_at_a_time(self, after, phase, now_ms).await;
-            }
-        };
-        if phase.audit.is_some() || phase.records.len() > FINISH_RECORDS_MAX {
-            return crate::phase::finish_one_at_a_time(self, after, phase, now_ms).await;
-        }
-        let records: Vec<NewRecord> = phase
-            .records
-            .iter()
-            .map(|d| d.build(ride_id, now_ms))
-            .collect();
-        let index = usize::from(charge_id.is_some()) * (FINISH_RECORDS_MAX + 1) + records.len();
-        let c = KeyColumns::of(after);
-        let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(FINISH_SQL[index].as_str()))
-            .bind(after.last_run_at_ms)
-            .bind(after.locked_at_ms)
-            .bind(after.recovery_point.as_str())
-            .bind(c.response_code)
-            .bind(c.response_body)
-            .bind(after.ride_id)
-            .bind(after.id);
-        if let Some(charge) = charge_id {
-            q = q.bind(charge.clone()).bind(ride_id);
-        }
-        for r in &records {
-            q = bind_record!(q, r);
-        }
-        let charged = q.fetch_one(&mut *self.tx).await.map_err(db)?;
-        if charged == 0 {
-            return Err(StoreError::NotFound(format!("ride {ride_id}")));
-        }
-        Ok(())
     }
 
     async fn commit(self) -> Result<(), StoreError> {
@@ -165,60 +126,6 @@ static CREATE_SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|
             )
         })
         .collect()
-});
-
-/// The most staged records [`PgTx::finish_phase`] writes in its one statement.
-const FINISH_RECORDS_MAX: usize = 4;
-
-/// The charge's commit as ONE statement (in the phase's transaction, after the key was locked
-/// and checked): the key's new state, the ride's charge id when `set_charge`, and `n` staged
-/// records; index = `(set_charge as usize) * (FINISH_RECORDS_MAX + 1) + n`. Binds: the key as
-/// `StoreSql::update_key` (7), then charge id and ride id when `set_charge`, then 8 per record.
-/// Returns how many rides got the charge id (1 when not `set_charge`).
-static FINISH_SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-    let mut all = Vec::new();
-    for set_charge in [false, true] {
-        for n in 0..=FINISH_RECORDS_MAX {
-            let first = if set_charge { 10 } else { 8 };
-            let rows: Vec<String> = (0..n)
-                .map(|i| {
-                    let b = first + i * 8;
-                    format!(
-                        "(${b}::uuid, ${}, ${}, ${}, ${}::jsonb, ${}::uuid, ${}::uuid, ${}::bigint)",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6,
-                        b + 7
-                    )
-                })
-                .collect();
-            let mut sql = String::from(
-                "WITH k AS (UPDATE idempotency_keys SET last_run_at_ms = $1, locked_at_ms = $2, \
-                 recovery_point = $3, response_code = $4, response_body = $5::jsonb, \
-                 ride_id = $6 WHERE id = $7)",
-            );
-            if set_charge {
-                sql.push_str(", r AS (UPDATE rides SET charge_id = $8 WHERE id = $9 RETURNING id)");
-            }
-            if n > 0 {
-                sql.push_str(&format!(
-                    ", o AS (INSERT INTO outbox (record_id, stream, key, kind, payload, \
-                     correlation_id, causation_id, recorded_at_ms) VALUES {})",
-                    rows.join(", ")
-                ));
-            }
-            sql.push_str(if set_charge {
-                " SELECT count(*) FROM r"
-            } else {
-                " SELECT 1::bigint"
-            });
-            all.push(sql);
-        }
-    }
-    all
 });
 
 impl PostgresStore {

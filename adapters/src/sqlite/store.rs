@@ -4,7 +4,7 @@
 //!
 //! Nothing here decides: the domain decides, the engine sequences, this file persists.
 
-use domain::{KeyRecord, NewRecord, Phase, RideWrite};
+use domain::NewRecord;
 use ports::{StoreError, User};
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
@@ -12,7 +12,9 @@ use super::SqliteStore;
 use super::error::Error;
 use super::outbox::insert_staged_rows;
 use crate::phase::{Committed, NewAudit};
-use crate::sql_rows::{KeyColumns, StoreSql, UserRow, sql_phase_tx, sql_ride_store, store_sql};
+use crate::sql_rows::{
+    FinishSql, FinishStyle, StoreSql, UserRow, sql_phase_tx, sql_ride_store, store_sql,
+};
 
 /// Columns of `idempotency_keys AS k` for [`crate::sql_rows::KeyRow`].
 macro_rules! key_columns {
@@ -26,48 +28,6 @@ macro_rules! key_columns {
 /// This dialect's statements. `BEGIN IMMEDIATE` already holds the database's one write lock,
 /// so the locking reads are plain reads, and JSON is stored as text.
 const SQL: StoreSql = store_sql!(key_columns, for_update = "", json = "");
-
-/// The most staged records [`SqliteTx`]'s `finish_phase` writes in its one call.
-const FINISH_RECORDS_MAX: usize = 4;
-
-/// The charge's commit as ONE call on the writer (after the key was read and checked): the
-/// key's new state, the ride's charge id when `set_charge`, and `n` staged records, as
-/// consecutive statements. Placeholders are numbered (`$n` is the n-th bind of the whole
-/// call, so the statements share one argument list). Index =
-/// `(set_charge as usize) * (FINISH_RECORDS_MAX + 1) + n`. Binds: the key as
-/// `StoreSql::update_key` (7), then charge id and ride id when `set_charge`, then 8 per record.
-static FINISH_SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-    let mut all = Vec::new();
-    for set_charge in [false, true] {
-        for n in 0..=FINISH_RECORDS_MAX {
-            let mut sql = String::from(
-                "UPDATE idempotency_keys SET last_run_at_ms = $1, locked_at_ms = $2, \
-                 recovery_point = $3, response_code = $4, response_body = $5, ride_id = $6 \
-                 WHERE id = $7;",
-            );
-            if set_charge {
-                sql.push_str(" UPDATE rides SET charge_id = $8 WHERE id = $9;");
-            }
-            if n > 0 {
-                let first = if set_charge { 10 } else { 8 };
-                let rows: Vec<String> = (0..n)
-                    .map(|i| {
-                        let p: Vec<String> =
-                            (0..8).map(|c| format!("${}", first + i * 8 + c)).collect();
-                        format!("({})", p.join(", "))
-                    })
-                    .collect();
-                sql.push_str(&format!(
-                    " INSERT INTO staged_records (id, stream, key, kind, payload, \
-                     correlation_id, causation_id, recorded_at_ms) VALUES {};",
-                    rows.join(", ")
-                ));
-            }
-            all.push(sql);
-        }
-    }
-    all
-});
 
 /// The most staged records [`SqliteTx`]'s `audit_and_stage` writes in its one call.
 const AUDIT_RECORDS_MAX: usize = 4;
@@ -129,7 +89,11 @@ impl SqliteTx {
     }
 }
 
-sql_phase_tx!(SqliteTx, SQL, {
+/// The charge's commit in one call (consecutive statements).
+static FINISH: std::sync::LazyLock<FinishSql> =
+    std::sync::LazyLock::new(|| FinishSql::new(FinishStyle::Statements));
+
+sql_phase_tx!(SqliteTx, SQL, FINISH, bind_staged, {
     async fn stage(&mut self, records: &[NewRecord]) -> Result<(), StoreError> {
         insert_staged_rows(&mut self.0, records).await.map_err(db)
     }
@@ -168,52 +132,6 @@ sql_phase_tx!(SqliteTx, SQL, {
     /// The `rides_set_key_ride_id` trigger does it.
     fn ride_id_set_by_store(&self) -> bool {
         true
-    }
-
-    async fn finish_phase(
-        &mut self,
-        after: &KeyRecord,
-        phase: &Phase,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let (ride_id, charge_id) = match &phase.ride {
-            RideWrite::SetCharge { ride_id, charge_id } => (*ride_id, Some(charge_id)),
-            RideWrite::Existing(ride_id) => (*ride_id, None),
-            RideWrite::Insert { .. } => {
-                return crate::phase::finish_one_at_a_time(self, after, phase, now_ms).await;
-            }
-        };
-        if phase.audit.is_some() || phase.records.len() > FINISH_RECORDS_MAX {
-            return crate::phase::finish_one_at_a_time(self, after, phase, now_ms).await;
-        }
-        let records: Vec<NewRecord> = phase
-            .records
-            .iter()
-            .map(|d| d.build(ride_id, now_ms))
-            .collect();
-        let index = usize::from(charge_id.is_some()) * (FINISH_RECORDS_MAX + 1) + records.len();
-        let c = KeyColumns::of(after);
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(FINISH_SQL[index].as_str()))
-            .bind(after.last_run_at_ms)
-            .bind(after.locked_at_ms)
-            .bind(after.recovery_point.as_str())
-            .bind(c.response_code)
-            .bind(c.response_body)
-            .bind(after.ride_id)
-            .bind(after.id);
-        if let Some(charge) = charge_id {
-            q = q.bind(charge.clone()).bind(ride_id);
-        }
-        for r in &records {
-            q = bind_staged!(q, r);
-        }
-        // One change per statement row: the key, the ride when charged, each record.
-        let changed = q.execute(&mut *self.0).await.map_err(db)?.rows_affected();
-        let expected = 1 + u64::from(charge_id.is_some()) + records.len() as u64;
-        if changed < expected {
-            return Err(StoreError::NotFound(format!("ride {ride_id}")));
-        }
-        Ok(())
     }
 });
 
