@@ -60,6 +60,25 @@ async fn denies_requests_that_are_missing_parameters() {
 }
 
 #[tokio::test]
+async fn underscores_are_accepted_only_between_digits_as_by_ruby_float() {
+    let h = Harness::new();
+    let ok = "origin_lat=4_5&origin_lon=0&target_lat=0&target_lon=0";
+    let r = send(&h.router, post_rides(Some(USER), Some(&new_key()), ok)).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    for bad in ["_4_5_", "4__5", "4_", "1_e_1"] {
+        let form = format!("origin_lat={bad}&origin_lon=0&target_lat=0&target_lon=0");
+        let r = send(&h.router, post_rides(Some(USER), Some(&new_key()), &form)).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        assert_eq!(
+            r.error(),
+            "Parameter 'origin_lat' must be a floating-point number.",
+            "{bad}"
+        );
+    }
+    assert_eq!(h.rides().await, 1, "refused requests write nothing");
+}
+
+#[tokio::test]
 async fn denies_requests_that_are_the_wrong_type() {
     let h = Harness::new();
     let form = "origin_lat=foo&origin_lon=0&target_lat=0&target_lon=0";

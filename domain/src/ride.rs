@@ -83,9 +83,22 @@ const COORDS: [(&str, bool); 4] = [
 ];
 
 /// Parses a float the way the reference's strict `Float()` does for the inputs users send:
-/// surrounding whitespace is allowed, `inf`/`NaN` are not numbers.
+/// surrounding whitespace is allowed, `inf`/`NaN` are not numbers, and an underscore is
+/// allowed only between two digits (`4_5` is 45; `_4_5_`, `4__5`, `4_` and `1_e_1` are not
+/// numbers).
 fn parse_float(raw: &str) -> Option<f64> {
-    let v: f64 = raw.trim().replace('_', "").parse().ok()?;
+    let text = raw.trim();
+    let bytes = text.as_bytes();
+    let digit_at = |i: Option<usize>| i.and_then(|i| bytes.get(i)).is_some_and(u8::is_ascii_digit);
+    let underscores_ok = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'_')
+        .all(|(i, _)| digit_at(i.checked_sub(1)) && digit_at(Some(i + 1)));
+    if !underscores_ok {
+        return None;
+    }
+    let v: f64 = text.replace('_', "").parse().ok()?;
     v.is_finite().then_some(v)
 }
 
@@ -428,6 +441,22 @@ mod tests {
             parse(&with).unwrap_err().to_string(),
             "Please specify parameter 'raise_error'."
         );
+    }
+
+    #[test]
+    fn underscores_only_between_digits_as_in_ruby_float() {
+        let with = |v: &'static str| {
+            let mut p = VALID.to_vec();
+            p[0] = ("origin_lat", v);
+            parse(&p)
+        };
+        for good in ["4_5", "1_0.2_5", "-4_5", " 4_5 ", "1e0_1"] {
+            assert!(with(good).is_ok(), "{good}");
+        }
+        assert_eq!(with("4_5").unwrap().params.origin_lat(), 45.0);
+        for bad in ["_4_5_", "4__5", "4_", "_4", "1_e_1", "1._5", "1_.5", "-_4"] {
+            assert_eq!(with(bad), Err(ParamError::NotAFloat("origin_lat")), "{bad}");
+        }
     }
 
     #[test]
