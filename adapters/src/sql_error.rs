@@ -66,11 +66,13 @@ impl DbError {
     }
 
     /// The classification.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn kind(&self) -> Kind {
         self.kind
     }
 
     /// The same error, with `what` said first (`what: context`).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn context(mut self, what: impl std::fmt::Display) -> Self {
         self.context = format!("{what}: {}", self.context);
         self

@@ -134,8 +134,10 @@ pub(crate) const FINISH_RECORDS_MAX: usize = 4;
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum FinishStyle {
     /// Postgres: data-modifying CTEs in one statement; JSON and UUIDs cast from text.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     Cte,
     /// SQLite: consecutive statements sharing one numbered argument list.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     Statements,
 }
 

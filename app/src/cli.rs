@@ -466,6 +466,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Verify { json } => {
+            wiring::require_existing("store", &common.store, "verify")?;
+            wiring::require_existing("log", &common.log, "verify")?;
             let stores = wiring::open_store(&common.store).await?;
             let log = wiring::open_log(&common.log, &stores).await?;
             let v = demo::collect_verdict(&stores, &log).await?;
@@ -509,6 +511,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(if v.agree { 0 } else { 1 })
         }
         Command::Log { what } => {
+            let command = match &what {
+                LogCommand::Cutover { .. } => "log cutover",
+                LogCommand::Status => "log status",
+            };
+            wiring::require_existing("store", &common.store, command)?;
+            wiring::require_existing("log", &common.log, command)?;
             let stores = wiring::open_store(&common.store).await?;
             let log = wiring::open_log(&common.log, &stores).await?;
             match what {

@@ -216,6 +216,39 @@ fn create_parent(path: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses a store or log URL whose data does not exist, for commands that read or change an
+/// existing system (`verify`, `log status`, `log cutover`): opening it would create a fresh,
+/// empty one (a SQLite file, a sled directory) and report on that instead. `command` names the
+/// command in the message. Servers (`serve`, `api`, …) and `migrate` create what is missing.
+///
+/// # Errors
+/// When `url` is `memory://` (a new process's memory store is always empty) or a `sqlite://`
+/// or `sled://` path that does not exist.
+pub fn require_existing(role: &'static str, url: &str, command: &str) -> anyhow::Result<()> {
+    let Some((scheme, rest)) = split_scheme(url) else {
+        return Ok(()); // `open_store`/`open_log` explain unknown schemes
+    };
+    let missing = match scheme.as_str() {
+        "memory" => Some("a memory:// store or log lives in one process only".to_owned()),
+        "sqlite" | "sled" => {
+            let path = file_path(role, url, rest)?;
+            (path != ":memory:" && !Path::new(path).exists())
+                .then(|| format!("nothing exists at {path}"))
+        }
+        _ => None,
+    };
+    match missing {
+        Some(why) => Err(anyhow::anyhow!(
+            "`rides {command}` reads an existing system, but the {role} {} does not exist ({why}); \
+             pass --{role} (or RIDES_{}) with the URL the system runs on, or create it with \
+             `rides migrate`",
+            redact(url),
+            role.to_uppercase()
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Opens the canonical store named by `url`.
 ///
 /// # Errors

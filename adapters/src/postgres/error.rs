@@ -12,6 +12,7 @@
 //! | unique violation (`is_unique_violation()`)               | `Conflict`     |
 //! | I/O, TLS, pool timeout/closed, SQLSTATE class 08, 57P0x, 53300 | `Unavailable` |
 //! | configuration                                            | `Config`       |
+//! | `RowNotFound` (a `fetch_one` without a row)              | `NotFound`     |
 //! | anything else                                            | `Other`        |
 //!
 //! Messages never contain the connection URL (and so never a password).
@@ -63,6 +64,7 @@ fn kind(e: &sqlx::Error) -> Kind {
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Protocol(_) => Kind::Unavailable,
         sqlx::Error::Configuration(_) => Kind::Config,
+        sqlx::Error::RowNotFound => Kind::NotFound,
         _ => Kind::Other,
     }
 }

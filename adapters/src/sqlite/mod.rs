@@ -206,9 +206,11 @@ impl SqliteStore {
     /// version; [`StoreError::Unavailable`] when the database cannot be reached.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.inner.writer).await.map_err(|e| {
-            StoreError::Other(format!(
-                "cannot migrate SQLite database {}: {e}",
-                self.inner.url
+            let context = format!("cannot migrate SQLite database {}", self.inner.url);
+            StoreError::from(crate::sql_error::DbError::migration(
+                crate::sql_error::Kind::Other,
+                context,
+                e,
             ))
         })?;
         self.load_producer().await.map_err(Into::into)
