@@ -381,6 +381,37 @@ async fn concurrent_requests_with_one_key_make_one_ride_and_one_charge() {
 }
 
 #[tokio::test]
+async fn a_client_that_disconnects_mid_request_does_not_abort_its_phases() {
+    let h = Harness::with(
+        Faults::none(),
+        FakeProcessor::default(),
+        Some(FailingStore::slow),
+    );
+    let key = new_key();
+    let request = {
+        let router = h.router.clone();
+        let key = key.clone();
+        tokio::spawn(async move { send(&router, post_valid(&key)).await })
+    };
+    // The request is inside its charge's commit (300 ms) when the client goes away: the
+    // server drops the handler's future, as aborting this task does.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    request.abort();
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let k = h.key(&key).await.unwrap();
+    assert_eq!(
+        (k.recovery_point, k.locked_at_ms),
+        (RecoveryPoint::Finished, None),
+        "a request that started runs to its end"
+    );
+    // So a retry gets the stored result at once.
+    let r = send(&h.router, post_valid(&key)).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.header("idempotent-replayed"), Some("true"));
+    assert_eq!(h.payments.charges_made(), 1);
+}
+
+#[tokio::test]
 async fn a_request_that_crashed_after_its_charge_is_finished_by_a_client_retry() {
     let h = Harness::with(always_crash(), FakeProcessor::default(), None);
     let key = new_key();

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Extension;
 use axum::Json;
@@ -47,7 +48,13 @@ pub(super) async fn create_ride(
     let fields = decode_body(&headers, &bytes)?;
     let request = RideRequest::parse(|name| fields.get(name).cloned())?;
     let ip = client_ip(connect.as_ref().map(|Extension(ci)| ci));
-    let reply = state.rides.create_ride(&user, &key, &request, &ip).await;
+    // A request that started runs to its end, as Stripe's do: when the client goes away the
+    // server drops this future, but not the task, so the key is never left locked mid-phase
+    // and a retry gets the stored result at once.
+    let rides = Arc::clone(&state.rides);
+    let reply = tokio::spawn(async move { rides.create_ride(&user, &key, &request, &ip).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("the request's task failed: {e}")))?;
     Ok(reply_response(reply))
 }
 

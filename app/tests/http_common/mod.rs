@@ -270,6 +270,8 @@ pub fn get(uri: &str, auth: Option<&str>) -> Request<Body> {
 pub struct FailingStore {
     inner: Arc<MemoryStore>,
     fail_with: Mutex<Option<StoreError>>,
+    /// Slows the charge phase down instead (a long commit).
+    delay: Option<std::time::Duration>,
 }
 
 impl FailingStore {
@@ -280,6 +282,16 @@ impl FailingStore {
             fail_with: Mutex::new(Some(StoreError::Conflict(
                 "could not serialize access".into(),
             ))),
+            delay: None,
+        })
+    }
+
+    /// Makes the charge phase take 300 ms, then succeed.
+    pub fn slow(inner: Arc<MemoryStore>) -> Arc<dyn RideStore> {
+        Arc::new(Self {
+            inner,
+            fail_with: Mutex::new(None),
+            delay: Some(std::time::Duration::from_millis(300)),
         })
     }
 
@@ -288,6 +300,7 @@ impl FailingStore {
         Arc::new(Self {
             inner,
             fail_with: Mutex::new(Some(StoreError::Other("runtime error".into()))),
+            delay: None,
         })
     }
 }
@@ -317,6 +330,9 @@ impl RideStore for FailingStore {
         now_ms: i64,
     ) -> Result<KeyRecord, StoreError> {
         if expected == RecoveryPoint::RideCreated {
+            if let Some(delay) = self.delay {
+                tokio::time::sleep(delay).await;
+            }
             let fail = self.fail_with.lock().unwrap().clone();
             if let Some(e) = fail {
                 return Err(e);
