@@ -112,12 +112,12 @@ macro_rules! bind_key {
         let k: &domain::KeyRecord = $k;
         let c = $crate::sql_rows::KeyColumns::of(k);
         $q.bind(k.user_id)
-            .bind(k.key.clone())
+            .bind(k.key.as_str())
             .bind(k.created_at_ms)
             .bind(k.last_run_at_ms)
             .bind(k.locked_at_ms)
-            .bind(k.request_method.clone())
-            .bind(k.request_path.clone())
+            .bind(k.request_method.as_str())
+            .bind(k.request_path.as_str())
             .bind(c.request_params)
             .bind(k.recovery_point.as_str())
             .bind(c.response_code)
@@ -130,16 +130,74 @@ pub(crate) use bind_key;
 /// The most staged records the charge's commit writes in its one call.
 pub(crate) const FINISH_RECORDS_MAX: usize = 4;
 
-/// How a dialect runs several writes as one call.
+/// The SQL dialect, where statement texts differ beyond [`store_sql!`]'s knobs.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum FinishStyle {
-    /// Postgres: data-modifying CTEs in one statement; JSON and UUIDs cast from text.
+pub(crate) enum SqlDialect {
+    /// Several writes as data-modifying CTEs in one statement; JSON and UUIDs cast from text.
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-    Cte,
-    /// SQLite: consecutive statements sharing one numbered argument list.
+    Postgres,
+    /// Several writes as consecutive statements sharing one numbered argument list.
     #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
-    Statements,
+    Sqlite,
 }
+
+impl SqlDialect {
+    /// `n` staged records as `VALUES` rows whose binds start at `$first`, 8 per record, as
+    /// [`bind_staged!`] binds them (UUIDs and JSON as text).
+    pub(crate) fn record_rows(self, first: usize, n: usize) -> String {
+        let (uuid, json) = match self {
+            Self::Postgres => ("::uuid", "::jsonb"),
+            Self::Sqlite => ("", ""),
+        };
+        let rows: Vec<String> = (0..n)
+            .map(|i| {
+                let p = |c: usize| format!("${}", first + i * 8 + c);
+                format!(
+                    "({}{uuid}, {}, {}, {}, {}{json}, {}{uuid}, {}{uuid}, {})",
+                    p(0),
+                    p(1),
+                    p(2),
+                    p(3),
+                    p(4),
+                    p(5),
+                    p(6),
+                    p(7)
+                )
+            })
+            .collect();
+        rows.join(", ")
+    }
+
+    /// The insert of `n` staged records into the outbox table (see [`Self::record_rows`]).
+    pub(crate) fn insert_records(self, first: usize, n: usize) -> String {
+        let (table, id) = match self {
+            Self::Postgres => ("outbox", "record_id"),
+            Self::Sqlite => ("staged_records", "id"),
+        };
+        format!(
+            "INSERT INTO {table} ({id}, stream, key, kind, payload, correlation_id, causation_id, \
+             recorded_at_ms) VALUES {}",
+            self.record_rows(first, n)
+        )
+    }
+}
+
+/// Binds a staged record's 8 columns to query `$q` in [`SqlDialect::record_rows`]' order
+/// (UUIDs and JSON as text).
+macro_rules! bind_staged {
+    ($q:expr, $r:expr) => {{
+        let r: &domain::NewRecord = $r;
+        $q.bind(r.id.to_string())
+            .bind(r.stream.as_str())
+            .bind(r.key.as_str())
+            .bind(r.kind.as_str())
+            .bind(r.payload.to_string())
+            .bind(r.correlation_id.map(|u| u.to_string()))
+            .bind(r.causation_id.map(|u| u.to_string()))
+            .bind(r.recorded_at_ms)
+    }};
+}
+pub(crate) use bind_staged;
 
 /// The charge's commit as ONE call, after the key was locked and checked: the key's new
 /// state, the ride's charge id (when the phase sets it) and up to [`FINISH_RECORDS_MAX`]
@@ -164,10 +222,10 @@ pub(crate) struct FinishPlan<'a> {
 
 impl FinishSql {
     /// Every variant (index = `charging * (FINISH_RECORDS_MAX + 1) + records`).
-    pub(crate) fn new(style: FinishStyle) -> Self {
-        let (json, uuid, table, id) = match style {
-            FinishStyle::Cte => ("::jsonb", "::uuid", "outbox", "record_id"),
-            FinishStyle::Statements => ("", "", "staged_records", "id"),
+    pub(crate) fn new(dialect: SqlDialect) -> Self {
+        let json = match dialect {
+            SqlDialect::Postgres => "::jsonb",
+            SqlDialect::Sqlite => "",
         };
         let mut all = Vec::new();
         for charging in [false, true] {
@@ -178,32 +236,10 @@ impl FinishSql {
                      ride_id = $6 WHERE id = $7"
                 );
                 let first = if charging { 10 } else { 8 };
-                let rows: Vec<String> = (0..n)
-                    .map(|i| {
-                        let p = |c: usize| format!("${}", first + i * 8 + c);
-                        format!(
-                            "({}{uuid}, {}, {}, {}, {}{json}, {}{uuid}, {}{uuid}, {})",
-                            p(0),
-                            p(1),
-                            p(2),
-                            p(3),
-                            p(4),
-                            p(5),
-                            p(6),
-                            p(7)
-                        )
-                    })
-                    .collect();
-                let records = (n > 0).then(|| {
-                    format!(
-                        "INSERT INTO {table} ({id}, stream, key, kind, payload, correlation_id, \
-                         causation_id, recorded_at_ms) VALUES {}",
-                        rows.join(", ")
-                    )
-                });
+                let records = (n > 0).then(|| dialect.insert_records(first, n));
                 let charge = "UPDATE rides SET charge_id = $8 WHERE id = $9";
-                all.push(match style {
-                    FinishStyle::Cte => {
+                all.push(match dialect {
+                    SqlDialect::Postgres => {
                         let mut sql = format!("WITH k AS ({key})");
                         if charging {
                             sql.push_str(&format!(", r AS ({charge} RETURNING id)"));
@@ -219,7 +255,7 @@ impl FinishSql {
                         sql
                     }
                     // `changes()` counts the rows of the statement just before it: the charge.
-                    FinishStyle::Statements => {
+                    SqlDialect::Sqlite => {
                         let mut sql = format!("{key};");
                         if let Some(records) = records {
                             sql.push_str(&format!(" {records};"));
@@ -307,10 +343,9 @@ pub(crate) struct StoreSql {
 
 /// `impl PhaseTx for $ty` for a SQL dialect, from its [`StoreSql`] and [`FinishSql`], plus
 /// the dialect's own `{ items }` (`stage`, `commit`). `$ty` has `fn conn(&mut self) -> &mut
-/// <Db>::Connection`, `$bind_record!(query, &NewRecord)` binds a staged record's 8 columns,
-/// and a function `db` in scope translates sqlx errors.
+/// <Db>::Connection`, and a function `db` in scope translates sqlx errors.
 macro_rules! sql_phase_tx {
-    ($ty:ty, $sql:expr, $finish:expr, $bind_record:ident, { $($items:tt)* }) => {
+    ($ty:ty, $sql:expr, $finish:expr, { $($items:tt)* }) => {
         #[async_trait::async_trait]
         impl $crate::phase::PhaseTx for $ty {
         async fn finish_phase(
@@ -335,7 +370,7 @@ macro_rules! sql_phase_tx {
                 q = q.bind(charge.to_owned()).bind(plan.ride_id);
             }
             for r in &plan.records {
-                q = $bind_record!(q, r);
+                q = $crate::sql_rows::bind_staged!(q, r);
             }
             if q.fetch_one(self.conn()).await.map_err(db)? == 0 {
                 return Err(ports::StoreError::NotFound(format!("ride {}", plan.ride_id)));

@@ -175,6 +175,19 @@ pub(crate) fn split_scheme(url: &str) -> Option<(String, &str)> {
     Some((scheme.to_ascii_lowercase(), rest))
 }
 
+/// The scheme (lower-cased) and the rest of `url`, or why the URL names no known scheme.
+fn scheme_of<'a>(
+    role: &'static str,
+    url: &'a str,
+    supported: &'static str,
+) -> Result<(String, &'a str), WiringError> {
+    split_scheme(url).ok_or_else(|| WiringError::UnknownScheme {
+        role,
+        url: redact(url),
+        supported,
+    })
+}
+
 /// The URL without the password of its user info, for messages.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -256,14 +269,7 @@ pub fn require_existing(role: &'static str, url: &str, command: &str) -> anyhow:
 /// store cannot be opened.
 pub async fn open_store(url: &str) -> anyhow::Result<Stores> {
     let role = "store";
-    let Some((scheme, rest)) = split_scheme(url) else {
-        return Err(WiringError::UnknownScheme {
-            role,
-            url: redact(url),
-            supported: STORE_SCHEMES,
-        }
-        .into());
-    };
+    let (scheme, rest) = scheme_of(role, url, STORE_SCHEMES)?;
     match scheme.as_str() {
         "memory" => {
             let store = Arc::new(adapters::memory::MemoryStore::new(PRODUCER));
@@ -338,14 +344,7 @@ pub async fn open_baseline(
     url: &str,
 ) -> anyhow::Result<Option<Box<dyn adapters::baseline::Baseline>>> {
     let role = "store";
-    let Some((scheme, rest)) = split_scheme(url) else {
-        return Err(WiringError::UnknownScheme {
-            role,
-            url: redact(url),
-            supported: STORE_SCHEMES,
-        }
-        .into());
-    };
+    let (scheme, rest) = scheme_of(role, url, STORE_SCHEMES)?;
     let _ = rest;
     match scheme.as_str() {
         #[cfg(feature = "sqlite")]
@@ -478,14 +477,7 @@ pub async fn open_log(url: &str, stores: &Stores) -> anyhow::Result<OpenedLog> {
 async fn open_log_once(url: &str, stores: &Stores) -> anyhow::Result<(Arc<dyn Log>, bool)> {
     let role = "log";
     let _ = stores;
-    let Some((scheme, rest)) = split_scheme(url) else {
-        return Err(WiringError::UnknownScheme {
-            role,
-            url: redact(url),
-            supported: LOG_SCHEMES,
-        }
-        .into());
-    };
+    let (scheme, rest) = scheme_of(role, url, LOG_SCHEMES)?;
     let _ = rest;
     let log: Arc<dyn Log> = match scheme.as_str() {
         "memory" => Arc::new(adapters::memory::MemoryLog::new()),

@@ -168,20 +168,7 @@ async fn lag_is_exact_near_both_ends_and_bounded_between() {
     let factory = RedisLogs::default();
     let log = factory.fresh().await;
     let producer = format!("lag-{}", uuid::Uuid::new_v4());
-    let records: Vec<domain::LogRecord> = (1..=3000u64)
-        .map(|seq| domain::LogRecord {
-            id: uuid::Uuid::new_v4(),
-            producer: producer.clone(),
-            seq,
-            stream: "rides".into(),
-            key: format!("ride-{seq}"),
-            kind: "ride.created".into(),
-            payload: serde_json::json!({ "distance": seq }),
-            correlation_id: None,
-            causation_id: None,
-            recorded_at_ms: 0,
-        })
-        .collect();
+    let records = ports::contract::fixtures::rides(&producer, 1, 3000);
     for chunk in records.chunks(1000) {
         log.append(chunk).await.expect("append");
     }

@@ -155,6 +155,12 @@ impl MemoryStore {
     }
 }
 
+/// Takes the next id of a counter (a rolled-back transaction leaves a gap, as a sequence).
+fn next_id(counter: &mut i64) -> i64 {
+    *counter += 1;
+    *counter - 1
+}
+
 /// A write of a [`MemoryTx`], applied at commit.
 #[derive(Debug)]
 enum Write {
@@ -205,8 +211,7 @@ impl PhaseTx for MemoryTx<'_> {
         if inner.key_id(key.user_id, &key.key).is_some() {
             return Ok(None);
         }
-        let id = inner.next_key_id;
-        inner.next_key_id += 1;
+        let id = next_id(&mut inner.next_key_id);
         drop(inner);
         self.writes
             .push(Write::Key(KeyRecord { id, ..key.clone() }));
@@ -219,11 +224,7 @@ impl PhaseTx for MemoryTx<'_> {
     }
 
     async fn insert_ride(&mut self, ride: &NewRide) -> Result<i64, StoreError> {
-        let id = {
-            let mut inner = lock(&self.store.inner);
-            inner.next_ride_id += 1;
-            inner.next_ride_id - 1
-        };
+        let id = next_id(&mut lock(&self.store.inner).next_ride_id);
         self.writes.push(Write::Ride(RideRow {
             id,
             user_id: ride.user_id,
@@ -250,11 +251,7 @@ impl PhaseTx for MemoryTx<'_> {
     }
 
     async fn insert_audit(&mut self, audit: &NewAudit<'_>) -> Result<(), StoreError> {
-        let id = {
-            let mut inner = lock(&self.store.inner);
-            inner.next_audit_id += 1;
-            inner.next_audit_id - 1
-        };
+        let id = next_id(&mut lock(&self.store.inner).next_audit_id);
         self.writes.push(Write::Audit(AuditRecord {
             id,
             user_id: audit.user_id,

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::PostgresStore;
 use super::error::PgError;
+use crate::sql_rows::SqlDialect;
 
 /// Rows sequenced per sequencer run at most.
 const SEQUENCER_BATCH: i64 = 1000;
@@ -41,28 +42,11 @@ pub(crate) async fn stage_in_phase(
     let sql = &PHASE_INSERT_SQL[records.len()];
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
     for r in records {
-        q = bind_record!(q, r);
+        q = crate::sql_rows::bind_staged!(q, r);
     }
     q.execute(conn).await?;
     Ok(())
 }
-
-/// Binds a staged record's 8 columns (as `PHASE_INSERT_SQL` writes them, UUIDs as text) to
-/// query `$q`.
-macro_rules! bind_record {
-    ($q:expr, $r:expr) => {{
-        let r: &'_ domain::NewRecord = $r;
-        $q.bind(r.id.to_string())
-            .bind(&r.stream)
-            .bind(&r.key)
-            .bind(&r.kind)
-            .bind(sqlx::types::Json(&r.payload))
-            .bind(r.correlation_id.map(|u| u.to_string()))
-            .bind(r.causation_id.map(|u| u.to_string()))
-            .bind(r.recorded_at_ms)
-    }};
-}
-pub(crate) use bind_record;
 
 /// The most records a phase stages with a `VALUES` statement.
 const PHASE_VALUES_MAX: usize = 4;
@@ -70,25 +54,7 @@ const PHASE_VALUES_MAX: usize = 4;
 /// `INSERT … VALUES` for 0..=[`PHASE_VALUES_MAX`] records (index = row count).
 static PHASE_INSERT_SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
     (0..=PHASE_VALUES_MAX)
-        .map(|n| {
-            let rows: Vec<String> = (0..n)
-                .map(|i| {
-                    // UUIDs travel as text, as everywhere in this adapter.
-                    let p: Vec<String> = (1..=8)
-                        .map(|c| match c {
-                            1 | 6 | 7 => format!("${}::uuid", i * 8 + c),
-                            _ => format!("${}", i * 8 + c),
-                        })
-                        .collect();
-                    format!("({})", p.join(", "))
-                })
-                .collect();
-            format!(
-                "INSERT INTO outbox (record_id, stream, key, kind, payload, correlation_id, \
-                 causation_id, recorded_at_ms) VALUES {}",
-                rows.join(", ")
-            )
-        })
+        .map(|n| SqlDialect::Postgres.insert_records(1, n))
         .collect()
 });
 

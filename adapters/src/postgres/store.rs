@@ -18,11 +18,11 @@ use sqlx::{PgConnection, Postgres, Transaction};
 
 use super::PostgresStore;
 use super::error::PgError;
-use super::outbox::{bind_record, stage_in_phase};
+use super::outbox::stage_in_phase;
 use crate::phase::Committed;
 use crate::sql_rows::{
-    FinishSql, FinishStyle, StoreSql, UserRow, bind_key, sql_phase_tx, sql_ride_store, store_sql,
-    to_i64,
+    FinishSql, SqlDialect, StoreSql, UserRow, bind_key, bind_staged, sql_phase_tx, sql_ride_store,
+    store_sql, to_i64,
 };
 
 /// Columns of `idempotency_keys AS k` for [`crate::sql_rows::KeyRow`], JSON as text.
@@ -58,9 +58,9 @@ impl PgTx {
 
 /// The charge's commit in one statement (data-modifying CTEs).
 static FINISH: std::sync::LazyLock<FinishSql> =
-    std::sync::LazyLock::new(|| FinishSql::new(FinishStyle::Cte));
+    std::sync::LazyLock::new(|| FinishSql::new(SqlDialect::Postgres));
 
-sql_phase_tx!(PgTx, SQL, FINISH, bind_record, {
+sql_phase_tx!(PgTx, SQL, FINISH, {
     async fn stage(&mut self, records: &[NewRecord]) -> Result<(), StoreError> {
         Ok(stage_in_phase(&mut self.tx, records).await?)
     }
@@ -85,21 +85,6 @@ const CREATE_RECORDS_MAX: usize = 4;
 static CREATE_SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
     (0..=CREATE_RECORDS_MAX)
         .map(|n| {
-            let rows: Vec<String> = (0..n)
-                .map(|i| {
-                    let b = 26 + i * 8;
-                    format!(
-                        "(${b}::uuid, ${}, ${}, ${}, ${}::jsonb, ${}::uuid, ${}::uuid, ${}::bigint)",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6,
-                        b + 7
-                    )
-                })
-                .collect();
             format!(
                 "WITH k AS (INSERT INTO idempotency_keys (user_id, idempotency_key, \
                    created_at_ms, last_run_at_ms, locked_at_ms, request_method, request_path, \
@@ -120,7 +105,7 @@ static CREATE_SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|
                         ", o AS (INSERT INTO outbox (record_id, stream, key, kind, payload, \
                            correlation_id, causation_id, recorded_at_ms) \
                            SELECT v.* FROM r, (VALUES {}) AS v)",
-                        rows.join(", ")
+                        SqlDialect::Postgres.record_rows(26, n)
                     )
                 }
             )
@@ -184,7 +169,7 @@ impl PostgresStore {
             .bind(&audit.origin_ip)
             .bind(now_ms);
         for r in &records {
-            q = bind_record!(q, r);
+            q = bind_staged!(q, r);
         }
         let id = q.fetch_optional(self.pool()).await.map_err(db)?;
         Ok(id.map(|id| KeyRecord { id, ..key }))

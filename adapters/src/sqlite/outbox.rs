@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::SqliteStore;
 use super::error::{Error, corrupt};
+use crate::sql_rows::SqlDialect;
 
 fn uuid(text: &str) -> Result<Uuid, Error> {
     Uuid::parse_str(text).map_err(|e| corrupt(format!("record id {text:?}: {e}")))
@@ -46,13 +47,7 @@ const STAGE_ROWS_MAX: usize = 4;
 /// `INSERT … VALUES` for 0..=[`STAGE_ROWS_MAX`] records (index = row count).
 static STAGE_ROWS_SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
     (0..=STAGE_ROWS_MAX)
-        .map(|n| {
-            let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; n].join(", ");
-            format!(
-                "INSERT INTO staged_records (id, stream, key, kind, payload, correlation_id, \
-                 causation_id, recorded_at_ms) VALUES {rows}"
-            )
-        })
+        .map(|n| SqlDialect::Sqlite.insert_records(1, n))
         .collect()
 });
 
@@ -75,15 +70,7 @@ async fn insert_chunk(
 ) -> Result<(), Error> {
     let mut q = sqlx::query(sqlx::AssertSqlSafe(STAGE_ROWS_SQL[records.len()].as_str()));
     for r in records {
-        q = q
-            .bind(r.id.to_string())
-            .bind(&r.stream)
-            .bind(&r.key)
-            .bind(&r.kind)
-            .bind(serde_json::to_string(&r.payload)?)
-            .bind(r.correlation_id.map(|u| u.to_string()))
-            .bind(r.causation_id.map(|u| u.to_string()))
-            .bind(r.recorded_at_ms);
+        q = crate::sql_rows::bind_staged!(q, r);
     }
     q.execute(&mut **tx).await?;
     Ok(())

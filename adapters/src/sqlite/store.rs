@@ -13,7 +13,7 @@ use super::error::Error;
 use super::outbox::insert_staged_rows;
 use crate::phase::{Committed, NewAudit};
 use crate::sql_rows::{
-    FinishSql, FinishStyle, StoreSql, UserRow, sql_phase_tx, sql_ride_store, store_sql,
+    FinishSql, SqlDialect, StoreSql, UserRow, bind_staged, sql_phase_tx, sql_ride_store, store_sql,
 };
 
 /// Columns of `idempotency_keys AS k` for [`crate::sql_rows::KeyRow`].
@@ -37,43 +37,16 @@ const AUDIT_RECORDS_MAX: usize = 4;
 static AUDIT_AND_STAGE_SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
     (0..=AUDIT_RECORDS_MAX)
         .map(|n| {
-            let mut sql = String::from(
-                "INSERT INTO audit_records (user_id, action, data, origin_ip, resource_type, \
-                 resource_id, created_at_ms) VALUES ($1, $2, $3, $4, 'ride', $5, $6);",
-            );
-            if n > 0 {
-                let rows: Vec<String> = (0..n)
-                    .map(|i| {
-                        let p: Vec<String> =
-                            (0..8).map(|c| format!("${}", 7 + i * 8 + c)).collect();
-                        format!("({})", p.join(", "))
-                    })
-                    .collect();
-                sql.push_str(&format!(
-                    " INSERT INTO staged_records (id, stream, key, kind, payload, \
-                     correlation_id, causation_id, recorded_at_ms) VALUES {};",
-                    rows.join(", ")
-                ));
+            let audit = "INSERT INTO audit_records (user_id, action, data, origin_ip, \
+                 resource_type, resource_id, created_at_ms) VALUES ($1, $2, $3, $4, 'ride', $5, $6);";
+            if n == 0 {
+                audit.to_owned()
+            } else {
+                format!("{audit} {};", SqlDialect::Sqlite.insert_records(7, n))
             }
-            sql
         })
         .collect()
 });
-
-/// Binds a staged record's 8 columns as `staged_records` stores them (JSON and UUIDs as text).
-macro_rules! bind_staged {
-    ($q:expr, $r:expr) => {{
-        let r: &NewRecord = $r;
-        $q.bind(r.id.to_string())
-            .bind(r.stream.clone())
-            .bind(r.key.clone())
-            .bind(r.kind.clone())
-            .bind(r.payload.to_string())
-            .bind(r.correlation_id.map(|u| u.to_string()))
-            .bind(r.causation_id.map(|u| u.to_string()))
-            .bind(r.recorded_at_ms)
-    }};
-}
 
 /// A sqlx error, translated once (see [`super::error`]).
 fn db(e: impl Into<Error>) -> StoreError {
@@ -91,9 +64,9 @@ impl SqliteTx {
 
 /// The charge's commit in one call (consecutive statements).
 static FINISH: std::sync::LazyLock<FinishSql> =
-    std::sync::LazyLock::new(|| FinishSql::new(FinishStyle::Statements));
+    std::sync::LazyLock::new(|| FinishSql::new(SqlDialect::Sqlite));
 
-sql_phase_tx!(SqliteTx, SQL, FINISH, bind_staged, {
+sql_phase_tx!(SqliteTx, SQL, FINISH, {
     async fn stage(&mut self, records: &[NewRecord]) -> Result<(), StoreError> {
         insert_staged_rows(&mut self.0, records).await.map_err(db)
     }
