@@ -10,11 +10,13 @@
 //! - [`idempotency`]: the Stripe-style idempotency-key model: key parsing, recovery points,
 //!   the decision taken when a request arrives, and the plan of the next atomic phase.
 //! - [`record`]: the log record envelope staged in the outbox and carried by every log.
-//! - [`distance`]: the distance consumer's fold, with a duplicate rule based on the producer's
-//!   sequence (never on log offsets or timing).
+//! - [`marks`]: the duplicate rule every consumer follows, based on the producer's sequence
+//!   (never on log offsets or timing).
+//! - [`distance`]: the distance consumer's fold.
 
 pub mod distance;
 pub mod idempotency;
+pub mod marks;
 pub mod record;
 pub mod ride;
 
@@ -24,6 +26,7 @@ pub use idempotency::{
     KeyRecord, KeyTransition, NextPhase, Phase, RecoveryPoint, RideWrite, StoredResponse,
     Thresholds, UnknownRecoveryPoint,
 };
+pub use marks::{Marks, Seen};
 pub use record::{LogRecord, NewRecord, RecordDraft};
 pub use ride::{
     ParamError, Ride, RideCommand, RideError, RideEvent, RideParams, RideRequest, RideStatus,

@@ -56,6 +56,10 @@ pub enum ConsumerStoreError {
     /// consumer name saved in between. Reload and redo the batch.
     #[error("consumer {0} was saved concurrently")]
     Conflict(String),
+    /// The save named a lease that is no longer current: another instance took over. This
+    /// instance must stop working on the scope (it is a standby now).
+    #[error("lease lost: {0}")]
+    Fenced(String),
     /// The store cannot be reached right now; retrying can help.
     #[error("consumer store unavailable: {0}")]
     Unavailable(String),

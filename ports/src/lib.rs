@@ -28,7 +28,7 @@ pub mod store;
 pub mod contract;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use consumer::{Checkpoint, ConsumerStore};
+pub use consumer::{Checkpoint, ConsumerStore, Cursor, Lease, Parked, Save, ToPark};
 pub use error::{ConsumerStoreError, LogError, PaymentError, StoreError};
 pub use log::{Batch, Delivery, Log, Position};
 pub use outbox::{Outbox, Route};
