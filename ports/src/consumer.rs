@@ -187,7 +187,8 @@ pub trait ConsumerStore: Send + Sync + 'static {
     /// # Errors
     /// [`ConsumerStoreError::Conflict`] on a version mismatch and
     /// [`ConsumerStoreError::Fenced`] on a lost lease (nothing written in either case).
-    async fn save(&self, name: &str, save: &Save<'_>) -> Result<u64, ConsumerStoreError>;
+    // The lifetime is named because mockall's `automock` rejects `&Save<'_>` here.
+    async fn save<'a>(&self, name: &str, save: &Save<'a>) -> Result<u64, ConsumerStoreError>;
 
     /// Every registered consumer, by name.
     ///

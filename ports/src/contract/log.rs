@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use domain::{DistanceState, LogRecord};
+use domain::{DistanceState, LogRecord, Marks, Seen};
 use uuid::Uuid;
 
 use super::LogFactory;
@@ -118,10 +118,23 @@ fn assert_per_lane_order(got: &[Delivery], key: impl Fn(&Delivery) -> usize, rul
     }
 }
 
-/// Folds deliveries into `state` as the distance consumer does.
-fn fold(state: &mut DistanceState, deliveries: &[Delivery]) {
+/// What a distance consumer keeps: the runtime's duplicate marks and the fold.
+#[derive(Debug, Clone, Default)]
+struct Consumer {
+    marks: Marks,
+    duplicates: u64,
+    fold: DistanceState,
+}
+
+/// Folds deliveries into `state` as the consumer runtime does: the duplicate rule, then the
+/// distance fold.
+fn fold(state: &mut Consumer, deliveries: &[Delivery]) {
     for d in deliveries {
-        state.apply(d.lane, &d.record);
+        if state.marks.see(d.lane, &d.record) == Seen::Duplicate {
+            state.duplicates += 1;
+        } else {
+            state.fold.apply(&d.record);
+        }
     }
 }
 
@@ -390,20 +403,20 @@ pub async fn double_send_leaves_fold_unchanged(f: &dyn LogFactory) {
     let batch = rides(&unique("p"), 1, 5);
     append(&log, &batch).await;
     let (once, _) = read_n(&log, &Position::start(), 5).await;
-    let mut first = DistanceState::default();
+    let mut first = Consumer::default();
     fold(&mut first, &once);
     assert_eq!(
-        (first.rides, first.distance_mm),
+        (first.fold.rides, first.fold.distance_mm),
         (5, distance_of(&batch)),
         "fold of 5 rides"
     );
     append(&log, &batch).await;
     let (twice, _) = read_n(&log, &Position::start(), 10).await;
-    let mut second = DistanceState::default();
+    let mut second = Consumer::default();
     fold(&mut second, &twice);
     assert_eq!(
-        (second.rides, second.distance_mm),
-        (first.rides, first.distance_mm),
+        (second.fold.rides, second.fold.distance_mm),
+        (first.fold.rides, first.fold.distance_mm),
         "a double send changed the fold"
     );
     assert_eq!(
@@ -422,7 +435,7 @@ pub async fn consumer_crash_before_commit_never_applies_twice(f: &dyn LogFactory
     append(&log, &records).await;
     // Commit a first part: state and position are "saved" together.
     let (part, saved_pos) = read_n(&log, &Position::start(), 2).await;
-    let mut saved = DistanceState::default();
+    let mut saved = Consumer::default();
     fold(&mut saved, &part);
     // Read and fold the next batch, then crash before saving.
     let (batch, _) = read_n(&log, &saved_pos, 2).await;
@@ -433,7 +446,7 @@ pub async fn consumer_crash_before_commit_never_applies_twice(f: &dyn LogFactory
     let (redelivered, _) = read_n(&log, &saved_pos, records.len() - part.len()).await;
     fold(&mut restarted, &redelivered);
     assert_eq!(
-        (restarted.rides, restarted.distance_mm),
+        (restarted.fold.rides, restarted.fold.distance_mm),
         (6, distance_of(&records)),
         "after a crash before commit each ride must be counted once"
     );
@@ -441,7 +454,7 @@ pub async fn consumer_crash_before_commit_never_applies_twice(f: &dyn LogFactory
     // without its position) must count nothing twice either.
     fold(&mut working, &redelivered);
     assert_eq!(
-        (working.rides, working.distance_mm),
+        (working.fold.rides, working.fold.distance_mm),
         (6, distance_of(&records)),
         "a redelivered batch was applied twice"
     );

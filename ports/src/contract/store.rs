@@ -1224,8 +1224,12 @@ pub async fn store_survives_reopen(f: &dyn StoreFactory) {
     let (k2, r2) = create_ride(&sut, u.id, params(2), now).await;
     let position = crate::Position::new("contract-position-7");
     let state = serde_json::json!({"rides": 2});
+    let cursor = crate::Cursor::default();
     sut.consumers
-        .save("contract-consumer", 0, &position, &state, now)
+        .save(
+            "contract-consumer",
+            &crate::Save::new(0, &position, &cursor, &state, now),
+        )
         .await
         .unwrap_or_else(|e| panic!("consumer save failed: {e}"));
     let before_keys = (
