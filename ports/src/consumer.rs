@@ -121,7 +121,8 @@ pub struct Save<'a> {
     /// The save's time (ms).
     pub now_ms: i64,
     /// Fencing: when set, the save fails with [`ConsumerStoreError::Fenced`] unless this
-    /// lease (scope, holder and epoch) is still the stored one.
+    /// lease (scope, holder and epoch) is still the stored one. It is checked before the
+    /// version, so a deposed holder learns that it is one rather than reloading and retrying.
     pub lease: Option<&'a Lease>,
     /// Records to add to the consumer's dead-letter list.
     pub park: &'a [ToPark],

@@ -173,6 +173,17 @@ macro_rules! store_contract_tests {
             consumer::save_then_load,
             consumer::save_with_a_stale_version_conflicts_and_changes_nothing,
             consumer::list_returns_every_registered_consumer,
+            consumer::cursor_round_trips,
+            consumer::park_and_save_are_atomic_and_parked_is_oldest_first,
+            consumer::unpark_in_a_save_drops_exactly_those_ids,
+            consumer::a_conflicting_save_parks_nothing,
+            consumer::remove_deregisters_and_drops_parked_records,
+            consumer::a_lease_expires_and_another_holder_gets_a_higher_epoch,
+            consumer::a_lease_renews_for_its_holder,
+            consumer::a_live_lease_is_refused_to_another_holder,
+            consumer::release_frees_the_lease_at_once,
+            consumer::a_fenced_save_fails_and_changes_nothing,
+            consumer::concurrent_acquirers_get_exactly_one_lease,
         );
     };
 }
