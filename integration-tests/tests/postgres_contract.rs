@@ -1,5 +1,8 @@
 //! Contract suites against the Postgres adapter.
 //!
+//! The store contract (store, outbox, consumer store) runs in
+//! `adapters/tests/contract_postgres.rs`.
+//!
 //! Every `fresh()` creates its own schema (`rides_test_<uuid>`) in the database named by
 //! `RIDES_TEST_POSTGRES_URL`, so tests run in parallel without seeing each other; `reopen`
 //! drops the handle and connects again to the same schema, as a restarted process would.
@@ -10,7 +13,7 @@ use std::sync::Arc;
 
 use adapters::postgres::{PgOptions, PostgresLog, PostgresStore};
 use ports::Log;
-use ports::contract::{LogFactory, StoreFactory, StoreUnderTest, async_trait};
+use ports::contract::{LogFactory, async_trait};
 
 /// The test service URL: from the environment, a container, or a clear failure (see `harness`).
 async fn url() -> String {
@@ -71,41 +74,6 @@ async fn sweep_old_schemas(store: &PostgresStore) {
     }
 }
 
-async fn reconnect(schema: &str) -> PostgresStore {
-    PostgresStore::connect(&url().await, options(schema))
-        .await
-        .unwrap_or_else(|e| panic!("reconnect to {schema}: {e}"))
-}
-
-fn under_test(store: PostgresStore) -> StoreUnderTest {
-    StoreUnderTest {
-        store: Arc::new(store.clone()),
-        outbox: Arc::new(store.clone()),
-        consumers: Arc::new(store),
-    }
-}
-
-/// Stores, each in a new schema.
-struct PgStores;
-
-#[async_trait]
-impl StoreFactory for PgStores {
-    async fn fresh(&self) -> StoreUnderTest {
-        under_test(fresh_store().await)
-    }
-
-    async fn reopen(&self, sut: StoreUnderTest) -> Option<StoreUnderTest> {
-        let describe = sut.store.describe();
-        drop(sut);
-        let schema = describe
-            .rsplit("schema=")
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        Some(under_test(reconnect(&schema).await))
-    }
-}
-
 /// Postgres-only logs, each over a store in a new schema.
 struct PgLogs;
 
@@ -128,10 +96,6 @@ impl LogFactory for PgLogs {
             .unwrap_or_else(|e| panic!("reconnect the log to {schema}: {e}"));
         Some(Arc::new(log))
     }
-}
-
-mod store {
-    ports::store_contract_tests!(super::PgStores);
 }
 
 mod log {
