@@ -4,7 +4,8 @@
 //!   ([`ports::Outbox`]) in one value, because staged records must be written in the same
 //!   atomic step as the ride they describe.
 //! - [`MemoryLog`]: a single-lane log ([`ports::Log`]) with decimal offsets.
-//! - [`MemoryConsumerStore`]: consumers' states and positions ([`ports::ConsumerStore`]).
+//! - [`MemoryConsumerStore`]: consumers' checkpoints, dead-letter lists and leases
+//!   ([`ports::ConsumerStore`]).
 //!
 //! # Design choices
 //!
