@@ -1,31 +1,87 @@
-//! [`ConsumerStore`] on SQLite: one row per consumer, saved with an optimistic version check.
+//! [`ConsumerStore`] on SQLite: one row per consumer (`consumer_checkpoints`: position, cursor
+//! and state as JSON text, version), the dead-letter lists (`consumer_parked`) and leases
+//! (`consumer_leases`).
+//!
+//! Every write is one `BEGIN IMMEDIATE` transaction on the single writer connection, so
+//! nothing interleaves with it: a save checks the lease (fencing) and then the version, writes
+//! the checkpoint, parks and unparks, and commits, or rolls back having written nothing. A
+//! lease is taken or renewed by one `INSERT … ON CONFLICT DO UPDATE … WHERE` that decides on
+//! the stored row (free, expired, or the caller's own).
 
 use async_trait::async_trait;
-use ports::{Checkpoint, ConsumerStore, ConsumerStoreError, Position};
+use ports::{Checkpoint, ConsumerStore, ConsumerStoreError, Cursor, Lease, Parked, Position, Save};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use super::SqliteStore;
 use super::error::{Error, corrupt};
 
-fn checkpoint_from_row(row: &SqliteRow) -> Result<Checkpoint, Error> {
-    let position: String = row.try_get("position")?;
-    let state: String = row.try_get("state")?;
-    let version: i64 = row.try_get("version")?;
+/// Data of consumer `name` that cannot be decoded.
+fn bad(name: &str, what: impl std::fmt::Display) -> ConsumerStoreError {
+    ConsumerStoreError::Other(format!(
+        "corrupt data in the store, consumer {name:?}: {what}"
+    ))
+}
+
+fn checkpoint_from_row(name: &str, row: &SqliteRow) -> Result<Checkpoint, ConsumerStoreError> {
+    let position: String = row.try_get("position").map_err(Error::from)?;
+    let cursor: String = row.try_get("cursor").map_err(Error::from)?;
+    let state: String = row.try_get("state").map_err(Error::from)?;
+    let version: i64 = row.try_get("version").map_err(Error::from)?;
     Ok(Checkpoint {
         position: Position::new(position),
-        state: serde_json::from_str(&state)?,
-        version: u64::try_from(version).map_err(|_| corrupt(format!("version {version}")))?,
-        updated_at_ms: row.try_get("updated_at_ms")?,
+        cursor: serde_json::from_str::<Cursor>(&cursor)
+            .map_err(|e| bad(name, format_args!("unreadable cursor {cursor}: {e}")))?,
+        state: serde_json::from_str(&state)
+            .map_err(|e| bad(name, format_args!("unreadable state: {e}")))?,
+        version: u64::try_from(version)
+            .map_err(|_| bad(name, format_args!("negative version {version}")))?,
+        updated_at_ms: row.try_get("updated_at_ms").map_err(Error::from)?,
     })
+}
+
+fn parked_from_row(name: &str, row: &SqliteRow) -> Result<Parked, ConsumerStoreError> {
+    let id: i64 = row.try_get("id").map_err(Error::from)?;
+    let lane: i64 = row.try_get("lane").map_err(Error::from)?;
+    let record: String = row.try_get("record").map_err(Error::from)?;
+    Ok(Parked {
+        id: u64::try_from(id).map_err(|_| bad(name, format_args!("parked id {id}")))?,
+        lane: u32::try_from(lane)
+            .map_err(|_| bad(name, format_args!("parked record {id}: lane {lane}")))?,
+        record: serde_json::from_str(&record)
+            .map_err(|e| bad(name, format_args!("parked record {id}: {e}")))?,
+        error: row.try_get("error").map_err(Error::from)?,
+        parked_at_ms: row.try_get("parked_at_ms").map_err(Error::from)?,
+    })
+}
+
+fn lease_from_row(row: &SqliteRow) -> Result<Lease, ConsumerStoreError> {
+    let scope: String = row.try_get("scope").map_err(Error::from)?;
+    let epoch: i64 = row.try_get("epoch").map_err(Error::from)?;
+    Ok(Lease {
+        epoch: u64::try_from(epoch).map_err(|_| {
+            ConsumerStoreError::Other(format!(
+                "corrupt data in the store, lease {scope:?}: epoch {epoch}"
+            ))
+        })?,
+        holder: row.try_get("holder").map_err(Error::from)?,
+        expires_at_ms: row.try_get("expires_at_ms").map_err(Error::from)?,
+        scope,
+    })
+}
+
+/// Why a save wrote nothing.
+enum Refused {
+    Conflict,
+    Fenced,
 }
 
 impl SqliteStore {
     async fn register_tx(&self, name: &str) -> Result<(), Error> {
         let mut tx = self.write().await?;
         sqlx::query(
-            "INSERT OR IGNORE INTO consumer_checkpoints (name, position, state, version, \
-             updated_at_ms) VALUES (?, '', 'null', 0, 0)",
+            "INSERT OR IGNORE INTO consumer_checkpoints (name, position, cursor, state, version, \
+             updated_at_ms) VALUES (?, '', '{}', 'null', 0, 0)",
         )
         .bind(name)
         .execute(&mut *tx)
@@ -34,46 +90,70 @@ impl SqliteStore {
         Ok(())
     }
 
-    async fn save_tx(
-        &self,
-        name: &str,
-        expected: u64,
-        position: &Position,
-        state: &serde_json::Value,
-        now_ms: i64,
-    ) -> Result<Option<u64>, Error> {
+    async fn save_tx(&self, name: &str, save: &Save<'_>) -> Result<Result<u64, Refused>, Error> {
+        let expected =
+            i64::try_from(save.expected_version).map_err(|_| corrupt("version overflow"))?;
         let version = expected
             .checked_add(1)
             .ok_or_else(|| corrupt("version overflow"))?;
-        let version_i = i64::try_from(version).map_err(|_| corrupt("version overflow"))?;
-        let state = serde_json::to_string(state)?;
+        let cursor = serde_json::to_string(save.cursor)?;
+        let state = serde_json::to_string(save.state)?;
+        let parked = save
+            .park
+            .iter()
+            .map(|p| {
+                Ok((
+                    i64::from(p.lane),
+                    serde_json::to_string(&p.record)?,
+                    &p.error,
+                ))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let unpark = serde_json::to_string(save.unpark)?;
+        // Dropping the transaction without commit rolls it back.
         let mut tx = self.write().await?;
+        if let Some(lease) = save.lease {
+            let epoch = i64::try_from(lease.epoch).map_err(|_| corrupt("epoch overflow"))?;
+            let held = sqlx::query(
+                "SELECT 1 FROM consumer_leases WHERE scope = ? AND holder = ? AND epoch = ?",
+            )
+            .bind(&lease.scope)
+            .bind(&lease.holder)
+            .bind(epoch)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if held.is_none() {
+                return Ok(Err(Refused::Fenced));
+            }
+        }
         let updated = sqlx::query(
-            "UPDATE consumer_checkpoints SET position = ?, state = ?, version = ?, \
+            "UPDATE consumer_checkpoints SET position = ?, cursor = ?, state = ?, version = ?, \
              updated_at_ms = ? WHERE name = ? AND version = ?",
         )
-        .bind(position.as_str())
+        .bind(save.position.as_str())
+        .bind(&cursor)
         .bind(&state)
-        .bind(version_i)
-        .bind(now_ms)
+        .bind(version)
+        .bind(save.now_ms)
         .bind(name)
-        .bind(version_i - 1)
+        .bind(expected)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         let saved = if updated == 1 {
             true
         } else if expected == 0 {
-            // A consumer that was never registered: create it, unless someone else just did.
+            // A consumer that was never registered: create it, unless it exists.
             sqlx::query(
-                "INSERT OR IGNORE INTO consumer_checkpoints (name, position, state, version, \
-                 updated_at_ms) VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO consumer_checkpoints (name, position, cursor, state, \
+                 version, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
             )
             .bind(name)
-            .bind(position.as_str())
+            .bind(save.position.as_str())
+            .bind(&cursor)
             .bind(&state)
-            .bind(version_i)
-            .bind(now_ms)
+            .bind(version)
+            .bind(save.now_ms)
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -82,11 +162,93 @@ impl SqliteStore {
             false
         };
         if !saved {
-            // Nothing was written; dropping the transaction rolls it back.
-            return Ok(None);
+            return Ok(Err(Refused::Conflict));
+        }
+        for (lane, record, error) in &parked {
+            sqlx::query(
+                "INSERT INTO consumer_parked (name, lane, record, error, parked_at_ms) \
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(name)
+            .bind(lane)
+            .bind(record)
+            .bind(error)
+            .bind(save.now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !save.unpark.is_empty() {
+            sqlx::query(
+                "DELETE FROM consumer_parked WHERE name = ? \
+                 AND id IN (SELECT value FROM json_each(?))",
+            )
+            .bind(name)
+            .bind(&unpark)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
-        Ok(Some(version))
+        Ok(Ok(
+            u64::try_from(version).map_err(|_| corrupt("version overflow"))?
+        ))
+    }
+
+    async fn remove_consumer_tx(&self, name: &str) -> Result<bool, Error> {
+        let mut tx = self.write().await?;
+        sqlx::query("DELETE FROM consumer_parked WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let removed = sqlx::query("DELETE FROM consumer_checkpoints WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(removed == 1)
+    }
+
+    async fn acquire_tx(
+        &self,
+        scope: &str,
+        holder: &str,
+        expires_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<Option<SqliteRow>, Error> {
+        let mut tx = self.write().await?;
+        let row = sqlx::query(
+            "INSERT INTO consumer_leases AS l (scope, holder, epoch, expires_at_ms) \
+             VALUES (?1, ?2, 1, ?3) \
+             ON CONFLICT (scope) DO UPDATE SET \
+               epoch = CASE WHEN l.expires_at_ms <= ?4 THEN l.epoch + 1 ELSE l.epoch END, \
+               holder = excluded.holder, expires_at_ms = excluded.expires_at_ms \
+             WHERE l.expires_at_ms <= ?4 OR l.holder = excluded.holder \
+             RETURNING scope, holder, epoch, expires_at_ms",
+        )
+        .bind(scope)
+        .bind(holder)
+        .bind(expires_at_ms)
+        .bind(now_ms)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    async fn release_tx(&self, lease: &Lease) -> Result<(), Error> {
+        let epoch = i64::try_from(lease.epoch).map_err(|_| corrupt("epoch overflow"))?;
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "UPDATE consumer_leases SET expires_at_ms = 0 \
+             WHERE scope = ? AND holder = ? AND epoch = ?",
+        )
+        .bind(&lease.scope)
+        .bind(&lease.holder)
+        .bind(epoch)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }
 
@@ -98,37 +260,28 @@ impl ConsumerStore for SqliteStore {
 
     async fn load(&self, name: &str) -> Result<Option<Checkpoint>, ConsumerStoreError> {
         let row = sqlx::query(
-            "SELECT position, state, version, updated_at_ms FROM consumer_checkpoints \
+            "SELECT position, cursor, state, version, updated_at_ms FROM consumer_checkpoints \
              WHERE name = ?",
         )
         .bind(name)
         .fetch_optional(self.reader())
         .await
         .map_err(Error::from)?;
-        Ok(row.as_ref().map(checkpoint_from_row).transpose()?)
+        row.map(|row| checkpoint_from_row(name, &row)).transpose()
     }
 
-    async fn save(
-        &self,
-        name: &str,
-        expected_version: u64,
-        position: &Position,
-        state: &serde_json::Value,
-        now_ms: i64,
-    ) -> Result<u64, ConsumerStoreError> {
-        match self
-            .save_tx(name, expected_version, position, state, now_ms)
-            .await?
-        {
-            Some(version) => Ok(version),
-            None => Err(ConsumerStoreError::Conflict(name.to_owned())),
+    async fn save<'a>(&self, name: &str, save: &Save<'a>) -> Result<u64, ConsumerStoreError> {
+        match self.save_tx(name, save).await? {
+            Ok(version) => Ok(version),
+            Err(Refused::Conflict) => Err(ConsumerStoreError::Conflict(name.to_owned())),
+            Err(Refused::Fenced) => Err(fenced(save.lease)),
         }
     }
 
     async fn list(&self) -> Result<Vec<(String, Checkpoint)>, ConsumerStoreError> {
         let rows = sqlx::query(
-            "SELECT name, position, state, version, updated_at_ms FROM consumer_checkpoints \
-             ORDER BY name",
+            "SELECT name, position, cursor, state, version, updated_at_ms \
+             FROM consumer_checkpoints ORDER BY name",
         )
         .fetch_all(self.reader())
         .await
@@ -136,8 +289,59 @@ impl ConsumerStore for SqliteStore {
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let name: String = row.try_get("name").map_err(Error::from)?;
-            out.push((name, checkpoint_from_row(row)?));
+            let checkpoint = checkpoint_from_row(&name, row)?;
+            out.push((name, checkpoint));
         }
         Ok(out)
     }
+
+    async fn remove(&self, name: &str) -> Result<bool, ConsumerStoreError> {
+        self.remove_consumer_tx(name).await.map_err(Into::into)
+    }
+
+    async fn parked(&self, name: &str) -> Result<Vec<Parked>, ConsumerStoreError> {
+        let rows = sqlx::query(
+            "SELECT id, lane, record, error, parked_at_ms FROM consumer_parked \
+             WHERE name = ? ORDER BY id",
+        )
+        .bind(name)
+        .fetch_all(self.reader())
+        .await
+        .map_err(Error::from)?;
+        rows.iter().map(|row| parked_from_row(name, row)).collect()
+    }
+
+    async fn acquire_lease(
+        &self,
+        scope: &str,
+        holder: &str,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<Option<Lease>, ConsumerStoreError> {
+        let row = self
+            .acquire_tx(scope, holder, now_ms.saturating_add(ttl_ms), now_ms)
+            .await?;
+        row.as_ref().map(lease_from_row).transpose()
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<(), ConsumerStoreError> {
+        self.release_tx(lease).await.map_err(Into::into)
+    }
+
+    async fn leases(&self) -> Result<Vec<Lease>, ConsumerStoreError> {
+        let rows = sqlx::query(
+            "SELECT scope, holder, epoch, expires_at_ms FROM consumer_leases ORDER BY scope",
+        )
+        .fetch_all(self.reader())
+        .await
+        .map_err(Error::from)?;
+        rows.iter().map(lease_from_row).collect()
+    }
+}
+
+/// The error of a save whose lease is no longer the stored one.
+fn fenced(lease: Option<&Lease>) -> ConsumerStoreError {
+    ConsumerStoreError::Fenced(lease.map_or_else(String::new, |l| {
+        format!("{} (holder {}, epoch {})", l.scope, l.holder, l.epoch)
+    }))
 }

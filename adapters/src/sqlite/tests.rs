@@ -1,8 +1,9 @@
 //! Unit tests of the SQLite adapter; the full contract suites run in `tests/contract_sqlite.rs`.
 
-use domain::{IdempotencyKey, RideParams, Thresholds};
+use domain::{IdempotencyKey, Marks, RideParams, Thresholds};
 use ports::{
-    BeginRequest, Begun, ConsumerStore, ConsumerStoreError, Outbox, Position, RideStore, StoreError,
+    BeginRequest, Begun, Checkpoint, ConsumerStore, ConsumerStoreError, Cursor, Outbox, Position,
+    RideStore, Save, StoreError,
 };
 
 use super::{SqliteOptions, SqliteStore};
@@ -67,21 +68,22 @@ async fn consumer_saves_are_versioned() {
         .expect("registered");
     assert_eq!((cp.version, cp.position.is_start()), (0, true));
 
-    let pos = Position::new("7");
+    let (pos, cursor) = (Position::new("7"), Cursor::default());
     let state = serde_json::json!({"total": 3});
-    assert_eq!(store.save("distance", 0, &pos, &state, 5).await, Ok(1));
+    let save = Save::new(0, &pos, &cursor, &state, 5);
+    assert_eq!(store.save("distance", &save).await, Ok(1));
     assert_eq!(
-        store.save("distance", 0, &pos, &state, 6).await,
+        store.save("distance", &save).await,
         Err(ConsumerStoreError::Conflict("distance".into()))
     );
     store.register("distance").await.expect("register again");
     let cp = store.load("distance").await.expect("load").expect("saved");
-    assert_eq!((cp.version, cp.position, cp.state), (1, pos.clone(), state));
-    // A consumer saved without registering first.
     assert_eq!(
-        store.save("other", 0, &pos, &serde_json::json!(1), 5).await,
-        Ok(1)
+        (cp.version, cp.position, cp.state),
+        (1, pos.clone(), state.clone())
     );
+    // A consumer saved without registering first.
+    assert_eq!(store.save("other", &save).await, Ok(1));
     let names: Vec<_> = store
         .list()
         .await
@@ -90,6 +92,103 @@ async fn consumer_saves_are_versioned() {
         .map(|(n, _)| n)
         .collect();
     assert_eq!(names, ["distance", "other"]);
+}
+
+/// The consumer-runtime migration copies what older distance consumers kept in their state
+/// (log, seal, marks, duplicates) into the cursor, leaving out what they did not have.
+#[tokio::test]
+async fn the_consumer_runtime_migration_moves_old_states_into_cursors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("rides.db").display());
+    let old = SqliteStore::connect_with(&url, SqliteOptions { migrate: false })
+        .await
+        .expect("connect");
+    // The schema as the previous version left it.
+    super::MIGRATOR
+        .run_to(20_261_201_000_000, &old.inner.writer)
+        .await
+        .expect("migrate to the previous version");
+    sqlx::query(
+        "INSERT INTO consumer_checkpoints (name, position, state, version, updated_at_ms) VALUES \
+         ('followed', '12', ?, 7, 99), ('plain', '3', ?, 2, 98), ('registered', '', 'null', 0, 0)",
+    )
+    .bind(
+        serde_json::json!({
+            "log_url": "kafka://k:9092/rides", "rides": 3, "distance_mm": 4500,
+            "high_water": {"pg-1/0": 7, "pg-1/2": 5}, "floors": {"pg-0": 3},
+            "duplicates": 2, "rejected": 1
+        })
+        .to_string(),
+    )
+    .bind(
+        serde_json::json!({
+            "sealed_to": "redis://r/0", "log_url": null, "rides": 1, "distance_mm": 10,
+            "high_water": {"pg-1/0": 1}, "duplicates": 0, "rejected": 0
+        })
+        .to_string(),
+    )
+    .execute(&old.inner.writer)
+    .await
+    .expect("insert old rows");
+    drop(old);
+
+    let store = SqliteStore::connect(&url)
+        .await
+        .expect("connect and migrate");
+    let marks = |hw: &[(&str, u64)], floors: &[(&str, u64)]| Marks {
+        high_water: hw.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        floors: floors.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+    };
+    let followed = store.load("followed").await.expect("load").expect("kept");
+    assert_eq!(
+        followed.cursor,
+        Cursor {
+            log_url: Some("kafka://k:9092/rides".into()),
+            sealed_to: None,
+            marks: marks(&[("pg-1/0", 7), ("pg-1/2", 5)], &[("pg-0", 3)]),
+            duplicates: 2,
+        }
+    );
+    assert_eq!(
+        (followed.version, followed.state["rides"].clone()),
+        (7, serde_json::json!(3)),
+        "the rest of the checkpoint is unchanged"
+    );
+    let plain = store.load("plain").await.expect("load").expect("kept");
+    assert_eq!(
+        plain.cursor,
+        Cursor {
+            log_url: None,
+            sealed_to: Some("redis://r/0".into()),
+            marks: marks(&[("pg-1/0", 1)], &[]),
+            duplicates: 0,
+        }
+    );
+    let registered = store.load("registered").await.expect("load").expect("kept");
+    assert_eq!(registered, Checkpoint::registered());
+}
+
+/// A cursor that cannot be read is an error naming the consumer, never a default cursor
+/// (which would put the consumer back on its first log).
+#[tokio::test]
+async fn an_unreadable_cursor_is_an_error_naming_the_consumer() {
+    let (_dir, store) = fresh().await;
+    store.register("broken").await.expect("register");
+    sqlx::query("UPDATE consumer_checkpoints SET cursor = '{\"marks\": 5}' WHERE name = 'broken'")
+        .execute(&store.inner.writer)
+        .await
+        .expect("corrupt the cursor");
+    for result in [
+        store.load("broken").await.map(|_| ()),
+        store.list().await.map(|_| ()),
+    ] {
+        match result {
+            Err(ConsumerStoreError::Other(m)) => {
+                assert!(m.contains("broken"), "the error names the consumer: {m}");
+            }
+            other => panic!("an unreadable cursor must be Other, got {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]
