@@ -195,3 +195,79 @@ async fn a_long_transaction_holds_back_only_its_own_records() {
     );
     assert!(second.deliveries[0].record.seq > first.deliveries[0].record.seq);
 }
+
+/// Adapter-specific: records numbered by the streamer's claim sequencer (one claimed-batch row
+/// per batch, migration 0005) and records numbered in place by the log's row sequencer form
+/// one gap-free sequence, which the Postgres-only log reads, counts and trims, and from which
+/// `remove` takes exactly what it is given. (A cutover back to the Postgres-only log leaves
+/// claimed records behind: the log must deliver them.)
+#[tokio::test]
+async fn claimed_and_row_sequenced_records_are_one_log() {
+    use ports::{Outbox, Position};
+    use std::time::Duration;
+    let store = fresh_store().await;
+    let log = store.log();
+    let rec = |n: i64| domain::NewRecord {
+        id: uuid::Uuid::new_v4(),
+        stream: "rides".into(),
+        key: format!("ride:{n}"),
+        kind: "test".into(),
+        payload: serde_json::json!({ "n": n }),
+        correlation_id: None,
+        causation_id: None,
+        recorded_at_ms: 0,
+    };
+    let n_of = |b: &ports::Batch| -> Vec<i64> {
+        b.deliveries
+            .iter()
+            .map(|d| d.record.payload["n"].as_i64().unwrap())
+            .collect()
+    };
+    Outbox::stage(&store, &[rec(1), rec(2), rec(3)])
+        .await
+        .unwrap();
+    // The streamer's peek claims all three as one batch row.
+    let peeked = Outbox::peek(&store, 2).await.unwrap();
+    assert_eq!(peeked.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
+    let claimed: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_claimed")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(claimed, 1, "one row for the batch");
+    // Staged afterwards and numbered in place by the log's reader.
+    Outbox::stage(&store, &[rec(4)]).await.unwrap();
+    let all = log
+        .read(&Position::start(), 10, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(n_of(&all), vec![1, 2, 3, 4]);
+    let seqs: Vec<u64> = all.deliveries.iter().map(|d| d.record.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4], "one gap-free sequence");
+    assert_eq!(log.lag(&Position::start()).await.unwrap(), 4);
+    assert_eq!(Outbox::staged(&store).await.unwrap(), 4);
+
+    // `remove` is exact inside a claimed batch too.
+    assert_eq!(Outbox::remove(&store, &[2]).await.unwrap(), 1);
+    assert_eq!(Outbox::remove(&store, &[2]).await.unwrap(), 0);
+    let left = Outbox::peek(&store, 10).await.unwrap();
+    assert_eq!(
+        left.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 3, 4]
+    );
+    assert_eq!(log.lag(&Position::new("1")).await.unwrap(), 2);
+
+    // Trimming through a claimed batch keeps what is above the checkpoint.
+    assert_eq!(log.trim(&[Position::new("1")]).await.unwrap(), 1);
+    let rest = log
+        .read(&Position::start(), 10, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(n_of(&rest), vec![3, 4]);
+    assert_eq!(log.trim(&[Position::new("4")]).await.unwrap(), 2);
+    assert_eq!(log.len().await.unwrap(), 0);
+    let claimed: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_claimed")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(claimed, 0, "an emptied batch row is deleted");
+}

@@ -14,7 +14,9 @@ use ports::{Batch, Delivery, Log, LogError, Position, StoreError};
 use tokio::time::Instant;
 
 use super::error::PgError;
-use super::outbox::{RECORD_COLUMNS, Staged, insert, record_from_row};
+use super::outbox::{
+    RECORD_COLUMNS, Staged, count_above, insert, record_from_row, sequenced_above,
+};
 use super::{PgOptions, PostgresStore};
 
 /// The log over a Postgres store's outbox table. Cheap to clone.
@@ -91,11 +93,13 @@ impl PostgresLog {
     /// producer seq, which differs for appended records).
     async fn read_batch(&self, after: i64, max: usize) -> Result<Option<Batch>, PgError> {
         self.store.sequence().await?;
-        let sql = format!(
-            "SELECT seq AS log_seq, {RECORD_COLUMNS} FROM outbox WHERE seq > $1 \
-             ORDER BY seq LIMIT $2"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "SELECT seq AS log_seq, {RECORD_COLUMNS} FROM ({}) s ORDER BY seq LIMIT $2",
+                sequenced_above("$1", "$2")
+            )
+        });
+        let rows = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
             .bind(after)
             .bind(i64::try_from(max).unwrap_or(i64::MAX))
             .fetch_all(self.store.pool())
@@ -175,12 +179,17 @@ impl Log for PostgresLog {
     async fn lag(&self, from: &Position) -> Result<u64, LogError> {
         let after = parse_position(from)?;
         self.store.sequence().await?;
-        let n: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE seq IS NULL OR seq > $1")
-                .bind(after)
-                .fetch_one(self.store.pool())
-                .await
-                .map_err(PgError::from)?;
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "SELECT (SELECT count(*) FROM outbox WHERE seq IS NULL) + {}",
+                count_above("$1")
+            )
+        });
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(SQL.as_str()))
+            .bind(after)
+            .fetch_one(self.store.pool())
+            .await
+            .map_err(PgError::from)?;
         Ok(u64::try_from(n).unwrap_or_default())
     }
 
@@ -198,12 +207,26 @@ impl Log for PostgresLog {
         let Some(min) = min.filter(|_| !has_start) else {
             return Ok(0);
         };
-        let done = sqlx::query("DELETE FROM outbox WHERE seq <= $1")
-            .bind(min)
-            .execute(self.store.pool())
-            .await
-            .map_err(PgError::from)?;
-        Ok(done.rows_affected())
+        // Rows at or below `min`; claimed batches wholly below it; and the elements at or
+        // below it of a batch that straddles it. One statement.
+        let done: i64 = sqlx::query_scalar(
+            "WITH gone AS (DELETE FROM outbox WHERE seq <= $1 RETURNING 1), \
+             whole AS (DELETE FROM outbox_claimed WHERE last_seq <= $1 \
+                       RETURNING cardinality(records) AS n), \
+             part AS (UPDATE outbox_claimed c \
+                      SET records = ARRAY(SELECT r FROM unnest(c.records) r WHERE r.seq > $1) \
+                      FROM (SELECT first_seq, cardinality(records) AS n FROM outbox_claimed \
+                            WHERE first_seq <= $1 AND last_seq > $1) o \
+                      WHERE c.first_seq = o.first_seq \
+                      RETURNING o.n - cardinality(c.records) AS n) \
+             SELECT (SELECT count(*) FROM gone) + coalesce((SELECT sum(n) FROM whole), 0) \
+                    + coalesce((SELECT sum(n) FROM part), 0)",
+        )
+        .bind(min)
+        .fetch_one(self.store.pool())
+        .await
+        .map_err(PgError::from)?;
+        Ok(u64::try_from(done).unwrap_or_default())
     }
 
     async fn len(&self) -> Result<u64, LogError> {

@@ -27,6 +27,63 @@ pub(crate) const RECORD_COLUMNS: &str = "seq, producer, producer_seq, record_id:
      stream, key, kind, payload, correlation_id::text AS correlation_id, \
      causation_id::text AS causation_id, recorded_at_ms";
 
+/// The sequenced records above `after`, at most `limit` of the rows (both SQL expressions):
+/// the rows the row sequencer numbered in place, and the elements of claimed batches
+/// (migration 0005), with the `outbox` table's columns. The caller orders and limits the
+/// union. Claimed batches are few (the streamer removes them once sent), so their part is
+/// read whole.
+pub(crate) fn sequenced_above(after: &str, limit: &str) -> String {
+    format!(
+        "(SELECT * FROM outbox WHERE seq > {after} ORDER BY seq LIMIT {limit}) \
+         UNION ALL \
+         (SELECT r.* FROM outbox_claimed c, unnest(c.records) r \
+          WHERE c.last_seq > {after} AND r.seq > {after})"
+    )
+}
+
+/// How many sequenced records lie above `after` (an SQL expression), rows and claimed.
+pub(crate) fn count_above(after: &str) -> String {
+    format!(
+        "(SELECT count(*) FROM outbox WHERE seq > {after}) \
+         + (SELECT count(*) FROM outbox_claimed c, unnest(c.records) r \
+            WHERE c.last_seq > {after} AND r.seq > {after})"
+    )
+}
+
+/// The route's `after_seq` (0 without a route), as a scalar subquery.
+const ROUTE_AFTER: &str =
+    "coalesce((SELECT (value::jsonb ->> 'after_seq')::bigint FROM meta WHERE name = 'route'), 0)";
+
+/// [`Outbox::peek_after`]: `$1` = max, `$2` = the caller's cursor.
+static PEEK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let after = format!("greatest($2, {ROUTE_AFTER})");
+    format!(
+        "SELECT {RECORD_COLUMNS} FROM ({}) s ORDER BY seq LIMIT $1",
+        sequenced_above(&after, "$1")
+    )
+});
+
+/// [`Outbox::remove`]: exactly the records whose handed-out sequence is in `$1`, rows and
+/// claimed elements (a claimed batch loses those elements, and goes when it is empty); one
+/// statement. A `NOT IN (subquery)` is hashed, so filtering a batch costs O(n), not O(n²).
+const REMOVE_SQL: &str = "WITH gone AS ( \
+       DELETE FROM outbox WHERE seq IS NOT NULL \
+       AND ((producer_seq IS NULL AND seq = ANY($1)) OR producer_seq = ANY($1)) RETURNING 1), \
+     hit AS ( \
+       SELECT c.first_seq, cardinality(c.records) AS n, \
+         ARRAY(SELECT r FROM unnest(c.records) r \
+               WHERE coalesce(r.producer_seq, r.seq) NOT IN (SELECT unnest($1::bigint[]))) AS keep \
+       FROM outbox_claimed c), \
+     emptied AS ( \
+       DELETE FROM outbox_claimed c USING hit h \
+       WHERE c.first_seq = h.first_seq AND cardinality(h.keep) = 0 RETURNING h.n), \
+     shrunk AS ( \
+       UPDATE outbox_claimed c SET records = h.keep FROM hit h \
+       WHERE c.first_seq = h.first_seq AND cardinality(h.keep) BETWEEN 1 AND h.n - 1 \
+       RETURNING h.n - cardinality(h.keep) AS n) \
+     SELECT (SELECT count(*) FROM gone) + coalesce((SELECT sum(n) FROM emptied), 0) \
+       + coalesce((SELECT sum(n) FROM shrunk), 0)";
+
 /// Inserts `records` unsequenced, in a phase's transaction, without `NOTIFY` (the store
 /// announces after the commit: see [`super::notify`]).
 ///
@@ -261,18 +318,26 @@ impl PostgresStore {
         Ok(u64::try_from(n).unwrap_or_default())
     }
 
+    /// The claim sequencer (`outbox_claim`, migration 0005): numbers up to
+    /// [`SEQUENCER_BATCH`] committed staged rows as ONE claimed-batch row instead of one
+    /// update per row, unless claimed batches above `after_seq` already hold a batch. Same
+    /// lock, same counter and same order as [`Self::sequence`]; returns how many it numbered.
+    async fn claim(&self, after_seq: i64) -> Result<u64, PgError> {
+        let n: i64 = sqlx::query_scalar("SELECT outbox_claim($1, $2)")
+            .bind(SEQUENCER_BATCH)
+            .bind(after_seq)
+            .fetch_one(&self.inner.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or_default())
+    }
+
     async fn peek_inner(&self, after_seq: u64, max: usize) -> Result<Vec<LogRecord>, PgError> {
-        self.sequence().await?;
-        let sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM outbox WHERE seq IS NOT NULL \
-             AND seq > greatest($2, coalesce((SELECT (value::jsonb ->> 'after_seq')::bigint \
-                                              FROM meta WHERE name = 'route'), 0)) \
-             ORDER BY seq LIMIT $1"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        // Seqs are BIGINT: above i64::MAX there is nothing.
+        let after_seq = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        self.claim(after_seq).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(PEEK_SQL.as_str()))
             .bind(i64::try_from(max).unwrap_or(i64::MAX))
-            // Seqs are BIGINT: above i64::MAX there is nothing.
-            .bind(i64::try_from(after_seq).unwrap_or(i64::MAX))
+            .bind(after_seq)
             .fetch_all(&self.inner.pool)
             .await?;
         rows.iter()
@@ -332,20 +397,25 @@ impl PostgresStore {
     /// table), and false on the Postgres-only log once the route has passed everything, so a
     /// waiting streamer really waits there.
     async fn peekable(&self) -> Result<bool, PgError> {
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM outbox WHERE seq IS NULL) \
-                 OR EXISTS (SELECT 1 FROM outbox WHERE seq > coalesce( \
-                        (SELECT (value::jsonb ->> 'after_seq')::bigint FROM meta \
-                         WHERE name = 'route'), 0))",
-        )
-        .fetch_one(&self.inner.pool)
-        .await?)
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE seq IS NULL) \
+                     OR EXISTS (SELECT 1 FROM outbox WHERE seq > {ROUTE_AFTER}) \
+                     OR EXISTS (SELECT 1 FROM outbox_claimed WHERE last_seq > {ROUTE_AFTER})"
+            )
+        });
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(SQL.as_str()))
+            .fetch_one(&self.inner.pool)
+            .await?)
     }
 
     pub(crate) async fn staged_inner(&self) -> Result<u64, PgError> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(&self.inner.pool)
-            .await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM outbox) \
+               + (SELECT coalesce(sum(cardinality(records)), 0) FROM outbox_claimed)",
+        )
+        .fetch_one(&self.inner.pool)
+        .await?;
         Ok(u64::try_from(n).unwrap_or_default())
     }
 }
@@ -367,17 +437,15 @@ impl Outbox for PostgresStore {
     async fn remove(&self, seqs: &[u64]) -> Result<u64, StoreError> {
         // The seqs peek handed out are `coalesce(producer_seq, seq)`: the log seq for this
         // store's own records, the original producer seq for appended ones. One statement:
-        // the unique index on `seq`, or the partial index on `producer_seq` (migration 0003).
+        // the unique index on `seq`, or the partial index on `producer_seq` (migration 0003),
+        // and the claimed batches.
         let seqs: Vec<i64> = seqs.iter().filter_map(|s| i64::try_from(*s).ok()).collect();
-        let done = sqlx::query(
-            "DELETE FROM outbox WHERE seq IS NOT NULL \
-             AND ((producer_seq IS NULL AND seq = ANY($1)) OR producer_seq = ANY($1))",
-        )
-        .bind(&seqs)
-        .execute(&self.inner.pool)
-        .await
-        .map_err(PgError::from)?;
-        Ok(done.rows_affected())
+        let done: i64 = sqlx::query_scalar(REMOVE_SQL)
+            .bind(&seqs)
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(PgError::from)?;
+        Ok(u64::try_from(done).unwrap_or_default())
     }
 
     async fn staged(&self) -> Result<u64, StoreError> {
