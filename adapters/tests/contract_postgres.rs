@@ -172,6 +172,7 @@ async fn the_consumer_runtime_migration_moves_old_states_into_cursors() {
     assert_eq!(
         followed.cursor,
         ports::Cursor {
+            kind: None,
             log_url: Some("kafka://k:9092/rides".into()),
             sealed_to: None,
             marks: marks(&[("pg-1/0", 7), ("pg-1/2", 5)], &[("pg-0", 3)]),
@@ -187,6 +188,7 @@ async fn the_consumer_runtime_migration_moves_old_states_into_cursors() {
     assert_eq!(
         plain.cursor,
         ports::Cursor {
+            kind: None,
             log_url: None,
             sealed_to: Some("redis://r/0".into()),
             marks: marks(&[("pg-1/0", 1)], &[]),

@@ -19,6 +19,7 @@ use crate::bench::{
 };
 use crate::demo::{self, DemoOptions};
 use crate::faults::{FaultConfig, Faults};
+use crate::runtime::{OnFailure, Policy};
 use crate::services::{Fleet, FleetConfig};
 use crate::simulator::{self, SimConfig, SimStats};
 use crate::wiring;
@@ -111,9 +112,40 @@ pub struct Common {
     /// Kafka's linger.ms: fewer, fuller appends under load, for at most this much latency.
     #[arg(long, global = true, env = "RIDES_LINGER_MS", default_value_t = 5)]
     pub linger_ms: u64,
+    /// The TTL of the leases that keep one instance of each service (each consumer name, the
+    /// streamer, completer, reaper and trimmer) active per store while the others stand by
+    /// (ms; 0 runs without leases).
+    #[arg(
+        long,
+        global = true,
+        env = "RIDES_LEASE_TTL_MS",
+        default_value_t = 5_000
+    )]
+    pub lease_ttl_ms: u64,
+    /// What a consumer does with a record its handler failed `--max-attempts` times: `stop`
+    /// (the consumer stops, saying why) or `park` (the record and its entity's later records
+    /// go to the consumer's dead-letter list, and it goes on).
+    #[arg(long, global = true, env = "RIDES_ON_FAILURE", default_value = "stop")]
+    pub on_failure: OnFailure,
+    /// Attempts per failing record (with exponential back-off) before `--on-failure`.
+    #[arg(long, global = true, env = "RIDES_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
 }
 
 impl Common {
+    /// The lease TTL (`None`: no leases).
+    pub fn lease_ttl(&self) -> Option<Duration> {
+        (self.lease_ttl_ms > 0).then(|| Duration::from_millis(self.lease_ttl_ms))
+    }
+
+    /// The consumers' retry and failure strategy.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            max_attempts: self.max_attempts.max(1),
+            on_failure: self.on_failure,
+        }
+    }
+
     fn thresholds(&self) -> Thresholds {
         Thresholds {
             lock_timeout_ms: self.lock_timeout_ms,
@@ -147,6 +179,32 @@ impl Common {
     }
 }
 
+/// `rides consumer …`: looking after consumers.
+#[derive(Debug, Subcommand)]
+pub enum ConsumerAction {
+    /// Every registered consumer: kind, log, position, last save, duplicates, parked records
+    /// and lease holder.
+    List,
+    /// A consumer's parked records (its dead-letter list), oldest first.
+    Parked {
+        /// The consumer.
+        name: String,
+    },
+    /// Delivers a consumer's parked records again, oldest first, and drops those that
+    /// succeed from its dead-letter list. Takes the consumer's lease first: stop the running
+    /// instances (or wait for their lease to expire).
+    RetryParked {
+        /// The consumer.
+        name: String,
+    },
+    /// Deregisters a consumer: its checkpoint, state and dead-letter list are deleted and it
+    /// no longer holds back log trimming.
+    Remove {
+        /// The consumer.
+        name: String,
+    },
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -166,10 +224,14 @@ pub enum Command {
     /// The streamer only (outbox → log).
     Streamer,
     /// One distance consumer.
+    #[command(args_conflicts_with_subcommands = true)]
     Consumer {
         /// Its name (its checkpoint's key).
         #[arg(long, env = "RIDES_CONSUMER_NAME")]
-        name: String,
+        name: Option<String>,
+        /// Look after consumers instead of running one.
+        #[command(subcommand)]
+        action: Option<ConsumerAction>,
     },
     /// The completer only.
     Completer,
@@ -378,6 +440,8 @@ async fn run_fleet(common: &Common, mut config: FleetConfig) -> anyhow::Result<i
     let stores = wiring::open_store(&common.store).await?;
     let log = wiring::open_log(&common.log, &stores).await?;
     config.thresholds = common.thresholds();
+    config.lease_ttl = common.lease_ttl();
+    config.consumer_policy = common.policy();
     config.intervals.streamer_linger = Duration::from_millis(common.linger_ms);
     let faults = common.faults(FaultConfig::none())?;
     config.seed = faults.seed;
@@ -425,10 +489,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             run_fleet(common, c).await
         }
         Command::Streamer => run_fleet(common, only(|c| c.streamer = true)).await,
-        Command::Consumer { name } => {
+        Command::Consumer {
+            name: Some(name),
+            action: None,
+        } => {
             let mut c = FleetConfig::nothing();
             c.consumers = vec![name];
             run_fleet(common, c).await
+        }
+        Command::Consumer {
+            action: Some(action),
+            ..
+        } => crate::consumers::run(common, action).await,
+        Command::Consumer {
+            name: None,
+            action: None,
+        } => {
+            anyhow::bail!(
+                "rides consumer needs --name NAME (to run one) or a subcommand (list, parked, retry-parked, remove)"
+            )
         }
         Command::Completer => run_fleet(common, only(|c| c.completer = true)).await,
         Command::Reaper => run_fleet(common, only(|c| c.reaper = true)).await,

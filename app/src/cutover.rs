@@ -23,7 +23,6 @@ use domain::NewRecord;
 use ports::Clock;
 use serde::Serialize;
 
-use crate::services::consumer::ConsumerState;
 use crate::wiring::{OpenedLog, Stores};
 
 /// What `rides log status` shows.
@@ -86,10 +85,7 @@ pub async fn status(stores: &Stores, log: &OpenedLog) -> anyhow::Result<LogStatu
     let (publishing_on, after_seq) = current(stores, log).await?;
     let mut consumers = Vec::new();
     for (name, cp) in stores.consumers.list().await.context("listing consumers")? {
-        let on = ConsumerState::from_json(cp.state)
-            .ok()
-            .and_then(|s| s.log_url)
-            .unwrap_or_else(|| log.url.clone());
+        let on = cp.cursor.log_url.unwrap_or_else(|| log.url.clone());
         consumers.push((name, on));
     }
     Ok(LogStatus {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use domain::Thresholds;
 
-use crate::services::consumer::ConsumerState;
+use crate::services::consumer;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -185,24 +185,21 @@ pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result
     };
     let mut consumers = Vec::new();
     for (name, cp) in stores.consumers.list().await.context("listing consumers")? {
-        let saved = if cp.version == 0 {
-            ConsumerState::default()
-        } else {
-            ConsumerState::from_json(cp.state)
-                .with_context(|| format!("consumer {name} does not hold a distance state"))?
+        // Only distance consumers are compared with the truth.
+        let Some(state) = consumer::result(&cp).with_context(|| format!("consumer {name}"))? else {
+            continue;
         };
-        let lag = match &saved.log_url {
+        let lag = match &cp.cursor.log_url {
             Some(url) => log.follow(url).await?.log.lag(&cp.position).await.ok(),
             None => log.log.lag(&cp.position).await.ok(),
         };
-        let state = saved.fold;
         consumers.push(ConsumerView {
             agrees: state.rides == truth.rides && state.distance_mm == truth.distance_mm,
             name,
             rides: state.rides,
             distance_m: state.distance_m(),
             distance_mm: state.distance_mm,
-            duplicates: state.duplicates,
+            duplicates: cp.cursor.duplicates,
             position: cp.position.to_string(),
             lag,
         });

@@ -4,22 +4,27 @@
 //!
 //! - [`rides`]: the ride service: runs a `POST /rides` through its atomic phases.
 //! - [`http`]: the HTTP API (axum), one status table for errors.
+//! - [`runtime`]: the consumer runtime: write a handler, the runtime reads, removes
+//!   duplicates, checkpoints, follows cutovers, retries, parks and holds leases.
 //! - [`services`]: the background services (streamer, consumer, completer, reaper, trimmer),
 //!   each a testable single step inside a loop that stops on shutdown.
 //! - [`faults`]: seeded fault injection (double sends, consumer crashes, API crashes).
 //! - [`wiring`]: the only place that turns URLs into adapters.
+//! - [`consumers`]: `rides consumer list|parked|retry-parked|remove`.
 //! - [`cutover`]: swapping the log of a live system (`rides log cutover --to URL`).
 //! - [`simulator`], [`demo`], [`cli`]: the load generator, the one-command demo, the CLI.
 //! - [`bench`]: the project's own benchmarks (`rides bench log|store|relay|fleet`).
 
 pub mod bench;
 pub mod cli;
+pub mod consumers;
 pub mod cutover;
 pub mod demo;
 pub mod faults;
 pub mod http;
 pub mod metrics;
 pub mod rides;
+pub mod runtime;
 pub mod services;
 pub mod simulator;
 pub mod wiring;

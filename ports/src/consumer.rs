@@ -22,6 +22,10 @@ use crate::log::Position;
 /// The runtime-owned part of a checkpoint, besides the position.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {
+    /// The kind of consumer that saved it (`distance`, `sync`...), set by the runtime from
+    /// its handler; `None` before the first save.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     /// The log the position belongs to; `None` means the log the process was started with
     /// (the consumer has never followed a cutover).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -16,10 +16,12 @@ use ports::{Clock, SystemClock};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Completer, DistanceConsumer, Reaper, Streamer, Trimmer};
+use super::consumer::distance_consumer;
+use super::{Completer, Reaper, Streamer, Trimmer, run_service};
 use crate::faults::Faults;
 use crate::metrics::Metrics;
 use crate::rides::{RideService, RideServiceConfig};
+use crate::runtime::lease::{DEFAULT_TTL, LeaseKeeper, holder_id};
 use crate::wiring::{OpenedLog, Stores};
 
 /// How long each service waits when idle.
@@ -90,6 +92,12 @@ pub struct FleetConfig {
     pub intervals: Intervals,
     /// Seed of the fake payment processor.
     pub seed: u64,
+    /// The TTL of the leases that make each service (each consumer name, the streamer, the
+    /// completer, the reaper, the trimmer) one active instance per store, the others hot
+    /// standbys; `None` runs without leases.
+    pub lease_ttl: Option<Duration>,
+    /// The retry and failure strategy of the consumers.
+    pub consumer_policy: crate::runtime::Policy,
 }
 
 impl FleetConfig {
@@ -107,6 +115,8 @@ impl FleetConfig {
             faults: Arc::new(Faults::none()),
             intervals: Intervals::production(),
             seed: 0,
+            lease_ttl: Some(DEFAULT_TTL),
+            consumer_policy: crate::runtime::Policy::default(),
         }
     }
 
@@ -227,6 +237,18 @@ impl Fleet {
             ));
         }
         let i = config.intervals;
+        let holder = holder_id();
+        let lease = |scope: String| {
+            config.lease_ttl.map(|ttl| {
+                LeaseKeeper::new(
+                    stores.consumers.clone(),
+                    clock.clone(),
+                    scope,
+                    holder.clone(),
+                    ttl,
+                )
+            })
+        };
         // Also on the Postgres-only log, where it only watches for a cutover away from it.
         if config.streamer {
             let s = Streamer::new(
@@ -237,10 +259,13 @@ impl Fleet {
             .following(log.clone())
             .with_poll(i.streamer_poll)
             .with_linger(i.streamer_linger);
-            tasks.push(("streamer".to_owned(), tokio::spawn(s.run(shutdown.clone()))));
+            tasks.push((
+                "streamer".to_owned(),
+                tokio::spawn(run_service(s, lease("streamer".into()), shutdown.clone())),
+            ));
         }
         for name in &config.consumers {
-            let c = DistanceConsumer::new(
+            let mut c = distance_consumer(
                 name.clone(),
                 log.log.clone(),
                 stores.consumers.clone(),
@@ -249,7 +274,11 @@ impl Fleet {
                 metrics.clone(),
             )
             .following(log.clone())
-            .with_wait(i.consumer_wait);
+            .with_wait(i.consumer_wait)
+            .with_policy(config.consumer_policy);
+            if let Some(keeper) = lease(format!("consumer:{name}")) {
+                c = c.with_lease(keeper);
+            }
             // Registered before the trimmer can run, so it never trims what `name` needs.
             if let Err(e) = c.register().await {
                 tracing::warn!(consumer = %name, error = %format!("{e:#}"), "could not register yet");
@@ -269,19 +298,25 @@ impl Fleet {
             .with_interval(i.completer);
             tasks.push((
                 "completer".to_owned(),
-                tokio::spawn(c.run(shutdown.clone())),
+                tokio::spawn(run_service(c, lease("completer".into()), shutdown.clone())),
             ));
         }
         if config.reaper {
             let r = Reaper::new(stores.store.clone(), clock.clone(), config.thresholds)
                 .with_interval(i.reaper);
-            tasks.push(("reaper".to_owned(), tokio::spawn(r.run(shutdown.clone()))));
+            tasks.push((
+                "reaper".to_owned(),
+                tokio::spawn(run_service(r, lease("reaper".into()), shutdown.clone())),
+            ));
         }
         if config.trimmer {
             let t = Trimmer::new(log.log.clone(), stores.consumers.clone())
                 .following(log.clone())
                 .with_interval(i.trimmer);
-            tasks.push(("trimmer".to_owned(), tokio::spawn(t.run(shutdown.clone()))));
+            tasks.push((
+                "trimmer".to_owned(),
+                tokio::spawn(run_service(t, lease("trimmer".into()), shutdown.clone())),
+            ));
         }
         Ok(Self {
             shutdown,

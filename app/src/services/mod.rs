@@ -19,7 +19,7 @@
 //! # Layout
 //!
 //! - [`streamer`]: outbox → log.
-//! - [`consumer`]: log → distance state + checkpoint, saved atomically.
+//! - [`consumer`]: the distance consumer, a fold on the consumer runtime ([`crate::runtime`]).
 //! - [`completer`]: pushes abandoned idempotency keys through the ride service.
 //! - [`reaper`]: deletes old idempotency keys.
 //! - [`trimmer`]: trims the log below every registered consumer's checkpoint.
@@ -38,7 +38,7 @@ pub mod streamer;
 pub mod trimmer;
 
 pub use completer::{Completer, CompleterRun};
-pub use consumer::DistanceConsumer;
+pub use consumer::{DistanceConsumer, distance_consumer};
 pub use fleet::{Fleet, FleetConfig, Intervals};
 pub use reaper::Reaper;
 pub use streamer::Streamer;
@@ -65,6 +65,12 @@ pub(crate) trait Step: Send + Sync + 'static {
     async fn step(&self) -> anyhow::Result<Outcome>;
     /// Waits for a reason to step again after an idle step.
     async fn idle(&self);
+    /// Whether `error` ends the service (instead of a back-off and another step).
+    fn stops_on(&self, _error: &anyhow::Error) -> bool {
+        false
+    }
+    /// Runs once when the loop ends (releases a lease, for example).
+    async fn stop(&self) {}
 }
 
 /// The first back-off after an error; doubles up to [`MAX_BACKOFF`].
@@ -90,7 +96,11 @@ pub(crate) async fn run_loop<S: Step>(svc: S, shutdown: CancellationToken) {
                     () = svc.idle() => {}
                 }
             }
-            Err(e) if e.downcast_ref::<consumer::SimulatedCrash>().is_some() => {
+            Err(e) if svc.stops_on(&e) => {
+                tracing::error!(service = %name, error = %format!("{e:#}"), "stopped");
+                break;
+            }
+            Err(e) if e.downcast_ref::<crate::runtime::SimulatedCrash>().is_some() => {
                 // An injected fault, counted by the injector: not worth a warning.
                 tracing::debug!(service = %name, "{e}; restarting the step");
                 tokio::select! {
@@ -108,7 +118,20 @@ pub(crate) async fn run_loop<S: Step>(svc: S, shutdown: CancellationToken) {
             }
         }
     }
+    svc.stop().await;
     tracing::debug!(service = %name, "stopped");
+}
+
+/// Runs `svc` until `shutdown`, only while it holds `lease` when one is given.
+pub(crate) async fn run_service<S: Step>(
+    svc: S,
+    lease: Option<crate::runtime::LeaseKeeper>,
+    shutdown: CancellationToken,
+) {
+    match lease {
+        Some(keeper) => run_loop(crate::runtime::lease::Leased::new(svc, keeper), shutdown).await,
+        None => run_loop(svc, shutdown).await,
+    }
 }
 
 /// Mocks of the ports, shared by the services' unit tests.

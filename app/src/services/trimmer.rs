@@ -17,11 +17,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use async_trait::async_trait;
 use ports::{ConsumerStore, Log, Position};
 use tokio_util::sync::CancellationToken;
 
-use super::consumer::ConsumerState;
 use super::{Outcome, Step, run_loop};
 use crate::wiring::OpenedLog;
 
@@ -60,20 +60,20 @@ impl Trimmer {
     /// Trims once; [`Outcome::Worked`] with the number of records removed.
     ///
     /// # Errors
-    /// When the consumer store or the log fails.
+    /// When the consumer store or the log fails, or a checkpoint cannot be read: then
+    /// nothing is trimmed (a consumer whose position is unknown must not lose records).
     pub async fn step(&self) -> anyhow::Result<Outcome> {
-        let consumers = self.consumers.list().await?;
+        let consumers = self
+            .consumers
+            .list()
+            .await
+            .context("reading the consumers' checkpoints; trimming nothing")?;
         let mut groups: std::collections::BTreeMap<Option<String>, Vec<Position>> =
             std::collections::BTreeMap::new();
         for (_, cp) in consumers {
             // `None` (never followed a cutover) is the log the process started with.
             let url = match &self.following {
-                Some(start) => Some(
-                    ConsumerState::from_json(cp.state)
-                        .ok()
-                        .and_then(|s| s.log_url)
-                        .unwrap_or_else(|| start.url.clone()),
-                ),
+                Some(start) => Some(cp.cursor.log_url.unwrap_or_else(|| start.url.clone())),
                 None => None,
             };
             groups.entry(url).or_default().push(cp.position);
@@ -127,10 +127,28 @@ mod tests {
     fn cp(p: &str) -> Checkpoint {
         Checkpoint {
             position: Position::new(p),
-            state: serde_json::Value::Null,
             version: 1,
-            updated_at_ms: 0,
+            ..Checkpoint::registered()
         }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_checkpoint_trims_nothing_and_says_why() {
+        let mut cs = MockConsumers::new();
+        cs.expect_list().returning(|| {
+            Err(ports::ConsumerStoreError::Other(
+                "consumer a: unreadable cursor".into(),
+            ))
+        });
+        let mut log = MockLog::new();
+        log.expect_trim().never();
+        let t = Trimmer::new(Arc::new(log), Arc::new(cs));
+        let err = t.step().await.unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("trimming nothing") && text.contains("unreadable"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
@@ -159,28 +177,29 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_is_trimmed_while_consumers_are_on_different_logs() {
-        use crate::services::consumer::ConsumerState;
         use crate::wiring;
+        use ports::{Cursor, Save};
         let stores = wiring::open_store("memory://").await.unwrap();
         let log = wiring::open_log("memory://", &stores).await.unwrap();
         let records: Vec<_> = (1..=4).map(|seq| ride_record(seq, 10, 0)).collect();
         log.log.append(&records).await.unwrap();
-        let on = |url: Option<&str>| {
-            let state = ConsumerState {
-                log_url: url.map(str::to_owned),
-                ..Default::default()
-            };
-            serde_json::to_value(state).unwrap()
+        let on = |url: Option<&str>| Cursor {
+            log_url: url.map(str::to_owned),
+            ..Cursor::default()
         };
+        let null = serde_json::Value::Null;
         let cs = &stores.consumers;
-        cs.save("a", 0, &Position::new("3"), &on(None), 0)
+        cs.save("a", &Save::new(0, &Position::new("3"), &on(None), &null, 0))
             .await
             .unwrap();
         // `b` already moved to another log after a cutover; it will read `memory://` no more,
         // but `a` will read the new log from its start once it gets there.
-        cs.save("b", 0, &Position::new("1"), &on(Some("memory://new")), 0)
-            .await
-            .unwrap();
+        cs.save(
+            "b",
+            &Save::new(0, &Position::new("1"), &on(Some("memory://new")), &null, 0),
+        )
+        .await
+        .unwrap();
         let t = Trimmer::new(log.log.clone(), cs.clone()).following(log.clone());
         assert_eq!(t.step().await.unwrap(), Outcome::Idle);
         assert_eq!(
@@ -190,9 +209,12 @@ mod tests {
         );
 
         // Once every consumer is on one log (here: back on the start log), it is trimmed.
-        cs.save("b", 1, &Position::new("2"), &on(Some("memory://")), 0)
-            .await
-            .unwrap();
+        cs.save(
+            "b",
+            &Save::new(1, &Position::new("2"), &on(Some("memory://")), &null, 0),
+        )
+        .await
+        .unwrap();
         assert_eq!(t.step().await.unwrap(), Outcome::Worked(2));
         assert_eq!(log.log.len().await.unwrap(), 2);
     }

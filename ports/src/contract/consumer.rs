@@ -257,6 +257,7 @@ pub async fn list_returns_every_registered_consumer(f: &dyn StoreFactory) {
 /// A cursor with every field set, as a consumer that followed a cutover saves it.
 fn cursor() -> Cursor {
     Cursor {
+        kind: Some("distance".into()),
         log_url: Some("kafka://broker-a:9092/rides-v2".into()),
         sealed_to: Some("redis://cache:6379/0?stream=rides-v3".into()),
         marks: Marks {

@@ -1,0 +1,196 @@
+//! Leases: one active instance per scope, the others hot standbys.
+//!
+//! A [`LeaseKeeper`] holds the lease of one scope (`consumer:distance-a`, `streamer`...) for
+//! one process. Before each step the service asks [`LeaseKeeper::hold`]: it renews the lease
+//! when the last renewal is older than [`RENEW_EVERY`] (so a lease expires at most its TTL
+//! after the holder stopped stepping), and answers `None` while another holder's lease is
+//! live, which makes the service a standby that tries again every [`LeaseKeeper::standby_poll`].
+//! SIGTERM (a cancelled shutdown token) releases the lease at once, so a standby takes over
+//! without waiting for the TTL; SIGKILL leaves it to expire.
+//!
+//! A lease alone does not make work exclusive: a holder paused (GC, a stopped VM, a network
+//! partition) past its expiry still believes it holds the lease when it wakes. Fencing does:
+//! every takeover increments the lease's epoch, and a consumer's save names the lease it
+//! holds, checked in the save's transaction, so the paused holder's save fails with
+//! [`ports::ConsumerStoreError::Fenced`].
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ports::{Clock, ConsumerStore, ConsumerStoreError, Lease};
+
+/// The default TTL of a lease.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
+
+/// How often a holder renews its lease (at most; renewals happen at step boundaries).
+pub const RENEW_EVERY: Duration = Duration::from_millis(1000);
+
+/// The lease of one scope, for one process.
+pub struct LeaseKeeper {
+    store: Arc<dyn ConsumerStore>,
+    clock: Arc<dyn Clock>,
+    scope: String,
+    holder: String,
+    ttl: Duration,
+    /// The lease held, and when it was last renewed (ms).
+    held: Mutex<Option<(Lease, i64)>>,
+}
+
+impl LeaseKeeper {
+    /// A keeper of `scope` for `holder` (unique per process run: see [`holder_id`]).
+    pub fn new(
+        store: Arc<dyn ConsumerStore>,
+        clock: Arc<dyn Clock>,
+        scope: impl Into<String>,
+        holder: impl Into<String>,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            scope: scope.into(),
+            holder: holder.into(),
+            ttl: ttl.max(Duration::from_millis(100)),
+            held: Mutex::new(None),
+        }
+    }
+
+    /// The scope.
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    /// How long a standby waits between attempts to take over.
+    pub fn standby_poll(&self) -> Duration {
+        (self.ttl / 10).clamp(Duration::from_millis(10), Duration::from_millis(500))
+    }
+
+    /// The lease this process holds, as last taken or renewed (`None` as a standby).
+    pub fn current(&self) -> Option<Lease> {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|(l, _)| l.clone())
+    }
+
+    /// Takes or renews the lease when due; `None` while another holder's lease is live.
+    ///
+    /// # Errors
+    /// When the store cannot be reached (the lease held so far is kept: it is still valid
+    /// until it expires, and fencing protects the saves).
+    pub async fn hold(&self) -> Result<Option<Lease>, ConsumerStoreError> {
+        let now = self.clock.now_ms();
+        let renew_ms = i64::try_from(RENEW_EVERY.as_millis()).unwrap_or(i64::MAX);
+        if let Some((lease, renewed)) = self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            && now - renewed < renew_ms
+            && lease.expires_at_ms > now
+        {
+            return Ok(Some(lease.clone()));
+        }
+        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
+        let got = self
+            .store
+            .acquire_lease(&self.scope, &self.holder, ttl_ms, now)
+            .await?;
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        match (&*held, &got) {
+            (None, Some(l)) => {
+                tracing::info!(scope = %self.scope, holder = %self.holder, epoch = l.epoch, "lease taken: this instance is active");
+            }
+            (Some((old, _)), Some(l)) if old.epoch != l.epoch => {
+                tracing::warn!(scope = %self.scope, holder = %self.holder, epoch = l.epoch, "lease taken again after it expired");
+            }
+            (Some(_), None) => {
+                tracing::warn!(scope = %self.scope, holder = %self.holder, "lease lost: another instance took over; standing by");
+            }
+            _ => {}
+        }
+        *held = got.clone().map(|l| (l, now));
+        Ok(got)
+    }
+
+    /// Forgets the lease after a save was fenced: another instance holds it now.
+    pub fn lost(&self) {
+        if self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .is_some()
+        {
+            tracing::warn!(scope = %self.scope, holder = %self.holder, "lease lost (a save was fenced); standing by");
+        }
+    }
+
+    /// Releases the lease now (on shutdown), so a standby takes over at once.
+    pub async fn release(&self) {
+        let lease = self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some((lease, _)) = lease {
+            match self.store.release_lease(&lease).await {
+                Ok(()) => tracing::info!(scope = %self.scope, "lease released"),
+                Err(e) => {
+                    tracing::warn!(scope = %self.scope, error = %e, "could not release the lease; it expires on its own");
+                }
+            }
+        }
+    }
+}
+
+/// A holder id unique to this process run: host, pid and a random suffix.
+pub fn holder_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Any service, run only while it holds its lease (hot standby otherwise): the streamer,
+/// trimmer, completer and reaper are at most one active per store this way.
+pub(crate) struct Leased<S> {
+    inner: S,
+    keeper: LeaseKeeper,
+}
+
+impl<S> Leased<S> {
+    pub(crate) fn new(inner: S, keeper: LeaseKeeper) -> Self {
+        Self { inner, keeper }
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: crate::services::Step> crate::services::Step for Leased<S> {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    async fn step(&self) -> anyhow::Result<crate::services::Outcome> {
+        if self.keeper.hold().await?.is_none() {
+            return Ok(crate::services::Outcome::Idle);
+        }
+        self.inner.step().await
+    }
+    async fn idle(&self) {
+        if self.keeper.current().is_none() {
+            tokio::time::sleep(self.keeper.standby_poll()).await;
+        } else {
+            self.inner.idle().await;
+        }
+    }
+    fn stops_on(&self, error: &anyhow::Error) -> bool {
+        self.inner.stops_on(error)
+    }
+    async fn stop(&self) {
+        self.inner.stop().await;
+        self.keeper.release().await;
+    }
+}
