@@ -8,7 +8,7 @@
 //! | `payment/`   | `payment`  | a fake payment processor with the reference's outcomes |
 //! | `sqlite/`    | `sqlite`   | store + outbox + consumer state (sqlx), the replica |
 //! | `sled/`      | `sled`     | the log, embedded                                   |
-//! | `postgres/`  | `postgres` | store + outbox + consumer state, and the Postgres-only log |
+//! | `postgres/`  | `postgres` | store + outbox + consumer state, the Postgres-only log, the replica |
 //! | `redis/`     | `redis`    | the log on Redis Streams                            |
 //! | `kafka/`     | `kafka`    | the log on Kafka (rdkafka)                          |
 //! | `baseline/`  | -          | the benchmarks' SQL baselines (`sqlite/baseline.rs`, `postgres/baseline.rs`) |
