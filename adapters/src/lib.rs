@@ -9,7 +9,7 @@
 //! | `sqlite/`    | `sqlite`   | store + outbox + consumer state (sqlx), the replica |
 //! | `sled/`      | `sled`     | the log, embedded                                   |
 //! | `postgres/`  | `postgres` | store + outbox + consumer state, the Postgres-only log, the replica |
-//! | `redis/`     | `redis`    | the log on Redis Streams                            |
+//! | `redis/`     | `redis`    | the log on Redis Streams, the replica (hashes + sorted sets) |
 //! | `kafka/`     | `kafka`    | the log on Kafka (rdkafka)                          |
 //! | `baseline/`  | -          | the benchmarks' SQL baselines (`sqlite/baseline.rs`, `postgres/baseline.rs`) |
 //!
