@@ -6,10 +6,10 @@
 //! |--------------|------------|----------------------------------------------------|
 //! | `memory/`    | `memory`   | every port; the model the others are tested against |
 //! | `payment/`   | `payment`  | a fake payment processor with the reference's outcomes |
-//! | `sqlite/`    | `sqlite`   | store + outbox + consumer state (sqlx)              |
+//! | `sqlite/`    | `sqlite`   | store + outbox + consumer state (sqlx), the replica |
 //! | `sled/`      | `sled`     | the log, embedded                                   |
-//! | `postgres/`  | `postgres` | store + outbox + consumer state, and the Postgres-only log |
-//! | `redis/`     | `redis`    | the log on Redis Streams                            |
+//! | `postgres/`  | `postgres` | store + outbox + consumer state, the Postgres-only log, the replica |
+//! | `redis/`     | `redis`    | the log on Redis Streams, the replica (hashes + sorted sets) |
 //! | `kafka/`     | `kafka`    | the log on Kafka (rdkafka)                          |
 //! | `baseline/`  | -          | the benchmarks' SQL baselines (`sqlite/baseline.rs`, `postgres/baseline.rs`) |
 //!
@@ -36,6 +36,8 @@ pub mod redis;
 pub mod sled;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql_error;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql_replica;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql_rows;
 #[cfg(feature = "sqlite")]

@@ -4,7 +4,7 @@
 //! [`Kind`], and keeps the driver's error as the [`std::error::Error::source`]. The ports'
 //! enums are converted from this one shape, here, once: their message is the whole chain.
 
-use ports::{ConsumerStoreError, LogError, StoreError};
+use ports::{ConsumerStoreError, LogError, ReplicaError, StoreError};
 use thiserror::Error;
 
 /// What a driver error means to the caller.
@@ -113,6 +113,19 @@ impl From<DbError> for LogError {
         match e.kind {
             Kind::Unavailable => Self::Unavailable(m),
             // A conflict on the log's own statements (sequencer) is transient as well.
+            Kind::Conflict => Self::Unavailable(format!("concurrent update: {m}")),
+            Kind::NotFound | Kind::Config | Kind::Other => Self::Other(m),
+        }
+    }
+}
+
+impl From<DbError> for ReplicaError {
+    fn from(e: DbError) -> Self {
+        let m = e.message();
+        match e.kind {
+            Kind::Unavailable => Self::Unavailable(m),
+            // A deadlock or serialization failure between two writers: every replica write
+            // is idempotent, so retrying the batch helps.
             Kind::Conflict => Self::Unavailable(format!("concurrent update: {m}")),
             Kind::NotFound | Kind::Config | Kind::Other => Self::Other(m),
         }

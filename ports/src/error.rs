@@ -95,3 +95,23 @@ impl PaymentError {
         matches!(self, Self::Unavailable(_))
     }
 }
+
+/// Errors of [`crate::Replica`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ReplicaError {
+    /// The secondary datastore cannot be reached right now, or a concurrent writer won a race
+    /// (deadlock, serialization failure); retrying the same call can help: every write of the
+    /// port is idempotent.
+    #[error("replica unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (bad data, schema problem, bug); retrying will not help.
+    #[error("replica error: {0}")]
+    Other(String),
+}
+
+impl ReplicaError {
+    /// Whether retrying the same call can succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}

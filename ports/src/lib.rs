@@ -11,6 +11,7 @@
 //! - [`log`]: the pluggable log (append, blocking read, lag, trim).
 //! - [`consumer`]: a consumer's state and position, saved atomically.
 //! - [`payment`]: the payment processor.
+//! - [`replica`]: a secondary datastore kept in sync with the store (redstream's model).
 //! - [`clock`]: time, as a port, with a manual clock for tests.
 //! - [`error`]: the error enums, each answering "can a retry help?".
 //! - `contract` (feature `test-util`): one scenario suite per port and a macro that stamps
@@ -22,6 +23,7 @@ pub mod error;
 pub mod log;
 pub mod outbox;
 pub mod payment;
+pub mod replica;
 pub mod store;
 
 #[cfg(feature = "test-util")]
@@ -29,14 +31,15 @@ pub mod contract;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use consumer::{Checkpoint, ConsumerStore, Cursor, Lease, Parked, Save, ToPark};
-pub use error::{ConsumerStoreError, LogError, PaymentError, StoreError};
+pub use error::{ConsumerStoreError, LogError, PaymentError, ReplicaError, StoreError};
 pub use log::{Batch, Delivery, Log, Position};
 pub use outbox::{Outbox, Route};
 pub use payment::{Charge, ChargeRequest, PaymentGateway};
+pub use replica::Replica;
 pub use store::{BeginRequest, Begun, RideRow, RideStore, Truth, User};
 
 #[cfg(feature = "test-util")]
 pub use {
     consumer::MockConsumerStore, log::MockLog, outbox::MockOutbox, payment::MockPaymentGateway,
-    store::MockRideStore,
+    replica::MockReplica, store::MockRideStore,
 };

@@ -137,6 +137,14 @@ pub trait RideStore: Send + Sync + 'static {
     /// [`StoreError::Unavailable`] when the store cannot be reached.
     async fn ride(&self, ride_id: i64) -> Result<Option<RideRow>, StoreError>;
 
+    /// The rides with these ids that exist, in increasing id order, in ONE query (the sync
+    /// consumer's batched reload). Missing ids are simply absent; an id given twice is
+    /// returned once; an empty slice returns nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the store cannot be reached.
+    async fn rides_by_ids(&self, ids: &[i64]) -> Result<Vec<RideRow>, StoreError>;
+
     /// A user's rides, newest first, with ids below `before_id` when given.
     ///
     /// # Errors

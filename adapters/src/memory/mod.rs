@@ -6,6 +6,7 @@
 //! - [`MemoryLog`]: a single-lane log ([`ports::Log`]) with decimal offsets.
 //! - [`MemoryConsumerStore`]: consumers' checkpoints, dead-letter lists and leases
 //!   ([`ports::ConsumerStore`]).
+//! - [`MemoryReplica`]: a secondary datastore ([`ports::Replica`]).
 //!
 //! # Design choices
 //!
@@ -26,10 +27,12 @@
 
 mod consumer;
 mod log;
+mod replica;
 mod store;
 
 pub use consumer::MemoryConsumerStore;
 pub use log::MemoryLog;
+pub use replica::MemoryReplica;
 pub use store::{AuditRecord, MemoryStore};
 
 use std::sync::{Mutex, MutexGuard};

@@ -357,6 +357,15 @@ ride_store_impl!(MemoryStore, create in a transaction, {
         Ok(lock(&self.inner).rides.get(&ride_id).cloned())
     }
 
+    async fn rides_by_ids(&self, ids: &[i64]) -> Result<Vec<RideRow>, StoreError> {
+        let wanted: std::collections::BTreeSet<i64> = ids.iter().copied().collect();
+        let inner = lock(&self.inner);
+        Ok(wanted
+            .iter()
+            .filter_map(|id| inner.rides.get(id).cloned())
+            .collect())
+    }
+
     async fn rides_for_user(
         &self,
         user_id: i64,

@@ -17,7 +17,7 @@
 //!
 //! Messages never contain the connection URL (and so never a password).
 
-use ports::{ConsumerStoreError, LogError, StoreError};
+use ports::{ConsumerStoreError, LogError, ReplicaError, StoreError};
 use thiserror::Error;
 
 use crate::sql_error::{DbError, Kind};
@@ -141,6 +141,15 @@ impl From<PgError> for LogError {
 }
 
 impl From<PgError> for ConsumerStoreError {
+    fn from(e: PgError) -> Self {
+        match e {
+            PgError::Db(db) => db.into(),
+            other => Self::Other(message(&other)),
+        }
+    }
+}
+
+impl From<PgError> for ReplicaError {
     fn from(e: PgError) -> Self {
         match e {
             PgError::Db(db) => db.into(),

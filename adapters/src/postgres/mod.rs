@@ -1,5 +1,7 @@
 //! Postgres: the canonical store, its outbox and the consumers' state, plus the
 //! Postgres-only log (the outbox table *is* the log; no streamer needed).
+//! [`PostgresReplica`] is a secondary datastore ([`ports::Replica`]) in another database or
+//! schema (`replica.rs`).
 //!
 //! ```text
 //!  run_phase (key row locked)        sequencer (one at a time)          readers
@@ -89,6 +91,7 @@ mod error;
 mod log;
 mod notify;
 mod outbox;
+mod replica;
 mod store;
 
 use std::sync::Arc;
@@ -99,6 +102,7 @@ use sqlx::{Connection, PgConnection};
 
 pub use config::PgOptions;
 pub use log::PostgresLog;
+pub use replica::PostgresReplica;
 
 use config::Target;
 use error::PgError;

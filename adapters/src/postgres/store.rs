@@ -40,6 +40,13 @@ macro_rules! key_columns {
 /// concurrent phase on the key waits there, then reads its commit).
 const SQL: StoreSql = store_sql!(key_columns, for_update = " FOR UPDATE", json = "::jsonb");
 
+/// Ride ids (`bigint[]`) → [`crate::sql_rows::RideSqlRow`]s, by id.
+const RIDES_BY_IDS: &str = concat!(
+    "SELECT ",
+    crate::sql_rows::ride_columns!(),
+    " FROM rides WHERE id = ANY($1) ORDER BY id"
+);
+
 /// A sqlx error, translated once (see [`super::error`]).
 fn db(e: impl Into<PgError>) -> StoreError {
     e.into().into()
@@ -251,6 +258,19 @@ sql_ride_store!(PostgresStore, SQL, pool, {
             .await
             .map_err(db)?;
         Ok(row.into())
+    }
+
+    /// One statement: the ids travel as one `bigint[]`.
+    async fn rides_by_ids(&self, ids: &[i64]) -> Result<Vec<ports::RideRow>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query_as::<_, crate::sql_rows::RideSqlRow>(RIDES_BY_IDS)
+            .bind(ids)
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+        crate::sql_rows::decode_all(rows)
     }
 
     async fn unlock(&self, key_id: i64) -> Result<(), StoreError> {

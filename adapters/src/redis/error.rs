@@ -1,9 +1,9 @@
-//! The one place where Redis errors become [`LogError`]s.
+//! The one place where Redis errors become [`LogError`]s (and [`ReplicaError`]s).
 //!
 //! `impl From<redis::RedisError> for LogError` is not allowed here (both types are foreign to
 //! this crate: the orphan rule), so the mapping is a function used as `.map_err(log_error)`.
 
-use ports::LogError;
+use ports::{LogError, ReplicaError};
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 /// Maps a Redis error: connection and I/O trouble (and the server's "try again later"
@@ -29,6 +29,15 @@ pub(crate) fn log_error(e: RedisError) -> LogError {
         LogError::Unavailable(format!("redis: {e}"))
     } else {
         LogError::Other(format!("redis: {e}"))
+    }
+}
+
+/// Maps a Redis error for the replica, with [`log_error`]'s classification: transient
+/// trouble is [`ReplicaError::Unavailable`], anything else [`ReplicaError::Other`].
+pub(crate) fn replica_error(e: RedisError) -> ReplicaError {
+    match log_error(e) {
+        LogError::Unavailable(m) => ReplicaError::Unavailable(m),
+        LogError::InvalidPosition(m) | LogError::Other(m) => ReplicaError::Other(m),
     }
 }
 

@@ -1,4 +1,5 @@
 //! The log on a [Redis stream](https://redis.io/docs/latest/develop/data-types/streams/).
+//! The replica ([`RedisReplica`], `replica.rs`) keeps rides in hashes and sorted sets.
 //!
 //! # Layout
 //!
@@ -57,6 +58,7 @@
 //! tells the CLI what was found.
 
 mod error;
+mod replica;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -71,6 +73,8 @@ use redis::streams::StreamReadReply;
 use redis::{AsyncConnectionConfig, Client, ConnectionAddr, Script};
 
 use self::error::log_error;
+
+pub use self::replica::RedisReplica;
 
 /// The field of a stream entry that holds the record's JSON.
 const DATA_FIELD: &str = "data";

@@ -14,7 +14,7 @@
 //! | `SQLITE_BUSY` (busy timeout expired), pool timeout, I/O | `Unavailable` | overloaded or unreachable: retry |
 //! | anything else (bad data, schema, bug)            | `Other`        | a retry will not help                |
 
-use ports::{ConsumerStoreError, StoreError};
+use ports::{ConsumerStoreError, ReplicaError, StoreError};
 
 use crate::sql_error::{DbError, Kind};
 
@@ -79,6 +79,18 @@ impl From<Error> for ConsumerStoreError {
                 StoreError::Unavailable(m) => Self::Unavailable(m),
                 StoreError::NotFound(m) | StoreError::Other(m) => Self::Other(m),
             },
+        }
+    }
+}
+
+impl From<Error> for ReplicaError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Db(e) => e.into(),
+            Error::Store(StoreError::Unavailable(m)) => Self::Unavailable(m),
+            Error::Store(
+                StoreError::Conflict(m) | StoreError::NotFound(m) | StoreError::Other(m),
+            ) => Self::Other(m),
         }
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! [`SqliteStore`] implements [`ports::RideStore`], [`ports::Outbox`] and
 //! [`ports::ConsumerStore`]. It is the embedded default: `rides demo` needs no server.
+//! [`SqliteReplica`] implements [`ports::Replica`] in a database file of its own.
 //!
 //! # Concurrency (DESIGN.md section 8)
 //!
@@ -50,6 +51,7 @@ pub mod baseline;
 mod consumer;
 mod error;
 mod outbox;
+mod replica;
 mod store;
 
 use std::str::FromStr;
@@ -62,6 +64,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 use tokio::sync::Notify;
+
+pub use self::replica::SqliteReplica;
 
 use self::error::Error;
 

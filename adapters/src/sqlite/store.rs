@@ -29,6 +29,13 @@ macro_rules! key_columns {
 /// so the locking reads are plain reads, and JSON is stored as text.
 const SQL: StoreSql = store_sql!(key_columns, for_update = "", json = "");
 
+/// JSON array of ride ids → [`crate::sql_rows::RideSqlRow`]s, by id.
+const RIDES_BY_IDS: &str = concat!(
+    "SELECT ",
+    crate::sql_rows::ride_columns!(),
+    " FROM rides WHERE id IN (SELECT value FROM json_each($1)) ORDER BY id"
+);
+
 /// The most staged records [`SqliteTx`]'s `audit_and_stage` writes in its one call.
 const AUDIT_RECORDS_MAX: usize = 4;
 
@@ -161,6 +168,19 @@ sql_ride_store!(SqliteStore, SQL, reader, create in a transaction, {
 
     async fn unlock(&self, key_id: i64) -> Result<(), StoreError> {
         self.write_one(SQL.unlock, &[key_id]).await.map(drop)
+    }
+
+    /// One statement: the ids travel as one JSON array (`json_each`), whatever their number.
+    async fn rides_by_ids(&self, ids: &[i64]) -> Result<Vec<ports::RideRow>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query_as::<_, crate::sql_rows::RideSqlRow>(RIDES_BY_IDS)
+            .bind(serde_json::Value::from(ids).to_string())
+            .fetch_all(self.reader())
+            .await
+            .map_err(db)?;
+        crate::sql_rows::decode_all(rows)
     }
 
     async fn reap_keys(

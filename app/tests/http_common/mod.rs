@@ -355,6 +355,9 @@ impl RideStore for FailingStore {
     async fn ride(&self, ride_id: i64) -> Result<Option<RideRow>, StoreError> {
         self.inner.ride(ride_id).await
     }
+    async fn rides_by_ids(&self, ids: &[i64]) -> Result<Vec<RideRow>, StoreError> {
+        self.inner.rides_by_ids(ids).await
+    }
     async fn rides_for_user(
         &self,
         user_id: i64,

@@ -96,6 +96,21 @@ pub fn params(n: u32) -> RideParams {
     RideParams::new(0.0, 0.0, 0.0, lon).unwrap_or_else(|e| panic!("fixture params {n}: {e}"))
 }
 
+/// A ride row as a store holds it, for the replica contract: ride `id` of `user_id`,
+/// uncharged, with its key `id + 100_000`, parameters [`params`] and distance
+/// [`fixture_distance`] of the id, created at `1_700_000_000_000 + id`.
+pub fn ride_row(id: i64, user_id: i64) -> RideRow {
+    RideRow {
+        id,
+        user_id,
+        idempotency_key_id: Some(id + 100_000),
+        params: params(u32::try_from(id.rem_euclid(10_000)).unwrap_or_default()),
+        distance_mm: fixture_distance(id),
+        charge_id: None,
+        created_at_ms: 1_700_000_000_000 + id,
+    }
+}
+
 /// A fresh key text (between 20 and 100 characters).
 pub fn key_text(tag: &str) -> String {
     unique(tag)

@@ -1,7 +1,8 @@
 //! Contract suites: one per port, run unchanged against every adapter.
 //!
 //! An adapter's test file implements a factory ([`LogFactory`], [`StoreFactory`],
-//! [`PaymentFactory`]) and stamps one `#[tokio::test]` per scenario with the matching macro:
+//! [`PaymentFactory`], [`ReplicaFactory`]) and stamps one `#[tokio::test]` per scenario with
+//! the matching macro:
 //!
 //! ```text
 //! struct Sqlite;
@@ -15,6 +16,7 @@
 //! | [`log_contract_tests!`](crate::log_contract_tests) | [`LogFactory`] | [`log`] |
 //! | [`store_contract_tests!`](crate::store_contract_tests) | [`StoreFactory`] | [`store`] (store + outbox), [`consumer`] |
 //! | [`payment_contract_tests!`](crate::payment_contract_tests) | [`PaymentFactory`] | [`payment`] |
+//! | [`replica_contract_tests!`](crate::replica_contract_tests) | [`ReplicaFactory`] | [`replica`] |
 //!
 //! Scenarios are plain `pub async fn name(factory: &dyn Factory)` functions that panic with a
 //! message naming the broken rule. Each one documents its preconditions.
@@ -35,12 +37,15 @@ use std::sync::Arc;
 
 pub use async_trait::async_trait;
 
-use crate::{ConsumerStore, Log, Outbox, PaymentGateway, RideStore};
+use crate::{ConsumerStore, Log, Outbox, PaymentGateway, Replica, RideStore};
 
 pub mod consumer;
 pub mod fixtures;
 pub mod log;
 pub mod payment;
+pub mod replica;
+#[cfg(test)]
+mod replica_self_check;
 #[cfg(test)]
 mod self_check;
 pub mod store;
@@ -84,7 +89,18 @@ pub trait PaymentFactory: Send + Sync + 'static {
     fn gateway(&self) -> Arc<dyn PaymentGateway>;
 }
 
-/// Stamps one test per `suite::scenario`; the common body of the three public macros.
+/// Makes replicas for the replica contract.
+#[async_trait]
+pub trait ReplicaFactory: Send + Sync + 'static {
+    /// A fresh, empty replica in its own namespace (file, schema or key prefix), so that
+    /// tests running in parallel never see each other's rows.
+    async fn fresh(&self) -> Arc<dyn Replica>;
+    /// Opens `replica` again as a restarted process would (the caller has dropped every
+    /// other clone); `None` for a backend that keeps nothing across restarts (memory).
+    async fn reopen(&self, replica: Arc<dyn Replica>) -> Option<Arc<dyn Replica>>;
+}
+
+/// Stamps one test per `suite::scenario`; the common body of the public macros.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __contract_tests {
@@ -161,6 +177,7 @@ macro_rules! store_contract_tests {
             store::reaper_deletes_old_keys_and_keeps_their_rides,
             store::rides_for_user_newest_first_with_paging,
             store::ride_by_id,
+            store::rides_by_ids_reloads_current_rows,
             store::truth_counts_rides_distance_and_unfinished_keys,
             store::outbox_peek_is_in_seq_order_and_remove_is_exact,
             store::peek_after_resumes_after_a_cursor,
@@ -204,6 +221,30 @@ macro_rules! payment_contract_tests {
             payment::same_key_same_charge,
             payment::different_keys_different_charges,
             payment::declined_card_for_the_bad_source_user,
+        );
+    };
+}
+
+/// Stamps one `#[tokio::test]` per scenario of [`contract::replica`](crate::contract::replica)
+/// for a [`ReplicaFactory`](crate::contract::ReplicaFactory) expression.
+///
+/// The calling crate needs `tokio` (features `macros`, `rt-multi-thread`) as a dev-dependency.
+///
+/// ```text
+/// ports::replica_contract_tests!(SqliteReplicas::default());
+/// ```
+#[macro_export]
+macro_rules! replica_contract_tests {
+    ($factory:expr $(,)?) => {
+        $crate::__contract_tests!($factory;
+            replica::upsert_then_page_returns_identical_rows,
+            replica::upsert_is_idempotent_and_updates,
+            replica::delete_is_idempotent_and_exact,
+            replica::page_paginates_in_id_order,
+            replica::count_counts_rows,
+            replica::rides_for_user_newest_first_and_forgets_deleted,
+            replica::concurrent_upserts_end_consistent,
+            replica::reopen_keeps_rows,
         );
     };
 }

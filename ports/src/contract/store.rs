@@ -743,6 +743,55 @@ pub async fn ride_by_id(f: &dyn StoreFactory) {
     );
 }
 
+/// Rule: `rides_by_ids` returns the rides with the given ids that exist, in increasing id
+/// order, each once: missing ids are simply absent, duplicates and order in the input do not
+/// matter, an empty input returns nothing, and a charge is seen as it is now.
+/// Preconditions: a fresh store.
+pub async fn rides_by_ids_reloads_current_rows(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let other = user(&sut, BAD_SOURCE_USER).await;
+    let now = now_ms();
+    let (k1, r1) = create_ride(&sut, u.id, params(1), now).await;
+    let (_, r2) = create_ride(&sut, other.id, params(2), now).await;
+    let (_, r3) = create_ride(&sut, u.id, params(3), now).await;
+    finish(&sut, &k1, &r1, "ch_contract_by_ids").await;
+    let by_ids = |ids: Vec<i64>| {
+        let store = Arc::clone(&sut.store);
+        async move {
+            within("rides_by_ids", store.rides_by_ids(&ids))
+                .await
+                .unwrap_or_else(|e| panic!("rides_by_ids({ids:?}) failed: {e}"))
+        }
+    };
+    let charged = ride_for(&sut, k1.id).await;
+    assert_eq!(
+        charged.charge_id.as_deref(),
+        Some("ch_contract_by_ids"),
+        "fixture: the first ride is charged"
+    );
+    let missing = r3.id + 1_000_000;
+    let first = r1.id.min(r2.id).min(r3.id);
+    assert_eq!(
+        by_ids(vec![r3.id, missing, r1.id, r3.id, r2.id, -1]).await,
+        vec![charged.clone(), r2.clone(), r3.clone()],
+        "the existing rides, current, in id order, each once"
+    );
+    assert_eq!(by_ids(vec![r2.id]).await, vec![r2], "one id gives its ride");
+    assert_eq!(
+        by_ids(vec![missing]).await,
+        Vec::new(),
+        "only missing ids give nothing"
+    );
+    assert_eq!(by_ids(Vec::new()).await, Vec::new(), "no ids give nothing");
+    let many: Vec<i64> = (0..2_000).map(|i| first + i).collect();
+    assert_eq!(
+        by_ids(many).await.len(),
+        3,
+        "a batch of 2000 ids finds the 3 rides"
+    );
+}
+
 /// Rule: `truth` counts rides, the sum of their distances, and keys not yet finished.
 /// Preconditions: a fresh store.
 pub async fn truth_counts_rides_distance_and_unfinished_keys(f: &dyn StoreFactory) {
