@@ -127,12 +127,36 @@ pub struct Common {
     /// go to the consumer's dead-letter list, and it goes on).
     #[arg(long, global = true, env = "RIDES_ON_FAILURE", default_value = "stop")]
     pub on_failure: OnFailure,
+    /// The secondary datastore the sync consumer keeps equal to the store's rides:
+    /// memory://, sqlite://PATH, postgres://…[?schema=S], redis://…[/PREFIX]; `auto` (the
+    /// default) is a SQLite file beside a SQLite store (`./data/replica.db` otherwise), `none`
+    /// runs without one. `serve` and `sync` keep it; `verify` compares it with the store.
+    #[arg(long, global = true, env = "RIDES_REPLICA", default_value = "auto")]
+    pub replica: String,
     /// Attempts per failing record (with exponential back-off) before `--on-failure`.
     #[arg(long, global = true, env = "RIDES_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: u32,
 }
 
 impl Common {
+    /// The replica URL (`None` for `none`); `auto` resolves beside the store. With
+    /// `existing`, an `auto` SQLite replica whose file does not exist is `None` (a read-only
+    /// command must not create one).
+    pub fn replica_url(&self, existing: bool) -> Option<String> {
+        match self.replica.as_str() {
+            "none" => None,
+            "auto" => {
+                let url = wiring::default_replica(&self.store);
+                let missing = url
+                    .strip_prefix("sqlite://")
+                    .is_some_and(|p| !std::path::Path::new(p).exists());
+                let nothing_there = missing || url == "memory://";
+                (!(existing && nothing_there)).then_some(url)
+            }
+            url => Some(url.to_owned()),
+        }
+    }
+
     /// The lease TTL (`None`: no leases).
     pub fn lease_ttl(&self) -> Option<Duration> {
         (self.lease_ttl_ms > 0).then(|| Duration::from_millis(self.lease_ttl_ms))
@@ -232,6 +256,13 @@ pub enum Command {
         /// Look after consumers instead of running one.
         #[command(subcommand)]
         action: Option<ConsumerAction>,
+    },
+    /// The sync consumer only: keeps the replica (`--to URL`, or `--replica`) equal to the
+    /// store's rides.
+    Sync {
+        /// The replica (overrides `--replica`).
+        #[arg(long)]
+        to: Option<String>,
     },
     /// The completer only.
     Completer,
@@ -437,7 +468,12 @@ async fn signalled() {
 
 /// Runs a fleet until a signal (drain, exit 0) or until a task ends by itself (exit 1).
 async fn run_fleet(common: &Common, mut config: FleetConfig) -> anyhow::Result<i32> {
-    let stores = wiring::open_store(&common.store).await?;
+    let mut stores = wiring::open_store(&common.store).await?;
+    if config.sync
+        && let Some(url) = common.replica_url(false)
+    {
+        stores = stores.with_replica(&url).await?;
+    }
     let log = wiring::open_log(&common.log, &stores).await?;
     config.thresholds = common.thresholds();
     config.lease_ttl = common.lease_ttl();
@@ -509,6 +545,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 "rides consumer needs --name NAME (to run one) or a subcommand (list, parked, retry-parked, remove)"
             )
         }
+        Command::Sync { to } => {
+            let mut common = common.clone();
+            if let Some(to) = to {
+                common.replica = to;
+            }
+            anyhow::ensure!(
+                common.replica != "none",
+                "rides sync needs a replica: --to URL"
+            );
+            run_fleet(&common, only(|c| c.sync = true)).await
+        }
         Command::Completer => run_fleet(common, only(|c| c.completer = true)).await,
         Command::Reaper => run_fleet(common, only(|c| c.reaper = true)).await,
         Command::Trimmer => run_fleet(common, only(|c| c.trimmer = true)).await,
@@ -547,7 +594,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Verify { json } => {
             wiring::require_existing("store", &common.store, "verify")?;
             wiring::require_existing("log", &common.log, "verify")?;
-            let stores = wiring::open_store(&common.store).await?;
+            let mut stores = wiring::open_store(&common.store).await?;
+            if let Some(url) = common.replica_url(true) {
+                stores = stores.with_replica(&url).await?;
+            }
             let log = wiring::open_log(&common.log, &stores).await?;
             let v = demo::collect_verdict(&stores, &log).await?;
             if json {
@@ -579,6 +629,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             if explicit("--log") || std::env::var_os("RIDES_LOG").is_some() {
                 opts.log = Some(common.log.clone());
+            }
+            if common.replica != "auto" {
+                opts.replica = Some(common.replica.clone());
             }
             let v = demo::run_demo(opts).await?;
             if json {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use domain::Thresholds;
 
-use crate::services::consumer;
+use crate::services::{consumer, sync};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -63,6 +63,25 @@ pub struct ConsumerView {
     pub agrees: bool,
 }
 
+/// The replica (secondary datastore) against the store, row by row.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ReplicaView {
+    /// Its URL.
+    pub url: String,
+    /// Rows it holds.
+    pub rows: u64,
+    /// Rows that differ from the store's, are missing from it, or should not be in it.
+    pub mismatches: u64,
+    /// The ids of (at most ten of) the mismatching rows found in the replica; rows missing
+    /// from it are only counted.
+    pub mismatched_ids: Vec<i64>,
+    /// Records after the sync consumer's position (`None` when it has not registered or the
+    /// log could not say).
+    pub lag: Option<u64>,
+    /// Whether it equals the store: every row, no more, no less.
+    pub agrees: bool,
+}
+
 /// Every consumer against the store's truth.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Verdict {
@@ -72,6 +91,9 @@ pub struct Verdict {
     pub truth: TruthView,
     /// Every registered consumer.
     pub consumers: Vec<ConsumerView>,
+    /// The replica, when one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<ReplicaView>,
     /// Records still in the outbox.
     pub staged: u64,
     /// How long the current log is held back by an in-flight transaction (Postgres-only log;
@@ -94,6 +116,7 @@ impl Verdict {
         self.truth.unfinished_keys == 0
             && self.staged == 0
             && self.consumers.iter().all(|c| c.lag == Some(0))
+            && self.replica.as_ref().is_none_or(|r| r.lag == Some(0))
             && self
                 .consumers
                 .windows(2)
@@ -129,6 +152,21 @@ impl Verdict {
                 c.lag.map_or("?".to_owned(), |l| l.to_string()),
                 c.duplicates,
                 if c.agrees { "agrees" } else { "DISAGREES" }
+            ));
+        }
+        if let Some(r) = &self.replica {
+            out.push_str(&format!(
+                "{:<16} {:>8} {:>16} {:>8} {:>10}  {}\n",
+                "replica",
+                r.rows,
+                "-",
+                r.lag.map_or("?".to_owned(), |l| l.to_string()),
+                "-",
+                if r.agrees {
+                    "agrees row by row".to_owned()
+                } else {
+                    format!("{} MISMATCHES {:?}", r.mismatches, r.mismatched_ids)
+                }
             ));
         }
         if let Some(ms) = self.held_back_ms.filter(|ms| *ms > 0) {
@@ -184,14 +222,19 @@ pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result
         0
     };
     let mut consumers = Vec::new();
+    let mut replica_lag = None;
     for (name, cp) in stores.consumers.list().await.context("listing consumers")? {
-        // Only distance consumers are compared with the truth.
-        let Some(state) = consumer::result(&cp).with_context(|| format!("consumer {name}"))? else {
-            continue;
-        };
         let lag = match &cp.cursor.log_url {
             Some(url) => log.follow(url).await?.log.lag(&cp.position).await.ok(),
             None => log.log.lag(&cp.position).await.ok(),
+        };
+        if name == sync::DEFAULT_NAME || cp.cursor.kind.as_deref() == Some(sync::KIND) {
+            replica_lag = lag;
+            continue;
+        }
+        // Only distance consumers are compared with the truth.
+        let Some(state) = consumer::result(&cp).with_context(|| format!("consumer {name}"))? else {
+            continue;
         };
         consumers.push(ConsumerView {
             agrees: state.rides == truth.rides && state.distance_mm == truth.distance_mm,
@@ -204,8 +247,19 @@ pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result
             lag,
         });
     }
+    let replica = match &stores.replica {
+        Some(r) => {
+            let mut view = compare_replica(stores.store.as_ref(), r, truth.rides).await?;
+            view.lag = replica_lag;
+            Some(view)
+        }
+        None => None,
+    };
     Ok(Verdict {
-        agree: !consumers.is_empty() && consumers.iter().all(|c| c.agrees),
+        agree: !consumers.is_empty()
+            && consumers.iter().all(|c| c.agrees)
+            && replica.as_ref().is_none_or(|r| r.agrees),
+        replica,
         truth: TruthView {
             rides: truth.rides,
             distance_m: truth.distance_mm as f64 / 1000.0,
@@ -217,6 +271,61 @@ pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result
         held_back_ms,
         ..Verdict::default()
     })
+}
+
+/// Compares the replica with the store row by row: every replica row against the store's
+/// row with its id (one batched query per page of 1000), and the store's row count against
+/// the rows matched. The rides' `idempotency_key_id` is not compared: the reaper clears it in
+/// the store when it deletes an old key, which is not a change of the ride.
+///
+/// # Errors
+/// When the store or the replica cannot be read.
+pub async fn compare_replica(
+    store: &dyn ports::RideStore,
+    replica: &crate::wiring::Replica,
+    store_rows: u64,
+) -> anyhow::Result<ReplicaView> {
+    const PAGE: usize = 1000;
+    let r = &replica.replica;
+    let mut view = ReplicaView {
+        url: crate::wiring::redact(&replica.url),
+        rows: r.count().await.context("counting the replica's rows")?,
+        ..ReplicaView::default()
+    };
+    let (mut after, mut matched) = (0_i64, 0_u64);
+    loop {
+        let page = r.page(after, PAGE).await.context("reading the replica")?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        let ids: Vec<i64> = page.iter().map(|row| row.id).collect();
+        let primary: std::collections::HashMap<i64, ports::RideRow> = store
+            .rides_by_ids(&ids)
+            .await
+            .context("reading the store's rides")?
+            .into_iter()
+            .map(|row| (row.id, row))
+            .collect();
+        for row in &page {
+            let same = primary.get(&row.id).is_some_and(|p| {
+                ports::RideRow {
+                    idempotency_key_id: row.idempotency_key_id,
+                    ..p.clone()
+                } == *row
+            });
+            if same {
+                matched += 1;
+            } else {
+                view.mismatches += 1;
+                if view.mismatched_ids.len() < 10 {
+                    view.mismatched_ids.push(row.id);
+                }
+            }
+        }
+    }
+    // Store rows that the replica lacks.
+    view.mismatches += store_rows.saturating_sub(matched);
+    view.agrees = view.mismatches == 0 && view.rows == store_rows;
+    Ok(view)
 }
 
 /// What `rides demo` runs.
@@ -234,6 +343,9 @@ pub struct DemoOptions {
     pub data_dir: Option<PathBuf>,
     /// Store URL (default `sqlite://<dir>/rides.db`).
     pub store: Option<String>,
+    /// Replica URL (default `sqlite://<dir>/replica.db`, or `memory://` when both the store
+    /// and the log are given; `none`: no replica).
+    pub replica: Option<String>,
     /// Log URL (default `sled://<dir>/log`).
     pub log: Option<String>,
     /// Consumers to run.
@@ -260,6 +372,7 @@ impl DemoOptions {
             data_dir: None,
             store: None,
             log: None,
+            replica: None,
             consumers: vec!["distance-a".into(), "distance-b".into()],
             thresholds: Thresholds {
                 lock_timeout_ms: 1_000,
@@ -322,7 +435,15 @@ pub async fn run_demo(opts: DemoOptions) -> anyhow::Result<Verdict> {
         (None, Some(d)) => url_in("sled", d, "log"),
         (None, None) => unreachable!("a data dir is prepared when a URL is missing"),
     };
-    let stores = wiring::open_store(&store_url).await?;
+    let replica_url = match (&opts.replica, &dir) {
+        (Some(u), _) => (u != "none").then(|| u.clone()),
+        (None, Some(d)) => Some(url_in("sqlite", d, "replica.db")),
+        (None, None) => Some("memory://".to_owned()),
+    };
+    let mut stores = wiring::open_store(&store_url).await?;
+    if let Some(url) = &replica_url {
+        stores = stores.with_replica(url).await?;
+    }
     let log = wiring::open_log(&log_url, &stores).await?;
     for user in [simulator::GOOD_USER, simulator::BAD_SOURCE_USER] {
         stores.store.ensure_user(user).await?;

@@ -68,6 +68,8 @@ pub enum WiringError {
 
 const STORE_SCHEMES: &str = "memory://, sqlite://PATH, postgres://…";
 const LOG_SCHEMES: &str = "memory://, sled://PATH, postgres://…, redis://…, kafka://…";
+const REPLICA_SCHEMES: &str =
+    "memory://, sqlite://PATH, postgres://…[?schema=S], redis://…[/PREFIX]";
 
 /// The three views of one canonical store.
 #[derive(Clone)]
@@ -80,8 +82,35 @@ pub struct Stores {
     pub consumers: Arc<dyn ConsumerStore>,
     /// The URL it was opened from.
     pub url: String,
+    /// The secondary datastore kept in sync with it, when one is configured
+    /// ([`Stores::with_replica`]): the fleet runs the sync consumer into it, and the verdict
+    /// compares it with the store row by row.
+    pub replica: Option<Replica>,
     #[cfg(feature = "postgres")]
     postgres: Option<Arc<adapters::postgres::PostgresStore>>,
+}
+
+/// A secondary datastore and the URL it was opened from.
+#[derive(Clone)]
+pub struct Replica {
+    /// The replica.
+    pub replica: Arc<dyn ports::Replica>,
+    /// Its URL.
+    pub url: String,
+}
+
+impl Stores {
+    /// Opens the replica at `url` and keeps it with these stores.
+    ///
+    /// # Errors
+    /// As [`open_replica`].
+    pub async fn with_replica(mut self, url: &str) -> anyhow::Result<Self> {
+        self.replica = Some(Replica {
+            replica: open_replica(url).await?,
+            url: url.to_owned(),
+        });
+        Ok(self)
+    }
 }
 
 impl std::fmt::Debug for Stores {
@@ -278,6 +307,7 @@ pub async fn open_store(url: &str) -> anyhow::Result<Stores> {
                 outbox: store,
                 consumers: Arc::new(adapters::memory::MemoryConsumerStore::new()),
                 url: url.to_owned(),
+                replica: None,
                 #[cfg(feature = "postgres")]
                 postgres: None,
             })
@@ -298,6 +328,7 @@ pub async fn open_store(url: &str) -> anyhow::Result<Stores> {
                 outbox: store.clone(),
                 consumers: store,
                 url: url.to_owned(),
+                replica: None,
                 #[cfg(feature = "postgres")]
                 postgres: None,
             })
@@ -320,6 +351,7 @@ pub async fn open_store(url: &str) -> anyhow::Result<Stores> {
                 outbox: store.clone(),
                 consumers: store.clone(),
                 url: url.to_owned(),
+                replica: None,
                 postgres: Some(store),
             })
         }
@@ -537,9 +569,108 @@ async fn open_log_once(url: &str, stores: &Stores) -> anyhow::Result<(Arc<dyn Lo
     Ok((log, true))
 }
 
+/// The secondary datastore a sync consumer keeps (`rides sync --to URL`): `memory://`,
+/// `sqlite://PATH` (a file of its own), `postgres://…[?schema=S]` (another database or
+/// schema), `redis://HOST[:PORT][/PREFIX]` (hashes and sorted sets under `PREFIX:`, default
+/// `rides-replica`).
+///
+/// # Errors
+/// An unknown scheme, a backend not built in, or a replica that cannot be opened.
+pub async fn open_replica(url: &str) -> anyhow::Result<Arc<dyn ports::Replica>> {
+    let role = "replica";
+    let (scheme, rest) = scheme_of(role, url, REPLICA_SCHEMES)?;
+    let opened: Arc<dyn ports::Replica> = match scheme.as_str() {
+        "memory" => Arc::new(adapters::memory::MemoryReplica::new()),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => {
+            let path = file_path(role, url, rest)?;
+            create_parent(path)?;
+            Arc::new(
+                adapters::sqlite::SqliteReplica::open(url)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("opening the replica {}: {e}", redact(url)))?,
+            )
+        }
+        #[cfg(not(feature = "sqlite"))]
+        "sqlite" => return Err(feature_missing(role, url, "sqlite")),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => {
+            let (pg_url, opts) = pg_options(url)?;
+            Arc::new(
+                adapters::postgres::PostgresReplica::connect(&pg_url, opts.schema.as_deref())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("opening the replica {}: {e}", redact(url)))?,
+            )
+        }
+        #[cfg(not(feature = "postgres"))]
+        "postgres" | "postgresql" => return Err(feature_missing(role, url, "postgres")),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => {
+            let (prefix, conn) = redis_stream(url);
+            let prefix = if prefix == "rides" {
+                "rides-replica".to_owned()
+            } else {
+                prefix
+            };
+            Arc::new(
+                adapters::redis::RedisReplica::connect(&conn, &prefix)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("opening the replica {}: {e}", redact(url)))?,
+            )
+        }
+        #[cfg(not(feature = "redis"))]
+        "redis" | "rediss" => return Err(feature_missing(role, url, "redis")),
+        _ => {
+            return Err(WiringError::UnknownScheme {
+                role,
+                url: redact(url),
+                supported: REPLICA_SCHEMES,
+            }
+            .into());
+        }
+    };
+    Ok(opened)
+}
+
+/// Where `rides serve` and `rides demo` keep their replica by default: a SQLite file beside
+/// a SQLite store, in memory beside a memory store, and `./data/replica.db` otherwise.
+pub fn default_replica(store_url: &str) -> String {
+    match split_scheme(store_url) {
+        Some((scheme, rest)) if scheme == "sqlite" => {
+            let path = std::path::Path::new(rest.split('?').next().unwrap_or(rest));
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+            let file = dir.map_or_else(
+                || std::path::PathBuf::from("replica.db"),
+                |d| d.join("replica.db"),
+            );
+            format!("sqlite://{}", file.display())
+        }
+        Some((scheme, _)) if scheme == "memory" => "memory://".to_owned(),
+        _ => "sqlite://./data/replica.db".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_replica_sits_beside_the_store() {
+        assert_eq!(
+            default_replica("sqlite://./data/rides.db"),
+            "sqlite://./data/replica.db"
+        );
+        assert_eq!(
+            default_replica("sqlite:///tmp/x/rides.db?mode=rwc"),
+            "sqlite:///tmp/x/replica.db"
+        );
+        assert_eq!(default_replica("sqlite://rides.db"), "sqlite://replica.db");
+        assert_eq!(default_replica("memory://"), "memory://");
+        assert_eq!(
+            default_replica("postgres://u@h/db"),
+            "sqlite://./data/replica.db"
+        );
+    }
 
     fn wiring_error(e: anyhow::Error) -> WiringError {
         e.downcast::<WiringError>().expect("a WiringError")

@@ -35,6 +35,12 @@ fn assert_converged(v: &Verdict) {
     );
     assert_eq!(v.truth.unfinished_keys, 0, "{}", v.table());
     assert_eq!(v.consumers.len(), 2, "{}", v.table());
+    let replica = v.replica.as_ref().expect("the fleet keeps a replica");
+    assert!(
+        replica.agrees && replica.mismatches == 0 && replica.rows == RIDES,
+        "the replica equals the store row by row:\n{}",
+        v.table()
+    );
     for c in &v.consumers {
         assert_eq!(
             (c.rides, c.distance_mm),
@@ -58,11 +64,27 @@ async fn postgres_store_with_redis_log_converges() {
         "{}?stream={stream}",
         harness::redis_url().await.trim_end_matches('/')
     );
-    let v = demo::run_demo(options(11, db.url.clone(), redis))
-        .await
-        .unwrap();
+    // The replica in Redis too: a hash per ride and a sorted set per user.
+    let mut o = options(11, db.url.clone(), redis);
+    let prefix = harness::unique("rides_replica");
+    o.replica = Some(format!(
+        "{}/{prefix}",
+        harness::redis_url().await.trim_end_matches('/')
+    ));
+    let v = demo::run_demo(o).await.unwrap();
     assert_converged(&v);
     db.drop_now().await;
+    // The replica's keys (and the stream) go with the test.
+    let client = redis::Client::open(harness::redis_url().await).expect("redis client");
+    let mut conn = client.get_connection().expect("redis connection");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut conn)
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query(&mut conn);
+    }
+    let _: Result<(), _> = redis::cmd("DEL").arg(&stream).query(&mut conn);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -85,9 +107,11 @@ async fn postgres_store_with_kafka_log_converges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_alone_converges_without_a_streamer() {
     let db = FreshDb::create().await;
-    let v = demo::run_demo(options(12, db.url.clone(), db.url.clone()))
-        .await
-        .unwrap();
+    // The replica in another schema of the same database.
+    let mut o = options(12, db.url.clone(), db.url.clone());
+    let sep = if db.url.contains('?') { '&' } else { '?' };
+    o.replica = Some(format!("{}{sep}schema=replica", db.url));
+    let v = demo::run_demo(o).await.unwrap();
     assert_converged(&v);
     db.drop_now().await;
 }

@@ -147,6 +147,17 @@ impl<F: Fold> Handler for Transactional<F> {
     }
 }
 
+/// Why [`Effects::apply`] did not apply a whole batch.
+#[derive(Debug)]
+pub enum Failure {
+    /// The record at this index (and the ones after it) were not applied, for this reason;
+    /// the ones before it were. The record is retried, then parked or the consumer stops.
+    At(usize, String),
+    /// Nothing can be applied now (the other system is down...): the step fails and the
+    /// batch is read again after a back-off, without counting against any record.
+    Batch(anyhow::Error),
+}
+
 /// An idempotent consumer: applies records' effects to another system. Effects must tolerate
 /// being applied again (see the [module docs](self#two-kinds-of-consumer)).
 #[async_trait]
@@ -157,9 +168,8 @@ pub trait Effects: Send + Sync + 'static {
     /// Applies the effects of `records`, in order.
     ///
     /// # Errors
-    /// The index of the first record whose effects are not applied, and why; the records
-    /// before it must be applied.
-    async fn apply(&self, records: &[Delivery]) -> Result<(), (usize, String)>;
+    /// See [`Failure`].
+    async fn apply(&self, records: &[Delivery]) -> Result<(), Failure>;
 }
 
 /// Runs an [`Effects`] handler as a [`Handler`] (its state is always `null`).
@@ -177,10 +187,10 @@ impl<E: Effects> Handler for Idempotent<E> {
         _state: serde_json::Value,
         records: &[Delivery],
     ) -> anyhow::Result<Handled> {
-        let failed = if records.is_empty() {
-            None
-        } else {
-            self.0.apply(records).await.err()
+        let failed = match self.0.apply(records).await {
+            Ok(()) => None,
+            Err(Failure::At(i, why)) => Some((i, why)),
+            Err(Failure::Batch(e)) => return Err(e),
         };
         Ok(Handled {
             state: serde_json::Value::Null,

@@ -48,10 +48,10 @@ impl Recorder {
 #[async_trait]
 impl Effects for Recorder {
     const KIND: &'static str = "recorder";
-    async fn apply(&self, records: &[Delivery]) -> Result<(), (usize, String)> {
+    async fn apply(&self, records: &[Delivery]) -> Result<(), Failure> {
         for (i, d) in records.iter().enumerate() {
             if self.failing.lock().unwrap().contains(&d.record.seq) {
-                return Err((i, format!("seq {} refused", d.record.seq)));
+                return Err(Failure::At(i, format!("seq {} refused", d.record.seq)));
             }
             self.seen.lock().unwrap().push(d.record.seq);
         }

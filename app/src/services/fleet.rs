@@ -17,11 +17,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::consumer::distance_consumer;
+use super::sync::ReplicaSync;
 use super::{Completer, Reaper, Streamer, Trimmer, run_service};
 use crate::faults::Faults;
 use crate::metrics::Metrics;
 use crate::rides::{RideService, RideServiceConfig};
 use crate::runtime::lease::{DEFAULT_TTL, LeaseKeeper, holder_id};
+use crate::runtime::{Consumer, Idempotent};
 use crate::wiring::{OpenedLog, Stores};
 
 /// How long each service waits when idle.
@@ -78,6 +80,8 @@ pub struct FleetConfig {
     pub streamer: bool,
     /// The distance consumers to run, by name.
     pub consumers: Vec<String>,
+    /// Run the sync consumer into the stores' replica (when [`Stores::replica`] is set).
+    pub sync: bool,
     /// Run the completer.
     pub completer: bool,
     /// Run the reaper.
@@ -108,6 +112,7 @@ impl FleetConfig {
             listen,
             streamer: true,
             consumers: vec!["distance-a".into(), "distance-b".into()],
+            sync: true,
             completer: true,
             reaper: true,
             trimmer: true,
@@ -126,6 +131,7 @@ impl FleetConfig {
             listen: None,
             streamer: false,
             consumers: Vec::new(),
+            sync: false,
             completer: false,
             reaper: false,
             trimmer: false,
@@ -280,6 +286,34 @@ impl Fleet {
                 c = c.with_lease(keeper);
             }
             // Registered before the trimmer can run, so it never trims what `name` needs.
+            if let Err(e) = c.register().await {
+                tracing::warn!(consumer = %name, error = %format!("{e:#}"), "could not register yet");
+            }
+            tasks.push((
+                format!("consumer {name}"),
+                tokio::spawn(c.run(shutdown.clone())),
+            ));
+        }
+        if let Some(replica) = stores.replica.as_ref().filter(|_| config.sync) {
+            let name = super::sync::DEFAULT_NAME;
+            let handler = Idempotent(ReplicaSync::new(
+                stores.store.clone(),
+                replica.replica.clone(),
+            ));
+            let mut c = Consumer::new(
+                name,
+                handler,
+                log.log.clone(),
+                stores.consumers.clone(),
+                clock.clone(),
+            )
+            .following(log.clone())
+            .with_wait(i.consumer_wait)
+            .with_policy(config.consumer_policy)
+            .with_faults(config.faults.clone());
+            if let Some(keeper) = lease(format!("consumer:{name}")) {
+                c = c.with_lease(keeper);
+            }
             if let Err(e) = c.register().await {
                 tracing::warn!(consumer = %name, error = %format!("{e:#}"), "could not register yet");
             }

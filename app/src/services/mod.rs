@@ -20,6 +20,7 @@
 //!
 //! - [`streamer`]: outbox → log.
 //! - [`consumer`]: the distance consumer, a fold on the consumer runtime ([`crate::runtime`]).
+//! - [`sync`]: keeps a secondary datastore equal to the store's rides (idempotent consumer).
 //! - [`completer`]: pushes abandoned idempotency keys through the ride service.
 //! - [`reaper`]: deletes old idempotency keys.
 //! - [`trimmer`]: trims the log below every registered consumer's checkpoint.
@@ -35,6 +36,7 @@ pub mod consumer;
 pub mod fleet;
 pub mod reaper;
 pub mod streamer;
+pub mod sync;
 pub mod trimmer;
 
 pub use completer::{Completer, CompleterRun};
