@@ -6,6 +6,7 @@
 //! |--------------|------------|----------------------------------------------------|
 //! | `memory/`    | `memory`   | every port; the model the others are tested against |
 //! | `payment/`   | `payment`  | a fake payment processor with the reference's outcomes |
+//! | `stripe/`    | `stripe`   | the payment gateway on Stripe's HTTP API (reqwest)  |
 //! | `sqlite/`    | `sqlite`   | store + outbox + consumer state (sqlx)              |
 //! | `sled/`      | `sled`     | the log, embedded                                   |
 //! | `postgres/`  | `postgres` | store + outbox + consumer state, and the Postgres-only log |
@@ -40,3 +41,5 @@ mod sql_error;
 mod sql_rows;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(feature = "stripe")]
+pub mod stripe;
