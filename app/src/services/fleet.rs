@@ -90,6 +90,8 @@ pub struct FleetConfig {
     pub intervals: Intervals,
     /// Seed of the fake payment processor.
     pub seed: u64,
+    /// The payment processor (`None`: the fake one, seeded with [`Self::seed`]).
+    pub payments: Option<crate::wiring::Payments>,
 }
 
 impl FleetConfig {
@@ -107,6 +109,7 @@ impl FleetConfig {
             faults: Arc::new(Faults::none()),
             intervals: Intervals::production(),
             seed: 0,
+            payments: None,
         }
     }
 
@@ -187,10 +190,13 @@ impl Fleet {
         let shutdown = CancellationToken::new();
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let metrics = Arc::new(Metrics::new());
-        let payments = Arc::new(adapters::payment::FakeProcessor::new(0.0, config.seed));
+        let payments = config
+            .payments
+            .clone()
+            .unwrap_or_else(|| crate::wiring::Payments::fake(config.seed));
         let rides = Arc::new(RideService::new(
             stores.store.clone(),
-            payments,
+            payments.gateway,
             clock.clone(),
             RideServiceConfig {
                 thresholds: config.thresholds,
