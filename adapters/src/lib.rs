@@ -6,6 +6,7 @@
 //! |--------------|------------|----------------------------------------------------|
 //! | `memory/`    | `memory`   | every port; the model the others are tested against |
 //! | `payment/`   | `payment`  | a fake payment processor with the reference's outcomes |
+//! | `stripe/`    | `stripe`   | the payment gateway on Stripe's HTTP API (reqwest)  |
 //! | `sqlite/`    | `sqlite`   | store + outbox + consumer state (sqlx), the replica |
 //! | `sled/`      | `sled`     | the log, embedded                                   |
 //! | `postgres/`  | `postgres` | store + outbox + consumer state, the Postgres-only log, the replica |
@@ -42,3 +43,5 @@ mod sql_replica;
 mod sql_rows;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(feature = "stripe")]
+pub mod stripe;

@@ -22,6 +22,7 @@ use crate::faults::{FaultConfig, Faults};
 use crate::runtime::{OnFailure, Policy};
 use crate::services::{Fleet, FleetConfig};
 use crate::simulator::{self, SimConfig, SimStats};
+use crate::telemetry::{LogFormat, LogOptions};
 use crate::wiring;
 
 /// Rocket Rides: an idempotent ride API on a transactional outbox and a pluggable log.
@@ -136,6 +137,36 @@ pub struct Common {
     /// Attempts per failing record (with exponential back-off) before `--on-failure`.
     #[arg(long, global = true, env = "RIDES_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: u32,
+    /// The payment processor: fake:// (in process, the default) or stripe:// (Stripe's API;
+    /// build with --features stripe; secret key from STRIPE_SECRET_KEY; options
+    /// ?base=URL&timeout_ms=N&connect_timeout_ms=N&retries=N&source=TOKEN).
+    #[arg(long, global = true, env = "RIDES_PAYMENTS", default_value = "fake://")]
+    pub payments: String,
+    /// How log lines look: text, or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        env = "RIDES_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+    /// `-v`: the demo also shows its service logs on the terminal; `-vv`: log at debug level
+    /// (RUST_LOG overrides the level).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl Cli {
+    /// Where and how this command logs: the demo to a file in its data directory (and the
+    /// terminal with `-v`), every other command to standard error.
+    pub fn log_options(&self) -> LogOptions {
+        LogOptions {
+            format: self.common.log_format,
+            verbose: self.common.verbose,
+            to_file: matches!(self.command, Command::Demo { .. }),
+        }
+    }
 }
 
 impl Common {
@@ -481,6 +512,10 @@ async fn run_fleet(common: &Common, mut config: FleetConfig) -> anyhow::Result<i
     config.intervals.streamer_linger = Duration::from_millis(common.linger_ms);
     let faults = common.faults(FaultConfig::none())?;
     config.seed = faults.seed;
+    // Only the API and the completer charge (a consumer needs no Stripe key).
+    if config.listen.is_some() || config.completer {
+        config.payments = Some(wiring::open_payments(&common.payments, faults.seed)?);
+    }
     config.faults = Arc::new(Faults::new(faults));
     let mut fleet = Fleet::start(&stores, &log, config).await?;
     if let Some(addr) = fleet.addr() {
@@ -633,12 +668,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             if common.replica != "auto" {
                 opts.replica = Some(common.replica.clone());
             }
+            opts.payments = Some(wiring::open_payments(&common.payments, seed)?);
+            // With --json, the JSON line is all the demo prints (logs go to its file).
+            opts.progress = !json;
             let v = demo::run_demo(opts).await?;
             if json {
-                eprint!("{}", v.table());
                 println!("{}", serde_json::to_string(&v)?);
             } else {
                 print!("{}", v.table());
+                if let Some(path) = &v.log_file {
+                    let (warnings, errors) = crate::telemetry::counts();
+                    println!("service logs: {path} ({warnings} warnings, {errors} errors)");
+                }
             }
             Ok(if v.agree { 0 } else { 1 })
         }

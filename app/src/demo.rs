@@ -10,6 +10,14 @@
 //! key, the outbox is empty and every consumer has caught up (lag 0, equal counts), then
 //! compares every consumer with the store's truth. The same [`Verdict`] is what `rides verify`
 //! prints for any existing data and what `GET /stats` shows.
+//!
+//! # The terminal
+//!
+//! While it runs, the demo shows a live progress display on standard error (indicatif): rides
+//! made, the store's truth, each consumer's total and lag, and the faults injected; on a
+//! standard error that is not a terminal, one plain line every 5 s instead. Service logs go
+//! to `demo.log` in the data directory ([`crate::telemetry`]), whose path the demo prints;
+//! `rides -v demo` also shows them on the terminal, above the display.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,7 +35,7 @@ use crate::faults::{FaultConfig, FaultCounts, Faults};
 use crate::metrics::Latency;
 use crate::services::{Fleet, FleetConfig, Intervals};
 use crate::simulator::{self, SimConfig, SimStats};
-use crate::wiring::{self, OpenedLog, Stores};
+use crate::wiring::{self, OpenedLog, Payments, Stores};
 
 /// The store's side of the verdict.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -107,6 +115,9 @@ pub struct Verdict {
     pub latency_ms: Latency,
     /// Seconds the fleet has run (0 for `verify`).
     pub uptime_s: f64,
+    /// The demo's service log file, when it wrote one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<String>,
 }
 
 impl Verdict {
@@ -354,10 +365,12 @@ pub struct DemoOptions {
     pub thresholds: Thresholds,
     /// The longest wait for convergence after the simulator is done.
     pub settle_timeout: Duration,
-    /// Print a progress line every second on stderr.
+    /// Show the live progress display on stderr (and the lines around it).
     pub progress: bool,
     /// The streamer's linger (see [`crate::services::streamer`]).
     pub streamer_linger: Duration,
+    /// The payment processor (`None`: the fake one, seeded with [`Self::seed`]).
+    pub payments: Option<Payments>,
 }
 
 impl DemoOptions {
@@ -383,12 +396,15 @@ impl DemoOptions {
             settle_timeout: Duration::from_secs(180),
             progress: true,
             streamer_linger: crate::services::streamer::DEFAULT_LINGER,
+            payments: None,
         }
     }
 }
 
 /// Marks a directory the demo created, so a later run may wipe it.
 const MARKER: &str = ".rides-demo";
+/// The demo's service log, in its data directory.
+pub const LOG_FILE: &str = "demo.log";
 
 /// Prepares the data directory: a fresh default one (wiping an older demo's), or the given
 /// one as it is.
@@ -419,11 +435,21 @@ fn url_in(scheme: &str, dir: &Path, name: &str) -> String {
 /// # Errors
 /// When the data directory, the store or the log cannot be opened, or the API cannot start.
 pub async fn run_demo(opts: DemoOptions) -> anyhow::Result<Verdict> {
-    let needs_dir = opts.store.is_none() || opts.log.is_none();
+    // The directory holds the default store and log, and the log file of a process that
+    // logs to one (the `rides demo` binary; not the tests that run the demo in process).
+    let needs_dir = opts.store.is_none() || opts.log.is_none() || crate::telemetry::logs_to_file();
     let dir = if needs_dir {
         Some(prepare_dir(&opts)?)
     } else {
         None
+    };
+    let log_file = match &dir {
+        Some(d) => {
+            let path = d.join(LOG_FILE);
+            crate::telemetry::log_to_file(&path)
+                .with_context(|| format!("creating the log file {}", path.display()))?
+        }
+        None => None,
     };
     let store_url = match (&opts.store, &dir) {
         (Some(u), _) => u.clone(),
@@ -465,24 +491,39 @@ pub async fn run_demo(opts: DemoOptions) -> anyhow::Result<Verdict> {
                 ..Intervals::demo()
             },
             seed: opts.seed,
+            payments: opts.payments.clone(),
             ..FleetConfig::everything(None)
         },
     )
     .await?;
     let addr = fleet.addr().context("the demo's API has no address")?;
+    tracing::info!(
+        store = %stores.store.describe(),
+        log = %log.log.describe(),
+        api = %format!("http://{addr}"),
+        rides = opts.rides,
+        seed = opts.seed,
+        "demo started"
+    );
     if opts.progress {
         eprintln!(
-            "rides demo: store {}, log {}, API http://{addr}, {} rides, seed {}",
+            "rides demo: {} rides, seed {}; store {}, log {}, API http://{addr}",
+            opts.rides,
+            opts.seed,
             stores.store.describe(),
             log.log.describe(),
-            opts.rides,
-            opts.seed
         );
+        if let Some(path) = &log_file {
+            eprintln!(
+                "service logs: {} (`rides -v demo` shows them here)",
+                path.display()
+            );
+        }
     }
     let stop = CancellationToken::new();
     let sim_stats = Arc::new(SimStats::default());
     let progress = opts.progress.then(|| {
-        tokio::spawn(progress_lines(
+        tokio::spawn(progress_display(
             stores.clone(),
             log.clone(),
             faults.clone(),
@@ -530,6 +571,14 @@ pub async fn run_demo(opts: DemoOptions) -> anyhow::Result<Verdict> {
         0.0
     };
     verdict.uptime_s = sim.elapsed_s;
+    verdict.log_file = log_file.map(|p| p.display().to_string());
+    tracing::info!(
+        rides = sim.rides,
+        client_retries = sim.retries,
+        outcomes = ?sim.outcomes,
+        agree = verdict.agree,
+        "demo finished"
+    );
     if opts.progress {
         eprintln!(
             "simulator: {} rides, {} client retries, outcomes {:?}",
@@ -556,7 +605,102 @@ pub async fn settle(stores: &Stores, log: &OpenedLog, timeout: Duration) -> bool
     }
 }
 
-async fn progress_lines(
+/// How often the display reads the verdict (a few queries on the store and the log).
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// How often a standard error that is not a terminal gets a progress line.
+const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// The live display: a bar of rides made, then the store, the consumers and the faults.
+struct Display {
+    multi: indicatif::MultiProgress,
+    rides: indicatif::ProgressBar,
+    lines: [indicatif::ProgressBar; 3],
+}
+
+impl Display {
+    fn new(rides: u64) -> Self {
+        use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let bar = multi.add(ProgressBar::new(rides));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner:.green} [{elapsed_precise}] {bar:32.cyan/blue} {pos}/{len} rides {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("█▉▊▋▌▍▎▏ "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        let lines = std::array::from_fn(|_| {
+            let line = multi.add(ProgressBar::new_spinner());
+            line.set_style(
+                ProgressStyle::with_template("  {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            line
+        });
+        crate::telemetry::set_progress(Some(multi.clone()));
+        Self {
+            multi,
+            rides: bar,
+            lines,
+        }
+    }
+
+    fn update(&self, made: u64, rate: f64, lines: [String; 3]) {
+        self.rides.set_position(made);
+        self.rides
+            .set_message(if made >= self.rides.length().unwrap_or(0) {
+                "made; waiting for every consumer to catch up".to_owned()
+            } else {
+                format!("({rate:.0}/s)")
+            });
+        for (bar, text) in self.lines.iter().zip(lines) {
+            bar.set_message(text);
+        }
+    }
+}
+
+impl Drop for Display {
+    fn drop(&mut self) {
+        crate::telemetry::set_progress(None);
+        self.rides.finish_and_clear();
+        for l in &self.lines {
+            l.finish_and_clear();
+        }
+        let _ = self.multi.clear();
+    }
+}
+
+/// The display's three text lines: the store, the consumers, the faults.
+fn progress_text(v: &Verdict, f: FaultCounts) -> [String; 3] {
+    let consumers: Vec<String> = v
+        .consumers
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} (lag {})",
+                c.name,
+                c.rides,
+                c.lag.map_or("?".to_owned(), |l| l.to_string())
+            )
+        })
+        .collect();
+    [
+        format!(
+            "store      {} rides, {} keys unfinished, {} records staged",
+            v.truth.rides, v.truth.unfinished_keys, v.staged
+        ),
+        format!("consumers  {}", consumers.join(" · ")),
+        format!(
+            "faults     {} double sends · {} consumer crashes · {} API crashes",
+            f.double_sends, f.consumer_crashes, f.api_crashes
+        ),
+    ]
+}
+
+/// Shows the progress until `stop`: the live display on a terminal, else a plain line every
+/// few seconds.
+async fn progress_display(
     stores: Stores,
     log: OpenedLog,
     faults: Arc<Faults>,
@@ -564,8 +708,15 @@ async fn progress_lines(
     rides: u64,
     stop: CancellationToken,
 ) {
+    use std::io::IsTerminal as _;
     let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let display = std::io::stderr().is_terminal().then(|| Display::new(rides));
+    let every = if display.is_some() {
+        PROGRESS_EVERY
+    } else {
+        PLAIN_PROGRESS_EVERY
+    };
+    let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
         tokio::select! {
@@ -575,24 +726,17 @@ async fn progress_lines(
         let Ok(v) = collect_verdict(&stores, &log).await else {
             continue;
         };
-        let f = faults.counts();
-        let consumers: Vec<String> = v
-            .consumers
-            .iter()
-            .map(|c| format!("{} {}", c.name, c.rides))
-            .collect();
-        eprintln!(
-            "[{:>4.0}s] rides made {}/{} | store {} (unfinished keys {}) | staged {} | {} | faults: {} double sends, {} consumer crashes, {} API crashes",
-            started.elapsed().as_secs_f64(),
-            sim.done.load(Ordering::Relaxed),
-            rides,
-            v.truth.rides,
-            v.truth.unfinished_keys,
-            v.staged,
-            consumers.join(", "),
-            f.double_sends,
-            f.consumer_crashes,
-            f.api_crashes
-        );
+        let made = sim.done.load(Ordering::Relaxed);
+        let elapsed = started.elapsed().as_secs_f64();
+        let text = progress_text(&v, faults.counts());
+        match &display {
+            Some(d) => d.update(made, made as f64 / elapsed.max(0.001), text),
+            None => eprintln!(
+                "[{elapsed:>4.0}s] rides made {made}/{rides} | {} | {} | {}",
+                text[0].split_whitespace().collect::<Vec<_>>().join(" "),
+                text[1].split_whitespace().collect::<Vec<_>>().join(" "),
+                text[2].split_whitespace().collect::<Vec<_>>().join(" "),
+            ),
+        }
     }
 }

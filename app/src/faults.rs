@@ -11,6 +11,10 @@
 //!
 //! Every decision comes from one seeded generator, so a run with the same seed injects the
 //! same sequence of decisions (their interleaving across tasks still depends on scheduling).
+//!
+//! Every injected fault is logged here, once, at INFO with a `fault` field (`double_send`,
+//! `consumer_crash`, `api_crash`): faults are the point of the demo, not warnings. The services
+//! add their own context at DEBUG.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,7 +101,7 @@ impl Faults {
         self.config
     }
 
-    fn roll(&self, rate: f64, counter: &AtomicU64) -> bool {
+    fn roll(&self, rate: f64, counter: &AtomicU64, fault: &'static str, what: &str) -> bool {
         if rate <= 0.0 {
             return false;
         }
@@ -106,24 +110,40 @@ impl Faults {
             rng.random_bool(rate.min(1.0))
         };
         if hit {
-            counter.fetch_add(1, Ordering::Relaxed);
+            let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::info!(fault, n, "fault injected: {what}");
         }
         hit
     }
 
     /// Whether the streamer should send this batch twice (counted when true).
     pub fn double_send(&self) -> bool {
-        self.roll(self.config.double_send_rate, &self.double_sends)
+        self.roll(
+            self.config.double_send_rate,
+            &self.double_sends,
+            "double_send",
+            "the streamer sends a batch twice",
+        )
     }
 
     /// Whether a consumer should crash before this commit (counted when true).
     pub fn consumer_crash(&self) -> bool {
-        self.roll(self.config.consumer_crash_rate, &self.consumer_crashes)
+        self.roll(
+            self.config.consumer_crash_rate,
+            &self.consumer_crashes,
+            "consumer_crash",
+            "a consumer crashes before its commit",
+        )
     }
 
     /// Whether this request should crash after its charge (counted when true).
     pub fn api_crash(&self) -> bool {
-        self.roll(self.config.api_crash_rate, &self.api_crashes)
+        self.roll(
+            self.config.api_crash_rate,
+            &self.api_crashes,
+            "api_crash",
+            "a request crashes after its charge, its key stays locked",
+        )
     }
 
     /// The counts so far.

@@ -14,6 +14,7 @@
 //! - [`cutover`]: swapping the log of a live system (`rides log cutover --to URL`).
 //! - [`simulator`], [`demo`], [`cli`]: the load generator, the one-command demo, the CLI.
 //! - [`bench`]: the project's own benchmarks (`rides bench log|store|relay|fleet`).
+//! - [`telemetry`]: log format and destination (the demo logs to a file).
 
 pub mod bench;
 pub mod cli;
@@ -27,4 +28,5 @@ pub mod rides;
 pub mod runtime;
 pub mod services;
 pub mod simulator;
+pub mod telemetry;
 pub mod wiring;

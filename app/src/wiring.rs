@@ -11,6 +11,13 @@
 //! | `redis://…[/STREAM][?stream=NAME]` | - | Redis stream (default `rides`) | `redis` |
 //! | `kafka://HOST:PORT[,HOST:PORT]/TOPIC[?partitions=N]` | - | Kafka topic (created on connect) | `kafka` |
 //!
+//! The payment processor (`--payments`, [`open_payments`]) is chosen the same way:
+//!
+//! | scheme | processor | feature |
+//! |---|---|---|
+//! | `fake://` (default) | the in-process fake processor with the reference's outcomes | always |
+//! | `stripe://[?base=URL&timeout_ms=N&connect_timeout_ms=N&retries=N&source=TOKEN]` | Stripe's HTTP API, secret key from `STRIPE_SECRET_KEY` | `stripe` |
+//!
 //! A scheme whose cargo feature is not compiled in is a typed error
 //! ([`WiringError::FeatureNotEnabled`]) that says how to build it (STYLE rule 20: a
 //! `#[cfg(feature)]` arm beside a `#[cfg(not(feature))]` arm).
@@ -23,7 +30,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use ports::{ConsumerStore, Log, Outbox, RideStore};
+use ports::{ConsumerStore, Log, Outbox, PaymentGateway, RideStore};
 use thiserror::Error;
 
 /// The producer name of the stores opened here (travels with every record's sequence).
@@ -37,7 +44,7 @@ pub enum WiringError {
         "the {role} URL {url} needs the `{feature}` feature: cargo run -p app --features {feature} -- …"
     )]
     FeatureNotEnabled {
-        /// `store` or `log`.
+        /// `store`, `log` or `payments`.
         role: &'static str,
         /// The URL, without its password.
         url: String,
@@ -47,7 +54,7 @@ pub enum WiringError {
     /// The scheme is not one this build knows for that role.
     #[error("unsupported {role} URL {url}: expected one of {supported}")]
     UnknownScheme {
-        /// `store` or `log`.
+        /// `store`, `log` or `payments`.
         role: &'static str,
         /// The URL, without its password.
         url: String,
@@ -57,7 +64,7 @@ pub enum WiringError {
     /// The URL has no path or is malformed.
     #[error("invalid {role} URL {url}: {why}")]
     Invalid {
-        /// `store` or `log`.
+        /// `store`, `log` or `payments`.
         role: &'static str,
         /// The URL, without its password.
         url: String,
@@ -67,6 +74,9 @@ pub enum WiringError {
 }
 
 const STORE_SCHEMES: &str = "memory://, sqlite://PATH, postgres://…";
+const PAYMENT_SCHEMES: &str = "fake://, stripe://";
+/// The environment variable that holds Stripe's secret key (never a flag: flags show in `ps`).
+pub const STRIPE_SECRET_KEY_ENV: &str = "STRIPE_SECRET_KEY";
 const LOG_SCHEMES: &str = "memory://, sled://PATH, postgres://…, redis://…, kafka://…";
 const REPLICA_SCHEMES: &str =
     "memory://, sqlite://PATH, postgres://…[?schema=S], redis://…[/PREFIX]";
@@ -650,6 +660,129 @@ pub fn default_replica(store_url: &str) -> String {
     }
 }
 
+/// A payment processor, and the URL it was opened from (without secrets).
+#[derive(Clone)]
+pub struct Payments {
+    /// The processor.
+    pub gateway: Arc<dyn PaymentGateway>,
+    /// Its URL.
+    pub url: String,
+}
+
+impl std::fmt::Debug for Payments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payments").field("url", &self.url).finish()
+    }
+}
+
+impl Payments {
+    /// The fake processor seeded with `seed`, never failing transiently (the default).
+    pub fn fake(seed: u64) -> Self {
+        Self {
+            gateway: Arc::new(adapters::payment::FakeProcessor::new(0.0, seed)),
+            url: "fake://".to_owned(),
+        }
+    }
+}
+
+/// Opens the payment processor named by `url` (`fake://`, or `stripe://…` with the secret
+/// key from [`STRIPE_SECRET_KEY_ENV`]); `seed` seeds the fake one.
+///
+/// # Errors
+/// A [`WiringError`] for an unknown or not compiled-in scheme or a bad option; an error that
+/// names [`STRIPE_SECRET_KEY_ENV`] when the key is missing.
+pub fn open_payments(url: &str, seed: u64) -> anyhow::Result<Payments> {
+    let role = "payments";
+    let (scheme, rest) = scheme_of(role, url, PAYMENT_SCHEMES)?;
+    match scheme.as_str() {
+        "fake" => {
+            anyhow::ensure!(
+                rest.is_empty(),
+                WiringError::Invalid {
+                    role,
+                    url: redact(url),
+                    why: "fake:// takes no host, path or option",
+                }
+            );
+            Ok(Payments::fake(seed))
+        }
+        #[cfg(feature = "stripe")]
+        "stripe" => {
+            let key = std::env::var(STRIPE_SECRET_KEY_ENV).ok();
+            let config = stripe_config(url, key)?;
+            let gateway = adapters::stripe::StripeGateway::new(config)?;
+            tracing::info!(charges = gateway.charges_url(), "payments on Stripe");
+            Ok(Payments {
+                gateway: Arc::new(gateway),
+                url: redact(url),
+            })
+        }
+        #[cfg(not(feature = "stripe"))]
+        "stripe" => Err(feature_missing(role, url, "stripe")),
+        _ => Err(WiringError::UnknownScheme {
+            role,
+            url: redact(url),
+            supported: PAYMENT_SCHEMES,
+        }
+        .into()),
+    }
+}
+
+/// The Stripe configuration of a `stripe://[?base=URL&timeout_ms=N&connect_timeout_ms=N&
+/// retries=N&source=TOKEN]` URL, with the secret key `key` (from the environment).
+///
+/// # Errors
+/// A [`WiringError::Invalid`] for a host or path, an unknown option or a bad number; an
+/// error naming [`STRIPE_SECRET_KEY_ENV`] when `key` is missing or empty.
+#[cfg(feature = "stripe")]
+fn stripe_config(url: &str, key: Option<String>) -> anyhow::Result<adapters::stripe::StripeConfig> {
+    use std::time::Duration;
+    let role = "payments";
+    let invalid = |why: &'static str| WiringError::Invalid {
+        role,
+        url: redact(url),
+        why,
+    };
+    let rest = url.split_once("://").map_or("", |(_, r)| r);
+    let (target, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if !target.is_empty() {
+        return Err(
+            invalid("stripe:// takes no host or path; a base URL goes in ?base=URL").into(),
+        );
+    }
+    let key = key.filter(|k| !k.trim().is_empty()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--payments stripe:// needs Stripe's secret key in the environment variable {STRIPE_SECRET_KEY_ENV}"
+        )
+    })?;
+    let mut c = adapters::stripe::StripeConfig::new(adapters::stripe::SecretKey::new(key));
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|_| invalid("the options are not a valid query string"))?;
+    let number = |v: &str| {
+        v.parse::<u64>()
+            .map_err(|_| invalid("timeout_ms, connect_timeout_ms and retries take whole numbers"))
+    };
+    for (name, value) in pairs {
+        match name.as_str() {
+            "base" => c.base_url = value,
+            "timeout_ms" => c.timeout = Duration::from_millis(number(&value)?),
+            "connect_timeout_ms" => c.connect_timeout = Duration::from_millis(number(&value)?),
+            "retries" => {
+                c.max_retries =
+                    u32::try_from(number(&value)?).map_err(|_| invalid("retries is too large"))?;
+            }
+            "source" => c.default_source = value,
+            _ => {
+                return Err(invalid(
+                    "unknown option; stripe:// takes base, timeout_ms, connect_timeout_ms, retries and source",
+                )
+                .into());
+            }
+        }
+    }
+    Ok(c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -793,6 +926,67 @@ mod tests {
     async fn a_redis_url_is_not_a_store() {
         let e = wiring_error(open_store("redis://127.0.0.1:6379").await.unwrap_err());
         assert!(matches!(e, WiringError::UnknownScheme { .. }), "{e}");
+    }
+
+    #[test]
+    fn the_fake_processor_is_the_default_and_unknown_processors_are_refused() {
+        assert_eq!(open_payments("fake://", 7).unwrap().url, "fake://");
+        let e = wiring_error(open_payments("paypal://", 7).unwrap_err());
+        assert!(
+            matches!(
+                e,
+                WiringError::UnknownScheme {
+                    role: "payments",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("stripe://"), "{e}");
+        let e = wiring_error(open_payments("fake://x", 7).unwrap_err());
+        assert!(matches!(e, WiringError::Invalid { .. }), "{e}");
+    }
+
+    #[cfg(not(feature = "stripe"))]
+    #[test]
+    fn stripe_without_its_feature_names_the_feature() {
+        let e = wiring_error(open_payments("stripe://", 7).unwrap_err());
+        assert!(e.to_string().contains("--features stripe"), "{e}");
+    }
+
+    #[cfg(feature = "stripe")]
+    #[test]
+    fn stripe_urls_take_a_base_timeouts_retries_and_a_source() {
+        let key = || Some("sk_test_abc".to_owned());
+        let c = stripe_config("stripe://", key()).unwrap();
+        assert_eq!(c.base_url, adapters::stripe::DEFAULT_BASE_URL);
+        assert_eq!(c.max_retries, 2);
+        let c = stripe_config(
+            "stripe://?base=http://127.0.0.1:12111&timeout_ms=1500&connect_timeout_ms=200&retries=5&source=tok_mastercard",
+            key(),
+        )
+        .unwrap();
+        assert_eq!(c.base_url, "http://127.0.0.1:12111");
+        assert_eq!(c.timeout, std::time::Duration::from_millis(1500));
+        assert_eq!(c.connect_timeout, std::time::Duration::from_millis(200));
+        assert_eq!(c.max_retries, 5);
+        assert_eq!(c.default_source, "tok_mastercard");
+        assert!(!format!("{c:?}").contains("sk_test_abc"));
+
+        let e = stripe_config("stripe://", None).unwrap_err().to_string();
+        assert!(e.contains("STRIPE_SECRET_KEY"), "{e}");
+        let e = stripe_config("stripe://", Some(" ".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("STRIPE_SECRET_KEY"), "{e}");
+        for bad in [
+            "stripe://api.stripe.com",
+            "stripe://?retries=many",
+            "stripe://?timeout=5",
+        ] {
+            let e = wiring_error(stripe_config(bad, key()).unwrap_err());
+            assert!(matches!(e, WiringError::Invalid { .. }), "{bad}: {e}");
+        }
     }
 
     #[cfg(feature = "postgres")]

@@ -84,7 +84,8 @@ pub enum PaymentError {
     /// The processor failed; the reference stores this as a final 503.
     #[error("payment processor error: {0}")]
     Processor(String),
-    /// The processor could not be reached; nothing was charged, retrying can help.
+    /// The processor could not be reached, or its answer was lost; retrying with the same
+    /// idempotency key can help and never charges twice.
     #[error("payment processor unavailable: {0}")]
     Unavailable(String),
 }

@@ -34,7 +34,9 @@ pub struct Charge {
 /// # Contract
 /// - Two calls with the same `idempotency_key` MUST return the same outcome (the same charge
 ///   id on success, the same decline), and charge at most once.
-/// - [`PaymentError::Unavailable`] means nothing was charged.
+/// - [`PaymentError::Unavailable`] means no outcome is known: nothing was charged, or (an
+///   answer lost to a timeout) a later call with the same `idempotency_key` returns the charge
+///   that was made. Either way, retrying with the same key is safe.
 #[cfg_attr(feature = "test-util", mockall::automock)]
 #[async_trait]
 pub trait PaymentGateway: Send + Sync + 'static {

@@ -102,6 +102,8 @@ pub struct FleetConfig {
     pub lease_ttl: Option<Duration>,
     /// The retry and failure strategy of the consumers.
     pub consumer_policy: crate::runtime::Policy,
+    /// The payment processor (`None`: the fake one, seeded with [`Self::seed`]).
+    pub payments: Option<crate::wiring::Payments>,
 }
 
 impl FleetConfig {
@@ -122,6 +124,7 @@ impl FleetConfig {
             seed: 0,
             lease_ttl: Some(DEFAULT_TTL),
             consumer_policy: crate::runtime::Policy::default(),
+            payments: None,
         }
     }
 
@@ -203,10 +206,13 @@ impl Fleet {
         let shutdown = CancellationToken::new();
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let metrics = Arc::new(Metrics::new());
-        let payments = Arc::new(adapters::payment::FakeProcessor::new(0.0, config.seed));
+        let payments = config
+            .payments
+            .clone()
+            .unwrap_or_else(|| crate::wiring::Payments::fake(config.seed));
         let rides = Arc::new(RideService::new(
             stores.store.clone(),
-            payments,
+            payments.gateway,
             clock.clone(),
             RideServiceConfig {
                 thresholds: config.thresholds,
