@@ -31,8 +31,14 @@ CREATE TYPE outbox_record AS (
 CREATE TABLE outbox_claimed (
     first_seq BIGINT PRIMARY KEY,
     last_seq  BIGINT NOT NULL,
+    -- Whether the batch is still whole (first_seq..last_seq, every element present) and holds
+    -- only this store's own records (none appended from another store's outbox): then a
+    -- `remove` naming all its seqs deletes it without reading the array.
+    whole     BOOLEAN NOT NULL,
     records   outbox_record[] NOT NULL
 );
+-- Claimed batches live for one relay round trip: compressing them costs more than it saves.
+ALTER TABLE outbox_claimed ALTER COLUMN records SET STORAGE EXTERNAL;
 
 -- Returns how many records it sequenced: 0 when nothing is unsequenced, when another
 -- sequencer (row or claim) holds the lock (it is doing the work), or when claimed batches
@@ -70,8 +76,8 @@ BEGIN
         RETURN 0;
     END IF;
     UPDATE outbox_counter SET next_seq = next_seq + n RETURNING next_seq - n INTO first;
-    INSERT INTO outbox_claimed (first_seq, last_seq, records)
-    SELECT first, first + n - 1,
+    INSERT INTO outbox_claimed (first_seq, last_seq, whole, records)
+    SELECT first, first + n - 1, bool_and(t.producer_seq IS NULL),
            array_agg(ROW(t.id, first + t.ord - 1, t.producer, t.producer_seq, t.record_id,
                          t.stream, t.key, t.kind, t.payload, t.correlation_id, t.causation_id,
                          t.recorded_at_ms)::outbox_record ORDER BY t.ord)

@@ -214,7 +214,8 @@ impl Log for PostgresLog {
              whole AS (DELETE FROM outbox_claimed WHERE last_seq <= $1 \
                        RETURNING cardinality(records) AS n), \
              part AS (UPDATE outbox_claimed c \
-                      SET records = ARRAY(SELECT r FROM unnest(c.records) r WHERE r.seq > $1) \
+                      SET records = ARRAY(SELECT r FROM unnest(c.records) r WHERE r.seq > $1), \
+                          whole = false \
                       FROM (SELECT first_seq, cardinality(records) AS n FROM outbox_claimed \
                             WHERE first_seq <= $1 AND last_seq > $1) o \
                       WHERE c.first_seq = o.first_seq \

@@ -64,25 +64,34 @@ static PEEK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 /// [`Outbox::remove`]: exactly the records whose handed-out sequence is in `$1`, rows and
-/// claimed elements (a claimed batch loses those elements, and goes when it is empty); one
-/// statement. A `NOT IN (subquery)` is hashed, so filtering a batch costs O(n), not O(n²).
+/// claimed elements, in one statement. A whole batch of own records all of whose seqs are
+/// named (the streamer's usual case) is deleted without reading its array; a whole batch
+/// none of whose seqs are named is skipped; any other batch loses the named elements (a
+/// hashed `NOT IN`, O(n)) and goes when it is empty.
 const REMOVE_SQL: &str = "WITH gone AS ( \
        DELETE FROM outbox WHERE seq IS NOT NULL \
        AND ((producer_seq IS NULL AND seq = ANY($1)) OR producer_seq = ANY($1)) RETURNING 1), \
+     whole AS ( \
+       DELETE FROM outbox_claimed c WHERE c.whole \
+       AND (SELECT count(DISTINCT s) FROM unnest($1::bigint[]) s \
+            WHERE s BETWEEN c.first_seq AND c.last_seq) = c.last_seq - c.first_seq + 1 \
+       RETURNING c.last_seq - c.first_seq + 1 AS n), \
      hit AS ( \
        SELECT c.first_seq, cardinality(c.records) AS n, \
          ARRAY(SELECT r FROM unnest(c.records) r \
                WHERE coalesce(r.producer_seq, r.seq) NOT IN (SELECT unnest($1::bigint[]))) AS keep \
-       FROM outbox_claimed c), \
+       FROM outbox_claimed c \
+       WHERE NOT (c.whole AND (SELECT count(DISTINCT s) FROM unnest($1::bigint[]) s \
+            WHERE s BETWEEN c.first_seq AND c.last_seq) IN (0, c.last_seq - c.first_seq + 1))), \
      emptied AS ( \
        DELETE FROM outbox_claimed c USING hit h \
        WHERE c.first_seq = h.first_seq AND cardinality(h.keep) = 0 RETURNING h.n), \
      shrunk AS ( \
-       UPDATE outbox_claimed c SET records = h.keep FROM hit h \
+       UPDATE outbox_claimed c SET records = h.keep, whole = false FROM hit h \
        WHERE c.first_seq = h.first_seq AND cardinality(h.keep) BETWEEN 1 AND h.n - 1 \
        RETURNING h.n - cardinality(h.keep) AS n) \
-     SELECT (SELECT count(*) FROM gone) + coalesce((SELECT sum(n) FROM emptied), 0) \
-       + coalesce((SELECT sum(n) FROM shrunk), 0)";
+     SELECT (SELECT count(*) FROM gone) + coalesce((SELECT sum(n)::bigint FROM whole), 0) \
+       + coalesce((SELECT sum(n) FROM emptied), 0) + coalesce((SELECT sum(n) FROM shrunk), 0)";
 
 /// Inserts `records` unsequenced, in a phase's transaction, without `NOTIFY` (the store
 /// announces after the commit: see [`super::notify`]).
