@@ -234,6 +234,18 @@ impl Common {
     }
 }
 
+/// `rides admin …`: operations on the store's data.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Forgets a user (a right-to-erasure request): deletes the user's rides, idempotency
+    /// keys, audit records and the user in one transaction, with one `ride.deleted` change
+    /// record per ride, so the consumers' totals and the replica drop them too.
+    ForgetUser {
+        /// The user's email.
+        email: String,
+    },
+}
+
 /// `rides consumer …`: looking after consumers.
 #[derive(Debug, Subcommand)]
 pub enum ConsumerAction {
@@ -294,6 +306,12 @@ pub enum Command {
         /// The replica (overrides `--replica`).
         #[arg(long)]
         to: Option<String>,
+    },
+    /// Operations on the store's data (`forget-user`).
+    Admin {
+        /// What to do.
+        #[command(subcommand)]
+        what: AdminCommand,
     },
     /// The completer only.
     Completer,
@@ -590,6 +608,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 "rides sync needs a replica: --to URL"
             );
             run_fleet(&common, only(|c| c.sync = true)).await
+        }
+        Command::Admin {
+            what: AdminCommand::ForgetUser { email },
+        } => {
+            wiring::require_existing("store", &common.store, "rides admin forget-user")?;
+            let stores = wiring::open_store(&common.store).await?;
+            let now = ports::Clock::now_ms(&ports::SystemClock);
+            let gone = stores.store.forget_user(&email, now).await?;
+            tracing::warn!(
+                user_id = gone.user_id,
+                rides = gone.rides,
+                keys = gone.keys,
+                "user forgotten"
+            );
+            println!(
+                "forgot {email}: {} rides and {} keys deleted; {} ride.deleted change records staged for the consumers and the replica",
+                gone.rides, gone.keys, gone.rides
+            );
+            Ok(0)
         }
         Command::Completer => run_fleet(common, only(|c| c.completer = true)).await,
         Command::Reaper => run_fleet(common, only(|c| c.reaper = true)).await,

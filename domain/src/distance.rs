@@ -41,6 +41,24 @@ struct RideCreated {
 impl DistanceState {
     /// Applies one record that the duplicate rule let through.
     pub fn apply(&mut self, record: &LogRecord) -> Applied {
+        if record.kind == kinds::RIDE_DELETED {
+            // A deleted ride leaves the totals (its `ride.created` came first: same key, same
+            // lane, lower sequence).
+            return match serde_json::from_value::<RideCreated>(record.payload.clone()) {
+                Ok(r) => {
+                    self.rides = self.rides.saturating_sub(1);
+                    self.distance_mm = self.distance_mm.saturating_sub(r.distance_mm);
+                    Applied::Counted
+                }
+                Err(e) => {
+                    self.rejected += 1;
+                    Applied::Rejected(format!(
+                        "ride.deleted seq {} of {}: {e}",
+                        record.seq, record.producer
+                    ))
+                }
+            };
+        }
         if record.kind != kinds::RIDE_CREATED {
             return Applied::Ignored;
         }
@@ -97,6 +115,16 @@ mod tests {
         assert_eq!(s.apply(&r), Applied::Ignored);
         assert_eq!((s.rides, s.distance_mm), (2, 5000));
         assert_eq!(s.distance_m(), 5.0);
+    }
+
+    #[test]
+    fn a_deleted_ride_leaves_the_totals() {
+        let mut s = DistanceState::default();
+        s.apply(&ride(1, 2000));
+        s.apply(&ride(2, 3000));
+        let deleted = NewRecord::ride_deleted(1, 1, 2000, 0).sequenced("rides", 3);
+        assert_eq!(s.apply(&deleted), Applied::Counted);
+        assert_eq!((s.rides, s.distance_mm), (1, 3000));
     }
 
     #[test]

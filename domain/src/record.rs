@@ -19,6 +19,9 @@ pub mod kinds {
     pub const RIDE_CHARGED: &str = "ride.charged";
     /// A ride's payment was declined; payload `{ride_id, message}`.
     pub const RIDE_DECLINED: &str = "ride.declined";
+    /// A ride was deleted (a user's right to erasure); payload `{ride_id, user_id,
+    /// distance_mm}`, so that a fold can take it back out.
+    pub const RIDE_DELETED: &str = "ride.deleted";
     /// A receipt must be sent (the reference's staged job `send_ride_receipt`).
     pub const RECEIPT_REQUESTED: &str = "receipt.requested";
     /// Control record: every record sequenced after this one is published on another log;
@@ -51,6 +54,24 @@ pub struct NewRecord {
 }
 
 impl NewRecord {
+    /// The change record of a deleted ride, staged in the deleting transaction.
+    pub fn ride_deleted(ride_id: i64, user_id: i64, distance_mm: u64, now_ms: i64) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            stream: RIDES_STREAM.to_owned(),
+            key: format!("ride:{ride_id}"),
+            kind: kinds::RIDE_DELETED.to_owned(),
+            payload: serde_json::json!({
+                "ride_id": ride_id,
+                "user_id": user_id,
+                "distance_mm": distance_mm,
+            }),
+            correlation_id: None,
+            causation_id: None,
+            recorded_at_ms: now_ms,
+        }
+    }
+
     /// The control record that moves publishing to the log at `to_url`: the streamer appends
     /// it to the current log as that log's last record (a seal), and publishes every record
     /// sequenced after it on the new log; a consumer that reads it finishes the old log there

@@ -36,7 +36,7 @@ pub use log::{Batch, Delivery, Log, Position};
 pub use outbox::{Outbox, Route};
 pub use payment::{Charge, ChargeRequest, PaymentGateway};
 pub use replica::Replica;
-pub use store::{BeginRequest, Begun, RideRow, RideStore, Truth, User};
+pub use store::{BeginRequest, Begun, Forgotten, RideRow, RideStore, Truth, User};
 
 #[cfg(feature = "test-util")]
 pub use {

@@ -35,6 +35,17 @@ pub struct RideRow {
     pub created_at_ms: i64,
 }
 
+/// What [`RideStore::forget_user`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forgotten {
+    /// The user's id.
+    pub user_id: i64,
+    /// Rides deleted (one `ride.deleted` record staged for each).
+    pub rides: u64,
+    /// Idempotency keys deleted.
+    pub keys: u64,
+}
+
 /// The store's own account of the rides, which every consumer must end up agreeing with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Truth {
@@ -144,6 +155,16 @@ pub trait RideStore: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Unavailable`] when the store cannot be reached.
     async fn rides_by_ids(&self, ids: &[i64]) -> Result<Vec<RideRow>, StoreError>;
+
+    /// Forgets a user (a right-to-erasure request), in ONE transaction and with set-based
+    /// statements: deletes the user's rides, idempotency keys, audit records and the user,
+    /// and stages one `ride.deleted` change record per deleted ride
+    /// ([`domain::NewRecord::ride_deleted`]), so consumers and replicas drop them too.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when no user has this email (nothing changes);
+    /// [`StoreError::Unavailable`] when the store cannot be reached.
+    async fn forget_user(&self, email: &str, now_ms: i64) -> Result<Forgotten, StoreError>;
 
     /// A user's rides, newest first, with ids below `before_id` when given.
     ///

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{KeyRecord, LogRecord, NewRecord, RecoveryPoint, Thresholds};
-use ports::{Outbox, RideRow, Route, StoreError, Truth, User};
+use ports::{Forgotten, Outbox, RideRow, Route, StoreError, Truth, User};
 use tokio::sync::Notify;
 
 use super::lock;
@@ -364,6 +364,53 @@ ride_store_impl!(MemoryStore, create in a transaction, {
             .iter()
             .filter_map(|id| inner.rides.get(id).cloned())
             .collect())
+    }
+
+    async fn forget_user(&self, email: &str, now_ms: i64) -> Result<Forgotten, StoreError> {
+        let forgotten = {
+            let mut inner = lock(&self.inner);
+            let Some(user_id) = inner
+                .users
+                .values()
+                .find(|u| u.email == email)
+                .map(|u| u.id)
+            else {
+                return Err(StoreError::NotFound(format!("no user {email}")));
+            };
+            let rides: Vec<RideRow> = inner
+                .rides
+                .values()
+                .filter(|r| r.user_id == user_id)
+                .cloned()
+                .collect();
+            for r in &rides {
+                inner.rides.remove(&r.id);
+                let record = NewRecord::ride_deleted(r.id, user_id, r.distance_mm, now_ms);
+                inner.stage(&self.producer, record);
+            }
+            let keys: Vec<i64> = inner
+                .keys
+                .values()
+                .filter(|k| k.user_id == user_id)
+                .map(|k| k.id)
+                .collect();
+            for id in &keys {
+                if let Some(k) = inner.keys.remove(id) {
+                    inner.key_index.remove(&(user_id, k.key));
+                }
+            }
+            inner.audit.retain(|a| a.user_id != user_id);
+            inner.users.remove(&user_id);
+            Forgotten {
+                user_id,
+                rides: rides.len() as u64,
+                keys: keys.len() as u64,
+            }
+        };
+        if forgotten.rides > 0 {
+            self.staged_wakeup.notify_one();
+        }
+        Ok(forgotten)
     }
 
     async fn rides_for_user(

@@ -260,6 +260,70 @@ sql_ride_store!(PostgresStore, SQL, pool, {
         Ok(row.into())
     }
 
+    /// One transaction of set-based statements: the user's row locked, its rides deleted
+    /// (their ids and distances returned), then keys, audit records and the user, and the
+    /// `ride.deleted` records staged as one insert.
+    async fn forget_user(&self, email: &str, now_ms: i64) -> Result<ports::Forgotten, StoreError> {
+        let mut tx = self.pool().begin().await.map_err(db)?;
+        let user_id: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM users WHERE email = $1 FOR UPDATE")
+                .bind(email)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        let Some(user_id) = user_id else {
+            return Err(StoreError::NotFound(format!("no user {email}")));
+        };
+        let rides: Vec<(i64, i64)> =
+            sqlx::query_as("DELETE FROM rides WHERE user_id = $1 RETURNING id, distance_mm")
+                .bind(user_id)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?;
+        let keys = sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        sqlx::query("DELETE FROM audit_records WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let records: Vec<domain::NewRecord> = rides
+            .iter()
+            .map(|(id, d)| {
+                domain::NewRecord::ride_deleted(
+                    *id,
+                    user_id,
+                    u64::try_from(*d).unwrap_or(0),
+                    now_ms,
+                )
+            })
+            .collect();
+        super::outbox::insert(
+            &mut *tx,
+            records.iter().map(super::outbox::Staged::from),
+            None,
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
+        if !records.is_empty() {
+            self.inner.wake.announce();
+        }
+        Ok(ports::Forgotten {
+            user_id,
+            rides: rides.len() as u64,
+            keys,
+        })
+    }
+
     /// One statement: the ids travel as one `bigint[]`.
     async fn rides_by_ids(&self, ids: &[i64]) -> Result<Vec<ports::RideRow>, StoreError> {
         if ids.is_empty() {

@@ -170,6 +170,61 @@ sql_ride_store!(SqliteStore, SQL, reader, create in a transaction, {
         self.write_one(SQL.unlock, &[key_id]).await.map(drop)
     }
 
+    /// One `BEGIN IMMEDIATE` transaction of set-based statements: the user's rides deleted
+    /// (ids and distances returned), then keys, audit records and the user, and the
+    /// `ride.deleted` records staged as a phase stages its records.
+    async fn forget_user(&self, email: &str, now_ms: i64) -> Result<ports::Forgotten, StoreError> {
+        let mut tx = self.write().await.map_err(db)?;
+        let user_id: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE email = ?")
+            .bind(email)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        let Some(user_id) = user_id else {
+            return Err(StoreError::NotFound(format!("no user {email}")));
+        };
+        let rides: Vec<(i64, i64)> =
+            sqlx::query_as("DELETE FROM rides WHERE user_id = ? RETURNING id, distance_mm")
+                .bind(user_id)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?;
+        let keys = sqlx::query("DELETE FROM idempotency_keys WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        sqlx::query("DELETE FROM audit_records WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        sqlx::query("DELETE FROM users WHERE id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let records: Vec<domain::NewRecord> = rides
+            .iter()
+            .map(|(id, d)| {
+                domain::NewRecord::ride_deleted(*id, user_id, u64::try_from(*d).unwrap_or(0), now_ms)
+            })
+            .collect();
+        super::outbox::insert_staged_rows(&mut tx, &records)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        if !records.is_empty() {
+            self.inner.staged.notify_one();
+        }
+        Ok(ports::Forgotten {
+            user_id,
+            rides: rides.len() as u64,
+            keys,
+        })
+    }
+
     /// One statement: the ids travel as one JSON array (`json_each`), whatever their number.
     async fn rides_by_ids(&self, ids: &[i64]) -> Result<Vec<ports::RideRow>, StoreError> {
         if ids.is_empty() {

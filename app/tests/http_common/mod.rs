@@ -358,6 +358,9 @@ impl RideStore for FailingStore {
     async fn rides_by_ids(&self, ids: &[i64]) -> Result<Vec<RideRow>, StoreError> {
         self.inner.rides_by_ids(ids).await
     }
+    async fn forget_user(&self, email: &str, now_ms: i64) -> Result<ports::Forgotten, StoreError> {
+        self.inner.forget_user(email, now_ms).await
+    }
     async fn rides_for_user(
         &self,
         user_id: i64,

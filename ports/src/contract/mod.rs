@@ -178,6 +178,7 @@ macro_rules! store_contract_tests {
             store::rides_for_user_newest_first_with_paging,
             store::ride_by_id,
             store::rides_by_ids_reloads_current_rows,
+            store::forget_user_deletes_and_stages_one_change_per_ride,
             store::truth_counts_rides_distance_and_unfinished_keys,
             store::outbox_peek_is_in_seq_order_and_remove_is_exact,
             store::peek_after_resumes_after_a_cursor,

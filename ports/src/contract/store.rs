@@ -792,6 +792,98 @@ pub async fn rides_by_ids_reloads_current_rows(f: &dyn StoreFactory) {
     );
 }
 
+/// Rule: `forget_user` deletes the user's rides, keys and the user in one transaction, and
+/// stages one `ride.deleted` change record per deleted ride (its id, user and distance), after
+/// everything staged before; other users are untouched; an unknown email is `NotFound` and
+/// changes nothing.
+/// Preconditions: a fresh store.
+pub async fn forget_user_deletes_and_stages_one_change_per_ride(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let other = user(&sut, BAD_SOURCE_USER).await;
+    let now = now_ms();
+    let (k1, r1) = create_ride(&sut, u.id, params(1), now).await;
+    let (_, r2) = create_ride(&sut, u.id, params(2), now).await;
+    let (_, kept) = create_ride(&sut, other.id, params(3), now).await;
+    finish(&sut, &k1, &r1, "ch_contract_forget").await;
+    let before = peek(&sut, 1_000).await;
+    let last_seq = before.last().map_or(0, |r| r.seq);
+
+    let missing = within(
+        "forget_user",
+        sut.store.forget_user("nobody@example.com", now),
+    )
+    .await;
+    assert!(
+        matches!(missing, Err(crate::StoreError::NotFound(_))),
+        "an unknown email is NotFound: {missing:?}"
+    );
+    assert_eq!(peek(&sut, 1_000).await, before, "NotFound stages nothing");
+
+    let gone = within("forget_user", sut.store.forget_user(USER, now))
+        .await
+        .unwrap_or_else(|e| panic!("forget_user failed: {e}"));
+    assert_eq!(
+        (gone.user_id, gone.rides, gone.keys),
+        (u.id, 2, 2),
+        "{gone:?}"
+    );
+    let by_ids = within(
+        "rides_by_ids",
+        sut.store.rides_by_ids(&[r1.id, r2.id, kept.id]),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("rides_by_ids failed: {e}"));
+    assert_eq!(
+        by_ids,
+        vec![kept.clone()],
+        "only the other user's ride is left"
+    );
+    assert_eq!(
+        key_of(&sut, u.id, &k1.key).await,
+        None,
+        "the user's keys are gone"
+    );
+    let found = within("user_by_email", sut.store.user_by_email(USER))
+        .await
+        .unwrap_or_else(|e| panic!("user_by_email failed: {e}"));
+    assert_eq!(found, None, "the user is gone");
+    assert_eq!(
+        truth(&sut).await.rides,
+        1,
+        "truth counts the remaining ride"
+    );
+
+    let after = peek(&sut, 1_000).await;
+    let deleted: Vec<&LogRecord> = after.iter().filter(|r| r.seq > last_seq).collect();
+    let mut changes: Vec<(String, i64, u64)> = deleted
+        .iter()
+        .map(|r| {
+            (
+                r.kind.clone(),
+                r.payload["ride_id"].as_i64().unwrap_or_default(),
+                r.payload["distance_mm"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    changes.sort();
+    let mut want = vec![
+        ("ride.deleted".to_owned(), r1.id, r1.distance_mm),
+        ("ride.deleted".to_owned(), r2.id, r2.distance_mm),
+    ];
+    want.sort();
+    assert_eq!(
+        changes, want,
+        "one ride.deleted per ride, after what was staged before"
+    );
+    assert!(
+        deleted
+            .iter()
+            .all(|r| r.key == format!("ride:{}", r.payload["ride_id"])),
+        "keyed by the ride, like its other records"
+    );
+}
+
 /// Rule: `truth` counts rides, the sum of their distances, and keys not yet finished.
 /// Preconditions: a fresh store.
 pub async fn truth_counts_rides_distance_and_unfinished_keys(f: &dyn StoreFactory) {
