@@ -134,6 +134,11 @@ pub struct Common {
     /// runs without one. `serve` and `sync` keep it; `verify` compares it with the store.
     #[arg(long, global = true, env = "RIDES_REPLICA", default_value = "auto")]
     pub replica: String,
+    /// The trimmer stops waiting for a consumer whose checkpoint has not moved for this long
+    /// (seconds) while no instance of it runs, and says so loudly (off by default: a
+    /// consumer holds trimming back until `rides consumer remove NAME`).
+    #[arg(long, global = true, env = "RIDES_CONSUMER_EXPIRY_S")]
+    pub consumer_expiry_s: Option<u64>,
     /// Attempts per failing record (with exponential back-off) before `--on-failure`.
     #[arg(long, global = true, env = "RIDES_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: u32,
@@ -527,6 +532,7 @@ async fn run_fleet(common: &Common, mut config: FleetConfig) -> anyhow::Result<i
     config.thresholds = common.thresholds();
     config.lease_ttl = common.lease_ttl();
     config.consumer_policy = common.policy();
+    config.consumer_expiry = common.consumer_expiry_s.map(Duration::from_secs);
     config.intervals.streamer_linger = Duration::from_millis(common.linger_ms);
     let faults = common.faults(FaultConfig::none())?;
     config.seed = faults.seed;

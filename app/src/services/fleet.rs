@@ -102,6 +102,8 @@ pub struct FleetConfig {
     pub lease_ttl: Option<Duration>,
     /// The retry and failure strategy of the consumers.
     pub consumer_policy: crate::runtime::Policy,
+    /// The trimmer's consumer expiry (`None`: consumers never expire).
+    pub consumer_expiry: Option<Duration>,
     /// The payment processor (`None`: the fake one, seeded with [`Self::seed`]).
     pub payments: Option<crate::wiring::Payments>,
 }
@@ -124,6 +126,7 @@ impl FleetConfig {
             seed: 0,
             lease_ttl: Some(DEFAULT_TTL),
             consumer_policy: crate::runtime::Policy::default(),
+            consumer_expiry: None,
             payments: None,
         }
     }
@@ -350,9 +353,12 @@ impl Fleet {
             ));
         }
         if config.trimmer {
-            let t = Trimmer::new(log.log.clone(), stores.consumers.clone())
+            let mut t = Trimmer::new(log.log.clone(), stores.consumers.clone())
                 .following(log.clone())
                 .with_interval(i.trimmer);
+            if let Some(expiry) = config.consumer_expiry {
+                t = t.with_consumer_expiry(expiry, clock.clone());
+            }
             tasks.push((
                 "trimmer".to_owned(),
                 tokio::spawn(run_service(t, lease("trimmer".into()), shutdown.clone())),

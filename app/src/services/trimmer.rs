@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use ports::{ConsumerStore, Log, Position};
+use ports::{Clock, ConsumerStore, Log, Position};
 use tokio_util::sync::CancellationToken;
 
 use super::{Outcome, Step, run_loop};
@@ -31,6 +31,9 @@ pub struct Trimmer {
     consumers: Arc<dyn ConsumerStore>,
     interval: Duration,
     following: Option<OpenedLog>,
+    expiry: Option<(Duration, Arc<dyn Clock>)>,
+    /// Consumers already reported as expired (reported once, loudly).
+    expired: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Trimmer {
@@ -41,7 +44,40 @@ impl Trimmer {
             consumers,
             interval: Duration::from_secs(5),
             following: None,
+            expiry: None,
+            expired: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         }
+    }
+
+    /// Consumer expiry (`--consumer-expiry-s`): a consumer whose checkpoint has not moved
+    /// for `expiry` and that holds no live lease (no instance of it runs) is reported, once,
+    /// and no longer holds back trimming. A consumer that never saved never expires.
+    /// `rides consumer remove NAME` deregisters it for good.
+    pub fn with_consumer_expiry(mut self, expiry: Duration, clock: Arc<dyn Clock>) -> Self {
+        self.expiry = Some((expiry, clock));
+        self
+    }
+
+    /// Whether `name` (last saved at `updated_at_ms`) has expired, given the live leases.
+    fn is_expired(&self, name: &str, updated_at_ms: i64, live: &[String]) -> bool {
+        let Some((expiry, clock)) = &self.expiry else {
+            return false;
+        };
+        let idle_ms = clock.now_ms() - updated_at_ms;
+        let expired = updated_at_ms > 0
+            && idle_ms > i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX)
+            && !live.iter().any(|s| s == &format!("consumer:{name}"));
+        let mut reported = self
+            .expired
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if expired && reported.insert(name.to_owned()) {
+            tracing::error!(consumer = %name, idle_s = idle_ms / 1000,
+                "consumer expired: its checkpoint has not moved for longer than --consumer-expiry-s and no instance of it runs; it no longer holds back trimming (it will miss what is trimmed). `rides consumer remove {name}` deregisters it");
+        } else if !expired && reported.remove(name) {
+            tracing::warn!(consumer = %name, "expired consumer is back: it holds back trimming again");
+        }
+        expired
     }
 
     /// Trims every log that consumers are on, starting from `log` (see the module docs).
@@ -68,9 +104,26 @@ impl Trimmer {
             .list()
             .await
             .context("reading the consumers' checkpoints; trimming nothing")?;
+        let live: Vec<String> = match &self.expiry {
+            Some((_, clock)) => {
+                let now = clock.now_ms();
+                self.consumers
+                    .leases()
+                    .await
+                    .context("reading the leases; trimming nothing")?
+                    .into_iter()
+                    .filter(|l| l.expires_at_ms > now)
+                    .map(|l| l.scope)
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         let mut groups: std::collections::BTreeMap<Option<String>, Vec<Position>> =
             std::collections::BTreeMap::new();
-        for (_, cp) in consumers {
+        for (name, cp) in consumers {
+            if self.is_expired(&name, cp.updated_at_ms, &live) {
+                continue;
+            }
             // `None` (never followed a cutover) is the log the process started with.
             let url = match &self.following {
                 Some(start) => Some(cp.cursor.log_url.unwrap_or_else(|| start.url.clone())),
@@ -149,6 +202,49 @@ mod tests {
             text.contains("trimming nothing") && text.contains("unreadable"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_expired_consumer_stops_holding_back_trimming_unless_it_runs() {
+        use adapters::memory::{MemoryConsumerStore, MemoryLog};
+        use ports::{Cursor, ManualClock, Save};
+        let log = Arc::new(MemoryLog::new());
+        let records: Vec<_> = (1..=4).map(|seq| ride_record(seq, 10, 0)).collect();
+        log.append(&records).await.unwrap();
+        let cs = Arc::new(MemoryConsumerStore::new());
+        let clock = Arc::new(ManualClock::new(1_000));
+        let null = serde_json::Value::Null;
+        // `fast` read 3 records just now; `dead` read 1 record long ago.
+        cs.save(
+            "fast",
+            &Save::new(0, &Position::new("3"), &Cursor::default(), &null, 100_000),
+        )
+        .await
+        .unwrap();
+        cs.save(
+            "dead",
+            &Save::new(0, &Position::new("1"), &Cursor::default(), &null, 1_000),
+        )
+        .await
+        .unwrap();
+        clock.set(100_000);
+        let t = Trimmer::new(log.clone(), cs.clone())
+            .with_consumer_expiry(Duration::from_secs(60), clock.clone());
+        // `dead` runs somewhere (a live lease): it still holds trimming back.
+        cs.acquire_lease("consumer:dead", "h", 5_000, 100_000)
+            .await
+            .unwrap();
+        assert_eq!(t.step().await.unwrap(), Outcome::Worked(1));
+        // No instance of it runs any more: it expired, `fast` alone decides.
+        clock.set(200_000);
+        cs.save(
+            "fast",
+            &Save::new(1, &Position::new("3"), &Cursor::default(), &null, 200_000),
+        )
+        .await
+        .unwrap();
+        assert_eq!(t.step().await.unwrap(), Outcome::Worked(2));
+        assert_eq!(log.len().await.unwrap(), 1);
     }
 
     #[tokio::test]
