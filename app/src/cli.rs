@@ -15,7 +15,8 @@ use clap::{Args, Parser, Subcommand};
 use domain::Thresholds;
 
 use crate::bench::{
-    self, FleetBenchOptions, LogBenchOptions, RelayBenchOptions, StoreBenchOptions, Urls,
+    self, FleetBenchOptions, LogBenchOptions, RelayBenchOptions, StatsBenchOptions,
+    StoreBenchOptions, Urls,
 };
 use crate::demo::{self, DemoOptions};
 use crate::faults::{FaultConfig, Faults};
@@ -315,6 +316,23 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// `POST /rides` latency of the whole fleet at a fixed rate, without and then with
+    /// `--flooders` clients sending `GET /stats` back to back: the ratio shows what stats
+    /// cost the API. Without explicit URLs: a temporary SQLite store and sled log.
+    Stats {
+        /// Rides requested per second in each run.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Seconds of load per run.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Clients flooding `GET /stats`.
+        #[arg(long, default_value_t = 16)]
+        flooders: usize,
+        /// Print the report as one JSON object on the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Whether the flag `id` (e.g. `--store`) or the variable `env` was given explicitly.
@@ -597,6 +615,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 let report = bench::bench_fleet(opts).await?;
                 print_report(&report.table(), &report, json)?;
                 Ok(if report.failed == 0 && report.settled && report.agree {
+                    0
+                } else {
+                    1
+                })
+            }
+            BenchCommand::Stats {
+                rate,
+                seconds,
+                flooders,
+                json,
+            } => {
+                let mut opts = StatsBenchOptions::new(bench_urls(common));
+                opts.rate = rate;
+                opts.seconds = seconds;
+                opts.flooders = flooders;
+                let report = bench::bench_stats(opts).await?;
+                print_report(&report.table(), &report, json)?;
+                Ok(if report.baseline.failed + report.flood.failed == 0 {
                     0
                 } else {
                     1

@@ -316,8 +316,8 @@ struct FixedStats;
 
 #[async_trait]
 impl StatsProvider for FixedStats {
-    async fn stats(&self) -> Value {
-        json!({"consumers": [{"name": "c0", "lag": 0}]})
+    async fn stats(&self) -> anyhow::Result<Value> {
+        Ok(json!({"consumers": [{"name": "c0", "lag": 0}]}))
     }
 }
 

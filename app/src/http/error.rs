@@ -12,6 +12,9 @@ use domain::idempotency::messages;
 use domain::{KeyError, ParamError};
 use serde_json::json;
 
+/// The generic message of a 503.
+const UNAVAILABLE: &str = "Service unavailable. Please retry later.";
+
 /// Everything that can go wrong while answering a request, before the ride service replies.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ApiError {
@@ -40,8 +43,11 @@ pub enum ApiError {
     #[error("Method not allowed.")]
     MethodNotAllowed,
     /// A dependency (the store) is down; the detail is logged, not sent.
-    #[error("Service unavailable. Please retry later.")]
+    #[error("{UNAVAILABLE}")]
     Unavailable(String),
+    /// The stats snapshot could not be computed (its refresh logged why, once).
+    #[error("{UNAVAILABLE}")]
+    StatsUnavailable,
     /// A bug or an unexpected failure; the detail is logged, not sent.
     #[error("{}", messages::INTERNAL)]
     Internal(String),
@@ -57,7 +63,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::StatsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

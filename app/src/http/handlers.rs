@@ -15,6 +15,7 @@ use domain::{IdempotencyKey, RideRequest};
 use ports::{RideRow, RideStore, User};
 use serde_json::{Value, json};
 
+use super::stats::StatsCache;
 use super::{ApiError, AppState, client_ip};
 use crate::rides::ApiReply;
 
@@ -114,13 +115,18 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /stats`: the stats provider's document, 404 when this process has none.
-pub(super) async fn stats(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let provider = state
-        .stats
-        .as_ref()
-        .ok_or_else(|| ApiError::not_found("Stats are not available in this process."))?;
-    Ok(Json(provider.stats().await).into_response())
+/// `GET /stats`: the latest stats snapshot (see [`super::stats`]), 404 when this process has
+/// none, 503 when the store could not be read.
+pub(super) async fn stats(
+    Extension(cache): Extension<Option<Arc<StatsCache>>>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+) -> Result<Response, ApiError> {
+    let cache =
+        cache.ok_or_else(|| ApiError::not_found("Stats are not available in this process."))?;
+    let client = connect.map_or(std::net::Ipv4Addr::LOCALHOST.into(), |Extension(ci)| {
+        ci.0.ip()
+    });
+    Ok(Json(cache.get(client).await?).into_response())
 }
 
 /// Unknown routes.

@@ -6,7 +6,7 @@
 //! | `GET /rides` | the caller's rides, newest first, paged with `?limit=` and `?before=` |
 //! | `GET /rides/{id}` | one of the caller's rides |
 //! | `GET /healthz` | 200 when the store answers, else 503 |
-//! | `GET /stats` | consumers' positions, totals and lags (from a [`StatsProvider`]) |
+//! | `GET /stats` | consumers' positions, totals and lags: a snapshot of a [`StatsProvider`] computed at most once a second (see [`stats`]) |
 //!
 //! # Design choices
 //!
@@ -23,6 +23,7 @@
 
 mod error;
 mod handlers;
+pub mod stats;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,10 +40,16 @@ use crate::rides::RideService;
 pub use error::ApiError;
 
 /// Something that can describe the system's progress for `GET /stats`.
+///
+/// It is called by one background refresh at most once a second ([`stats`]), never by a
+/// request directly, so it may be expensive.
 #[async_trait]
 pub trait StatsProvider: Send + Sync {
-    /// A JSON document: each consumer's position, total and lag, and whatever else helps.
-    async fn stats(&self) -> serde_json::Value;
+    /// A JSON object: each consumer's position, total and lag, and whatever else helps.
+    ///
+    /// # Errors
+    /// When a dependency (the store) cannot be read: `GET /stats` then answers 503.
+    async fn stats(&self) -> anyhow::Result<serde_json::Value>;
 }
 
 /// What every handler shares.
@@ -52,7 +59,8 @@ pub struct AppState {
     pub rides: Arc<RideService>,
     /// The canonical store (authentication, reads, health).
     pub store: Arc<dyn RideStore>,
-    /// The source of `GET /stats`; `None` answers 404.
+    /// The source of `GET /stats` (each router computes from it through its own snapshot);
+    /// `None` answers 404.
     pub stats: Option<Arc<dyn StatsProvider>>,
 }
 
@@ -68,6 +76,10 @@ impl std::fmt::Debug for AppState {
 
 /// The API's router, with JSON 404 and 405 fallbacks.
 pub fn router(state: AppState) -> Router {
+    let stats_cache = state
+        .stats
+        .clone()
+        .map(|p| Arc::new(stats::StatsCache::new(p, stats::STATS_MIN_INTERVAL)));
     Router::new()
         .route(
             "/rides",
@@ -78,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         .route("/stats", get(handlers::stats))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(axum::Extension(stats_cache))
         .with_state(state)
 }
 

@@ -161,16 +161,12 @@ pub struct FleetStats {
 
 #[async_trait]
 impl crate::http::StatsProvider for FleetStats {
-    async fn stats(&self) -> serde_json::Value {
-        match crate::demo::collect_verdict(&self.stores, &self.log).await {
-            Ok(mut v) => {
-                v.faults = self.faults.counts();
-                v.latency_ms = self.metrics.latency();
-                v.uptime_s = self.started.elapsed().as_secs_f64();
-                serde_json::to_value(&v).unwrap_or_default()
-            }
-            Err(e) => serde_json::json!({"error": format!("{e:#}")}),
-        }
+    async fn stats(&self) -> anyhow::Result<serde_json::Value> {
+        let mut v = crate::demo::collect_verdict(&self.stores, &self.log).await?;
+        v.faults = self.faults.counts();
+        v.latency_ms = self.metrics.latency();
+        v.uptime_s = self.started.elapsed().as_secs_f64();
+        Ok(serde_json::to_value(&v)?)
     }
 }
 
