@@ -49,18 +49,29 @@ async fn a_flood_of_stats_requests_computes_once_per_interval() {
         futures::future::join_all((0..200).map(|_| send(&router, get("/stats", None)))).await;
     for r in &replies {
         assert_eq!(r.status, StatusCode::OK);
-        assert_eq!(r.body["computation"], 1, "every request reads the one snapshot");
+        assert_eq!(
+            r.body["computation"], 1,
+            "every request reads the one snapshot"
+        );
         assert!(r.body["snapshot_age_ms"].as_u64().is_some(), "{}", r.body);
         assert!(r.body["snapshot_taken_at_ms"].as_i64().is_some());
     }
-    assert_eq!(provider.calls.load(Ordering::SeqCst), 1, "200 requests, one computation");
+    assert_eq!(
+        provider.calls.load(Ordering::SeqCst),
+        1,
+        "200 requests, one computation"
+    );
 
     // Past the interval, the next request starts one refresh and, having been sent the old
     // snapshot already, gets the new one.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = send(&router, get("/stats", None)).await;
     assert_eq!(r.body["computation"], 2);
-    assert!(r.body["snapshot_age_ms"].as_u64().unwrap() < 1000, "{}", r.body);
+    assert!(
+        r.body["snapshot_age_ms"].as_u64().unwrap() < 1000,
+        "{}",
+        r.body
+    );
     assert_eq!(provider.calls.load(Ordering::SeqCst), 2);
 }
 
@@ -78,7 +89,9 @@ async fn a_client_polling_back_to_back_gets_each_snapshot_once() {
     let from = |ip: [u8; 4]| {
         let mut req = get("/stats", None);
         req.extensions_mut()
-            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((ip, 4242))));
+            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                ip, 4242,
+            ))));
         req
     };
     // Four pollers at one address, back to back for 2.5 s: each waits for the next snapshot.
@@ -97,11 +110,21 @@ async fn a_client_polling_back_to_back_gets_each_snapshot_once() {
     });
     let seen = futures::future::join_all(pollers).await;
     for s in &seen {
-        assert!(s.len() <= 5, "a poller is answered once per snapshot, not {}", s.len());
-        assert!(s.windows(2).all(|w| w[0] < w[1]), "each answer is a newer snapshot: {s:?}");
+        assert!(
+            s.len() <= 5,
+            "a poller is answered once per snapshot, not {}",
+            s.len()
+        );
+        assert!(
+            s.windows(2).all(|w| w[0] < w[1]),
+            "each answer is a newer snapshot: {s:?}"
+        );
     }
     let calls = provider.calls.load(Ordering::SeqCst);
-    assert!((3..=5).contains(&calls), "one computation per second, not {calls}");
+    assert!(
+        (3..=5).contains(&calls),
+        "one computation per second, not {calls}"
+    );
     // Another address gets the current snapshot at once.
     let t = Instant::now();
     let r = send(&router, from([10, 0, 0, 2])).await;
@@ -168,7 +191,12 @@ async fn consumers_never_appear_ahead_of_the_truth() {
             let mut created = 0u64;
             while !stop.is_cancelled() {
                 let key = parsed_key(&new_key());
-                if rides.create_ride(&user, &key, &request, "127.0.0.1").await.status == 201 {
+                if rides
+                    .create_ride(&user, &key, &request, "127.0.0.1")
+                    .await
+                    .status
+                    == 201
+                {
                     created += 1;
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;

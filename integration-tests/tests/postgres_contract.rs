@@ -248,7 +248,10 @@ async fn held_back_shows_how_long_the_sequencer_lock_is_held() {
         .read(&ports::Position::start(), 10, Duration::from_millis(300))
         .await
         .expect("read");
-    assert!(read.deliveries.is_empty(), "nothing is sequenced while the lock is held");
+    assert!(
+        read.deliveries.is_empty(),
+        "nothing is sequenced while the lock is held"
+    );
     tokio::time::sleep(HOLD.saturating_sub(taken.elapsed())).await;
     let held = held_back_s(&log).await;
     let hold = taken.elapsed().as_secs_f64();
@@ -262,7 +265,11 @@ async fn held_back_shows_how_long_the_sequencer_lock_is_held() {
         .read(&ports::Position::start(), 10, Duration::from_secs(5))
         .await
         .expect("read");
-    assert_eq!(read.deliveries.len(), 1, "delivered once the lock is released");
+    assert_eq!(
+        read.deliveries.len(),
+        1,
+        "delivered once the lock is released"
+    );
     assert_eq!(held_back_s(&log).await, 0.0, "nothing held back any more");
 }
 

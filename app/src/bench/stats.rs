@@ -157,7 +157,7 @@ impl StatsBenchReport {
 pub async fn bench_stats(opts: StatsBenchOptions) -> anyhow::Result<StatsBenchReport> {
     let total = (opts.rate * opts.seconds).round() as u64;
     anyhow::ensure!(
-        opts.rate > 0.0 && total >= 1 && total <= 50_000,
+        opts.rate > 0.0 && (1..=50_000).contains(&total),
         "--rate x --seconds must ask for 1 to 50000 rides per run, not {total}"
     );
     let mut scratch = Scratch::default();
