@@ -20,6 +20,7 @@ use crate::bench::{
 };
 use crate::demo::{self, DemoOptions};
 use crate::faults::{FaultConfig, Faults};
+use crate::http::ServeOptions;
 use crate::services::{Fleet, FleetConfig};
 use crate::simulator::{self, SimConfig, SimStats};
 use crate::wiring;
@@ -148,6 +149,57 @@ impl Common {
     }
 }
 
+/// How the API treats its clients (`serve` and `api`).
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// A connection's first request head must arrive within this of its accept, a later
+    /// head within this of its first byte; else the connection is closed (ms).
+    #[arg(long, env = "RIDES_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// A request body must arrive within this of the end of its head; else 408 (ms).
+    #[arg(long, env = "RIDES_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+    /// How long a connection may stay idle between requests (ms).
+    #[arg(long, env = "RIDES_KEEPALIVE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub keepalive_timeout_ms: u64,
+    /// The most connections open at once (default: the file-descriptor limit minus a
+    /// tenth, at least 64, kept for the store, the log and files). At the cap a new
+    /// connection replaces the longest-open one without a request in flight, or is refused
+    /// with a 503 when all have one.
+    #[arg(long, env = "RIDES_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Honour `raise_error=true` (the reference's test switch: the charge phase fails with
+    /// a 500). Without it such a request is a 400.
+    #[arg(long, env = "RIDES_ALLOW_TEST_ERRORS")]
+    pub allow_test_errors: bool,
+}
+
+impl HttpArgs {
+    /// Puts these settings on `config`.
+    fn apply(&self, config: &mut FleetConfig) -> anyhow::Result<()> {
+        for (name, ms) in [
+            ("--header-timeout-ms", self.header_timeout_ms),
+            ("--body-timeout-ms", self.body_timeout_ms),
+            ("--keepalive-timeout-ms", self.keepalive_timeout_ms),
+        ] {
+            anyhow::ensure!(ms > 0, "{name} must be positive");
+        }
+        anyhow::ensure!(
+            self.max_connections != Some(0),
+            "--max-connections must be positive"
+        );
+        config.http = ServeOptions {
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            keepalive_timeout: Duration::from_millis(self.keepalive_timeout_ms),
+            max_connections: self.max_connections,
+            ..ServeOptions::default()
+        };
+        config.allow_test_errors = self.allow_test_errors;
+        Ok(())
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -161,9 +213,16 @@ pub enum Command {
             default_value = "distance-a,distance-b"
         )]
         consumers: Vec<String>,
+        /// The API's timeouts, connection cap and test switch.
+        #[command(flatten)]
+        http: HttpArgs,
     },
     /// The HTTP API only.
-    Api,
+    Api {
+        /// The API's timeouts, connection cap and test switch.
+        #[command(flatten)]
+        http: HttpArgs,
+    },
     /// The streamer only (outbox → log).
     Streamer,
     /// One distance consumer.
@@ -430,16 +489,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         c
     };
     match cli.command {
-        Command::Serve { consumers } => {
-            let config = FleetConfig {
+        Command::Serve { consumers, http } => {
+            let mut config = FleetConfig {
                 consumers,
                 ..FleetConfig::everything(Some(common.listen))
             };
+            http.apply(&mut config)?;
             run_fleet(common, config).await
         }
-        Command::Api => {
+        Command::Api { http } => {
             let mut c = FleetConfig::nothing();
             c.listen = Some(common.listen);
+            http.apply(&mut c)?;
             run_fleet(common, c).await
         }
         Command::Streamer => run_fleet(common, only(|c| c.streamer = true)).await,
@@ -656,7 +717,7 @@ mod tests {
     fn serve_defaults_and_consumer_list() {
         let cli = Cli::try_parse_from(["rides", "serve", "--consumers", "a,b,c"]).unwrap();
         assert!(
-            matches!(cli.command, Command::Serve { ref consumers } if consumers == &["a", "b", "c"])
+            matches!(cli.command, Command::Serve { ref consumers, .. } if consumers == &["a", "b", "c"])
         );
         assert_eq!(cli.common.listen, "127.0.0.1:5000".parse().unwrap());
         assert_eq!(cli.common.thresholds(), Thresholds::default());
@@ -672,6 +733,47 @@ mod tests {
             let cli = Cli::try_parse_from(["rides", "streamer"]).unwrap();
             assert_eq!(cli.common.linger_ms, 5);
         }
+    }
+
+    #[test]
+    fn http_flags_reach_the_fleet_config() {
+        let cli = Cli::try_parse_from([
+            "rides",
+            "api",
+            "--header-timeout-ms",
+            "2000",
+            "--body-timeout-ms",
+            "3000",
+            "--keepalive-timeout-ms",
+            "4000",
+            "--max-connections",
+            "500",
+            "--allow-test-errors",
+        ])
+        .unwrap();
+        let Command::Api { http } = cli.command else {
+            panic!("api");
+        };
+        let mut config = FleetConfig::nothing();
+        http.apply(&mut config).unwrap();
+        assert_eq!(config.http.header_timeout, Duration::from_secs(2));
+        assert_eq!(config.http.body_timeout, Duration::from_secs(3));
+        assert_eq!(config.http.keepalive_timeout, Duration::from_secs(4));
+        assert_eq!(config.http.max_connections, Some(500));
+        assert!(config.allow_test_errors);
+        if std::env::var_os("RIDES_ALLOW_TEST_ERRORS").is_none() {
+            let cli = Cli::try_parse_from(["rides", "serve"]).unwrap();
+            let Command::Serve { http, .. } = cli.command else {
+                panic!("serve");
+            };
+            assert!(!http.allow_test_errors, "test errors are off by default");
+            assert_eq!(http.max_connections, None);
+        }
+        let cli = Cli::try_parse_from(["rides", "api", "--max-connections", "0"]).unwrap();
+        let Command::Api { http } = cli.command else {
+            panic!("api");
+        };
+        assert!(http.apply(&mut FleetConfig::nothing()).is_err());
     }
 
     #[test]

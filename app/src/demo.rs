@@ -356,6 +356,7 @@ pub async fn run_demo(opts: DemoOptions) -> anyhow::Result<Verdict> {
                 ..Intervals::demo()
             },
             seed: opts.seed,
+            allow_test_errors: true,
             ..FleetConfig::everything(None)
         },
     )

@@ -25,6 +25,9 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 const DEFAULT_LIMIT: u32 = 20;
 /// Largest page size of `GET /rides` (larger requests are clamped).
 const MAX_LIMIT: u32 = 100;
+/// The 400 message for `raise_error=true` on a server that does not allow test errors.
+const TEST_ERRORS_REFUSED: &str = "Parameter 'raise_error' is a test switch and this server \
+     does not allow test errors (they are allowed with --allow-test-errors).";
 /// The 404 message for a ride that is missing or not the caller's.
 const RIDE_NOT_FOUND: &str = "Ride not found.";
 
@@ -48,6 +51,9 @@ pub(super) async fn create_ride(
     })?;
     let fields = decode_body(&headers, &bytes)?;
     let request = RideRequest::parse(|name| fields.get(name).cloned())?;
+    if request.raise_error && !state.allow_test_errors {
+        return Err(ApiError::BadRequest(TEST_ERRORS_REFUSED.into()));
+    }
     let ip = client_ip(connect.as_ref().map(|Extension(ci)| ci));
     // A request that started runs to its end, as Stripe's do: when the client goes away the
     // server drops this future, but not the task, so the key is never left locked mid-phase

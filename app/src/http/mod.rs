@@ -20,12 +20,21 @@
 //!   clear JSON 4xx and never a panic.
 //! - The client's address comes from [`ConnectInfo`] when the server provides it ([`serve`]
 //!   does), and defaults to `127.0.0.1` otherwise (tests with `oneshot`, the completer).
+//! - The server ([`server`]) is hyper's HTTP/1.1 connection driver under an accept loop of
+//!   our own: header, body and keep-alive timeouts, a cap on connections, and request heads
+//!   checked before hyper sees them ([`framing`]), so that errors of the HTTP layer (400,
+//!   408, 414, 431, 503) are JSON too and no client can hold the server with slow or idle
+//!   connections.
+//! - `raise_error=true` is honoured only when [`AppState::allow_test_errors`] is set
+//!   (`--allow-test-errors`, the demo, the tests): elsewhere it is a 400.
 
+mod conn;
 mod error;
+pub mod framing;
 mod handlers;
+pub mod server;
 pub mod stats;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -38,6 +47,8 @@ use ports::RideStore;
 use crate::rides::RideService;
 
 pub use error::ApiError;
+pub use framing::HeadLimits;
+pub use server::{ServeOptions, serve, serve_with};
 
 /// Something that can describe the system's progress for `GET /stats`.
 ///
@@ -62,6 +73,9 @@ pub struct AppState {
     /// The source of `GET /stats` (each router computes from it through its own snapshot);
     /// `None` answers 404.
     pub stats: Option<Arc<dyn StatsProvider>>,
+    /// Whether `raise_error=true` (the reference's test switch) is honoured; otherwise such
+    /// a request is refused with a 400 before anything is stored (`--allow-test-errors`).
+    pub allow_test_errors: bool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -70,6 +84,7 @@ impl std::fmt::Debug for AppState {
             .field("rides", &self.rides)
             .field("store", &self.store.describe())
             .field("stats", &self.stats.is_some())
+            .field("allow_test_errors", &self.allow_test_errors)
             .finish()
     }
 }
@@ -92,28 +107,6 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(axum::Extension(stats_cache))
         .with_state(state)
-}
-
-/// Serves the API on `listener` until `shutdown` completes, then drains in-flight requests.
-///
-/// Handlers see the client's address ([`ConnectInfo`]).
-///
-/// # Errors
-/// The I/O error that stopped the server.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "API listening");
-    }
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
 }
 
 /// The client's IP as text, `127.0.0.1` when the server did not record it.

@@ -90,6 +90,10 @@ pub struct FleetConfig {
     pub intervals: Intervals,
     /// Seed of the fake payment processor.
     pub seed: u64,
+    /// The API's timeouts, connection cap and head limits.
+    pub http: crate::http::ServeOptions,
+    /// Whether the API honours `raise_error=true` (the demo and the tests).
+    pub allow_test_errors: bool,
 }
 
 impl FleetConfig {
@@ -107,6 +111,8 @@ impl FleetConfig {
             faults: Arc::new(Faults::none()),
             intervals: Intervals::production(),
             seed: 0,
+            http: crate::http::ServeOptions::default(),
+            allow_test_errors: false,
         }
     }
 
@@ -211,12 +217,14 @@ impl Fleet {
                 rides: rides.clone(),
                 store: stores.store.clone(),
                 stats: Some(stats.clone() as Arc<dyn crate::http::StatsProvider>),
+                allow_test_errors: config.allow_test_errors,
             };
             let stop = shutdown.clone().cancelled_owned();
+            let http = config.http;
             tasks.push((
                 "api".to_owned(),
                 tokio::spawn(async move {
-                    if let Err(e) = crate::http::serve(listener, state, stop).await {
+                    if let Err(e) = crate::http::serve_with(listener, state, http, stop).await {
                         tracing::error!(error = %e, "the API stopped");
                     }
                 }),

@@ -173,6 +173,7 @@ pub fn build_router(
         rides,
         store,
         stats,
+        allow_test_errors: true,
     })
 }
 
