@@ -15,8 +15,8 @@ use clap::{Args, Parser, Subcommand};
 use domain::Thresholds;
 
 use crate::bench::{
-    self, FleetBenchOptions, LogBenchOptions, RelayBenchOptions, StatsBenchOptions,
-    StoreBenchOptions, Urls,
+    self, FleetBenchOptions, LogBenchOptions, RelayBenchOptions, SlowlorisOptions,
+    StatsBenchOptions, StoreBenchOptions, Urls,
 };
 use crate::demo::{self, DemoOptions};
 use crate::faults::{FaultConfig, Faults};
@@ -392,6 +392,39 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Slow-header and idle connections against a running API (`--target`), with a normal
+    /// client beside them: how long the server keeps them, and how the normal client fares.
+    /// One process holds at most its descriptor limit; scripts/slowloris.sh runs the full
+    /// 3000 slow + 20 000 idle from several.
+    Slowloris {
+        /// The API's address.
+        #[arg(long, default_value = "127.0.0.1:5000")]
+        target: SocketAddr,
+        /// Slow-header connections (a header line every --trickle-ms, never the end).
+        #[arg(long, default_value_t = 3000)]
+        slow: usize,
+        /// Idle connections (they send nothing).
+        #[arg(long, default_value_t = 20_000)]
+        idle: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// How often a slow connection sends a header line (ms).
+        #[arg(long, default_value_t = 1000)]
+        trickle_ms: u64,
+        /// How often the normal client sends `GET /healthz` on a new connection (ms).
+        #[arg(long, default_value_t = 100)]
+        probe_ms: u64,
+        /// No normal client.
+        #[arg(long)]
+        no_probe: bool,
+        /// The server's header timeout, to count the connections closed within it (ms).
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+        /// Print the report as one JSON object on the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Whether the flag `id` (e.g. `--store`) or the variable `env` was given explicitly.
@@ -698,6 +731,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 } else {
                     1
                 })
+            }
+            BenchCommand::Slowloris {
+                target,
+                slow,
+                idle,
+                seconds,
+                trickle_ms,
+                probe_ms,
+                no_probe,
+                timeout_ms,
+                json,
+            } => {
+                let mut opts = SlowlorisOptions::new(target);
+                opts.slow = slow;
+                opts.idle = idle;
+                opts.seconds = seconds;
+                opts.trickle = Duration::from_millis(trickle_ms.max(1));
+                opts.probe = (!no_probe).then(|| Duration::from_millis(probe_ms.max(1)));
+                opts.timeout = Duration::from_millis(timeout_ms);
+                let report = bench::bench_slowloris(opts).await?;
+                print_report(&report.table(), &report, json)?;
+                Ok(0)
             }
         },
     }

@@ -48,7 +48,7 @@ use crate::rides::RideService;
 
 pub use error::ApiError;
 pub use framing::HeadLimits;
-pub use server::{ServeOptions, serve, serve_with};
+pub use server::{ServeOptions, bind, serve, serve_with};
 
 /// Something that can describe the system's progress for `GET /stats`.
 ///

@@ -74,6 +74,26 @@ impl ServeOptions {
     }
 }
 
+/// The listen backlog asked for by [`bind`] (the kernel caps it at `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener for [`serve_with`] with a deep accept queue: tokio's `bind` asks for 128,
+/// which a burst of connections (an attack, or many clients reconnecting at once) overflows,
+/// and a normal client whose SYN is dropped waits a second for its retransmission.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// The process's soft limit on open file descriptors (`/proc/self/limits`); `None` when it
 /// cannot be read (not Linux) or is unlimited.
 pub fn fd_limit() -> Option<usize> {

@@ -209,8 +209,7 @@ impl Fleet {
         let mut tasks = Vec::new();
         let mut addr = None;
         if let Some(listen) = config.listen {
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
+            let listener = crate::http::bind(listen)
                 .map_err(|e| anyhow::anyhow!("binding the API to {listen}: {e}"))?;
             addr = Some(listener.local_addr()?);
             let state = crate::http::AppState {
