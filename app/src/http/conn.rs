@@ -79,6 +79,7 @@ pub(super) enum Expiry {
 /// What the connection's parts share.
 pub(super) struct ConnShared {
     accepted: Instant,
+    timeouts: Timeouts,
     state: Mutex<ConnState>,
     /// Wakes the watchdog when the state changes.
     changed: Notify,
@@ -102,14 +103,19 @@ struct ConnState {
     refused: bool,
     /// Written to the client when the connection closes (a refusal or a 408).
     close_with: Option<Bytes>,
+    /// The deadline the watchdog sleeps until (`None`: it waits for a change only). A change
+    /// wakes it only when it brings the deadline earlier: most changes (a request starts,
+    /// ends, a head completes) push it later, and the watchdog finds that out when it wakes.
+    armed: Option<Instant>,
 }
 
 impl ConnShared {
     /// The state of a connection accepted now.
-    pub(super) fn new() -> Arc<Self> {
+    pub(super) fn new(timeouts: Timeouts) -> Arc<Self> {
         let now = Instant::now();
         Arc::new(Self {
             accepted: now,
+            timeouts,
             state: Mutex::new(ConnState {
                 phase: Phase::AwaitingHead,
                 since: now,
@@ -120,6 +126,7 @@ impl ConnShared {
                 evicted: false,
                 refused: false,
                 close_with: None,
+                armed: None,
             }),
             changed: Notify::new(),
             reader: AtomicWaker::new(),
@@ -140,10 +147,25 @@ impl ConnShared {
             && matches!(s.phase, Phase::AwaitingHead | Phase::InHead)
     }
 
+    /// Wakes the watchdog if the change just made to `s` brings its deadline earlier.
+    fn reschedule(&self, s: MutexGuard<'_, ConnState>) {
+        let next = self.deadline_of(&s).map(|(at, _)| at);
+        let wake = match (next, s.armed) {
+            (Some(next), Some(armed)) => next < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        drop(s);
+        if wake {
+            self.changed.notify_one();
+        }
+    }
+
     /// Asks the connection's watchdog to close it now.
     pub(super) fn evict(&self) {
-        self.state().evicted = true;
-        self.changed.notify_one();
+        let mut s = self.state();
+        s.evicted = true;
+        self.reschedule(s);
     }
 
     fn set_phase(&self, phase: Phase, heads: u64) {
@@ -152,8 +174,7 @@ impl ConnShared {
             s.phase = phase;
             s.heads = heads;
             s.since = Instant::now();
-            drop(s);
-            self.changed.notify_one();
+            self.reschedule(s);
         }
     }
 
@@ -161,8 +182,6 @@ impl ConnShared {
         let mut s = self.state();
         s.refused = true;
         s.close_with = Some(error.raw_response());
-        drop(s);
-        self.changed.notify_one();
     }
 
     fn refused(&self) -> bool {
@@ -177,8 +196,7 @@ impl ConnShared {
         let mut s = self.state();
         s.in_flight += 1;
         s.responding = false;
-        drop(s);
-        self.changed.notify_one();
+        self.reschedule(s);
     }
 
     fn request_responding(&self) {
@@ -191,8 +209,7 @@ impl ConnShared {
         if s.in_flight == 0 {
             s.idle_since = Instant::now();
         }
-        drop(s);
-        self.changed.notify_one();
+        self.reschedule(s);
         self.reader.wake();
     }
 
@@ -202,8 +219,8 @@ impl ConnShared {
 
     /// The next deadline and what expires then; `None` while only a request's handler
     /// runs (or a refused connection finishes its answers).
-    fn deadline(&self, t: &Timeouts) -> Option<(Instant, Expiry)> {
-        let s = self.state();
+    fn deadline_of(&self, s: &ConnState) -> Option<(Instant, Expiry)> {
+        let t = &self.timeouts;
         if s.evicted {
             return Some((Instant::now(), Expiry::Evicted));
         }
@@ -226,9 +243,15 @@ impl ConnShared {
     }
 
     /// Waits until a deadline passes; returns why.
-    pub(super) async fn watchdog(&self, t: &Timeouts) -> Expiry {
+    pub(super) async fn watchdog(&self) -> Expiry {
         loop {
-            match self.deadline(t) {
+            let next = {
+                let mut s = self.state();
+                let next = self.deadline_of(&s);
+                s.armed = next.map(|(at, _)| at);
+                next
+            };
+            match next {
                 Some((at, why)) if at <= Instant::now() => return why,
                 Some((at, _)) => {
                     tokio::select! {
@@ -243,7 +266,8 @@ impl ConnShared {
 
     /// Prepares the connection's last words for `why` (written when it is dropped): a 408
     /// when a request was under way and nothing was answered yet, else nothing.
-    pub(super) fn expired(&self, why: Expiry, t: &Timeouts) {
+    pub(super) fn expired(&self, why: Expiry) {
+        let t = &self.timeouts;
         let mut s = self.state();
         let answer = match why {
             Expiry::Header { started: true } if s.in_flight == 0 => Some(format!(
@@ -336,16 +360,18 @@ impl hyper::rt::Read for GuardedIo {
             if this.eof {
                 return Poll::Ready(Ok(()));
             }
+            // Wait for data without a buffer: an idle connection holds no read buffer here.
+            ready!(this.stream.poll_read_ready(cx))?;
             let mut scratch = [0u8; 8192];
-            let mut read = tokio::io::ReadBuf::new(&mut scratch);
-            ready!(Pin::new(&mut this.stream).poll_read(cx, &mut read))?;
-            if read.filled().is_empty() {
-                // A partial head at the end is dropped: hyper sees a clean end.
-                this.eof = true;
-                continue;
+            match this.stream.try_read(&mut scratch) {
+                Ok(0) => {
+                    // A partial head at the end is dropped: hyper sees a clean end.
+                    this.eof = true;
+                }
+                Ok(n) => this.frame(&scratch[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
             }
-            let got = read.filled().to_vec();
-            this.frame(&got);
         }
     }
 }

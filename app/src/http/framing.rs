@@ -184,7 +184,8 @@ impl Framer {
                 }
                 State::Length(rem) => {
                     let n = usize::try_from(rem).unwrap_or(usize::MAX).min(input.len());
-                    out.extend_from_slice(&input.split_to(n));
+                    out.extend_from_slice(&input[..n]);
+                    input.advance(n);
                     let rem = rem - n as u64;
                     self.state = if rem == 0 {
                         State::Head
@@ -194,7 +195,8 @@ impl Framer {
                 }
                 State::Chunked(c) => self.chunked(c, input, out),
                 State::Opaque => {
-                    out.extend_from_slice(&input.split());
+                    out.extend_from_slice(input);
+                    input.clear();
                 }
             }
         }
@@ -224,7 +226,8 @@ impl Framer {
             return Err(self.too_large(input));
         }
         let body = self.check(&input[..end])?;
-        out.extend_from_slice(&input.split_to(end));
+        out.extend_from_slice(&input[..end]);
+        input.advance(end);
         self.scanned = 0;
         self.heads += 1;
         self.state = match body {
@@ -348,7 +351,8 @@ impl Framer {
                 (Chunked::TrailerLf, b'\n') => Some(Chunked::EndCr),
                 (Chunked::EndLf, b'\n') => {
                     // The body is complete: the next byte starts a head.
-                    out.extend_from_slice(&input.split_to(i));
+                    out.extend_from_slice(&input[..i]);
+                    input.advance(i);
                     self.state = State::Head;
                     return;
                 }
@@ -359,12 +363,14 @@ impl Framer {
                 None => {
                     // hyper refuses this body and closes; follow no more heads.
                     self.state = State::Opaque;
-                    out.extend_from_slice(&input.split());
+                    out.extend_from_slice(input);
+                    input.clear();
                     return;
                 }
             }
         }
-        out.extend_from_slice(&input.split());
+        out.extend_from_slice(input);
+        input.clear();
         self.state = State::Chunked(c);
     }
 }

@@ -166,7 +166,7 @@ pub async fn serve_with(
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
-                    let shared = ConnShared::new();
+                    let shared = ConnShared::new(opts.timeouts());
                     match registry.admit(&shared) {
                         Some(slot) => {
                             connections.spawn(connection(
@@ -224,7 +224,6 @@ async fn connection(
     _slot: Slot,
 ) {
     let _ = stream.set_nodelay(true);
-    let timeouts = opts.timeouts();
     let io = GuardedIo::new(stream, shared.clone(), opts.limits);
     let service = ConnService::new(app, shared.clone(), remote);
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -240,9 +239,9 @@ async fn connection(
                 }
                 return;
             }
-            why = shared.watchdog(&timeouts) => {
+            why = shared.watchdog() => {
                 tracing::debug!(%remote, ?why, "closing the connection");
-                shared.expired(why, &timeouts);
+                shared.expired(why);
                 return;
             }
             () = stop.cancelled(), if !draining => {
