@@ -383,7 +383,7 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100.0)]
         rate: f64,
         /// Seconds of load per run.
-        #[arg(long, default_value_t = 10.0)]
+        #[arg(long, default_value_t = 30.0)]
         seconds: f64,
         /// Clients flooding `GET /stats`.
         #[arg(long, default_value_t = 16)]
