@@ -15,10 +15,12 @@ use clap::{Args, Parser, Subcommand};
 use domain::Thresholds;
 
 use crate::bench::{
-    self, FleetBenchOptions, LogBenchOptions, RelayBenchOptions, StoreBenchOptions, Urls,
+    self, FleetBenchOptions, LogBenchOptions, RelayBenchOptions, SlowlorisOptions,
+    StatsBenchOptions, StoreBenchOptions, Urls,
 };
 use crate::demo::{self, DemoOptions};
 use crate::faults::{FaultConfig, Faults};
+use crate::http::ServeOptions;
 use crate::runtime::{OnFailure, Policy};
 use crate::services::{Fleet, FleetConfig};
 use crate::simulator::{self, SimConfig, SimStats};
@@ -277,6 +279,57 @@ pub enum ConsumerAction {
     },
 }
 
+/// How the API treats its clients (`serve` and `api`).
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// A connection's first request head must arrive within this of its accept, a later
+    /// head within this of its first byte; else the connection is closed (ms).
+    #[arg(long, env = "RIDES_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// A request body must arrive within this of the end of its head; else 408 (ms).
+    #[arg(long, env = "RIDES_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+    /// How long a connection may stay idle between requests (ms).
+    #[arg(long, env = "RIDES_KEEPALIVE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub keepalive_timeout_ms: u64,
+    /// The most connections open at once (default: the file-descriptor limit minus a
+    /// tenth, at least 64, kept for the store, the log and files). At the cap a new
+    /// connection replaces the longest-open one without a request in flight, or is refused
+    /// with a 503 when all have one.
+    #[arg(long, env = "RIDES_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Honour `raise_error=true` (the reference's test switch: the charge phase fails with
+    /// a 500). Without it such a request is a 400.
+    #[arg(long, env = "RIDES_ALLOW_TEST_ERRORS")]
+    pub allow_test_errors: bool,
+}
+
+impl HttpArgs {
+    /// Puts these settings on `config`.
+    fn apply(&self, config: &mut FleetConfig) -> anyhow::Result<()> {
+        for (name, ms) in [
+            ("--header-timeout-ms", self.header_timeout_ms),
+            ("--body-timeout-ms", self.body_timeout_ms),
+            ("--keepalive-timeout-ms", self.keepalive_timeout_ms),
+        ] {
+            anyhow::ensure!(ms > 0, "{name} must be positive");
+        }
+        anyhow::ensure!(
+            self.max_connections != Some(0),
+            "--max-connections must be positive"
+        );
+        config.http = ServeOptions {
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            keepalive_timeout: Duration::from_millis(self.keepalive_timeout_ms),
+            max_connections: self.max_connections,
+            ..ServeOptions::default()
+        };
+        config.allow_test_errors = self.allow_test_errors;
+        Ok(())
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -290,9 +343,16 @@ pub enum Command {
             default_value = "distance-a,distance-b"
         )]
         consumers: Vec<String>,
+        /// The API's timeouts, connection cap and test switch.
+        #[command(flatten)]
+        http: HttpArgs,
     },
     /// The HTTP API only.
-    Api,
+    Api {
+        /// The API's timeouts, connection cap and test switch.
+        #[command(flatten)]
+        http: HttpArgs,
+    },
     /// The streamer only (outbox → log).
     Streamer,
     /// One distance consumer.
@@ -462,6 +522,56 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// `POST /rides` latency of the whole fleet at a fixed rate, without and then with
+    /// `--flooders` clients sending `GET /stats` back to back: the ratio shows what stats
+    /// cost the API. Without explicit URLs: a temporary SQLite store and sled log.
+    Stats {
+        /// Rides requested per second in each run.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Seconds of load per run.
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// Clients flooding `GET /stats`.
+        #[arg(long, default_value_t = 16)]
+        flooders: usize,
+        /// Print the report as one JSON object on the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Slow-header and idle connections against a running API (`--target`), with a normal
+    /// client beside them: how long the server keeps them, and how the normal client fares.
+    /// One process holds at most its descriptor limit; scripts/slowloris.sh runs the full
+    /// 3000 slow + 20 000 idle from several.
+    Slowloris {
+        /// The API's address.
+        #[arg(long, default_value = "127.0.0.1:5000")]
+        target: SocketAddr,
+        /// Slow-header connections (a header line every --trickle-ms, never the end).
+        #[arg(long, default_value_t = 3000)]
+        slow: usize,
+        /// Idle connections (they send nothing).
+        #[arg(long, default_value_t = 20_000)]
+        idle: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// How often a slow connection sends a header line (ms).
+        #[arg(long, default_value_t = 1000)]
+        trickle_ms: u64,
+        /// How often the normal client sends `GET /healthz` on a new connection (ms).
+        #[arg(long, default_value_t = 100)]
+        probe_ms: u64,
+        /// No normal client.
+        #[arg(long)]
+        no_probe: bool,
+        /// The server's header timeout, to count the connections closed within it (ms).
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+        /// Print the report as one JSON object on the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Whether the flag `id` (e.g. `--store`) or the variable `env` was given explicitly.
@@ -571,16 +681,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         c
     };
     match cli.command {
-        Command::Serve { consumers } => {
-            let config = FleetConfig {
+        Command::Serve { consumers, http } => {
+            let mut config = FleetConfig {
                 consumers,
                 ..FleetConfig::everything(Some(common.listen))
             };
+            http.apply(&mut config)?;
             run_fleet(common, config).await
         }
-        Command::Api => {
+        Command::Api { http } => {
             let mut c = FleetConfig::nothing();
             c.listen = Some(common.listen);
+            http.apply(&mut c)?;
             run_fleet(common, c).await
         }
         Command::Streamer => run_fleet(common, only(|c| c.streamer = true)).await,
@@ -818,6 +930,46 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     1
                 })
             }
+            BenchCommand::Stats {
+                rate,
+                seconds,
+                flooders,
+                json,
+            } => {
+                let mut opts = StatsBenchOptions::new(bench_urls(common));
+                opts.rate = rate;
+                opts.seconds = seconds;
+                opts.flooders = flooders;
+                let report = bench::bench_stats(opts).await?;
+                print_report(&report.table(), &report, json)?;
+                Ok(if report.baseline.failed + report.flood.failed == 0 {
+                    0
+                } else {
+                    1
+                })
+            }
+            BenchCommand::Slowloris {
+                target,
+                slow,
+                idle,
+                seconds,
+                trickle_ms,
+                probe_ms,
+                no_probe,
+                timeout_ms,
+                json,
+            } => {
+                let mut opts = SlowlorisOptions::new(target);
+                opts.slow = slow;
+                opts.idle = idle;
+                opts.seconds = seconds;
+                opts.trickle = Duration::from_millis(trickle_ms.max(1));
+                opts.probe = (!no_probe).then(|| Duration::from_millis(probe_ms.max(1)));
+                opts.timeout = Duration::from_millis(timeout_ms);
+                let report = bench::bench_slowloris(opts).await?;
+                print_report(&report.table(), &report, json)?;
+                Ok(0)
+            }
         },
     }
 }
@@ -836,7 +988,7 @@ mod tests {
     fn serve_defaults_and_consumer_list() {
         let cli = Cli::try_parse_from(["rides", "serve", "--consumers", "a,b,c"]).unwrap();
         assert!(
-            matches!(cli.command, Command::Serve { ref consumers } if consumers == &["a", "b", "c"])
+            matches!(cli.command, Command::Serve { ref consumers, .. } if consumers == &["a", "b", "c"])
         );
         assert_eq!(cli.common.listen, "127.0.0.1:5000".parse().unwrap());
         assert_eq!(cli.common.thresholds(), Thresholds::default());
@@ -852,6 +1004,47 @@ mod tests {
             let cli = Cli::try_parse_from(["rides", "streamer"]).unwrap();
             assert_eq!(cli.common.linger_ms, 5);
         }
+    }
+
+    #[test]
+    fn http_flags_reach_the_fleet_config() {
+        let cli = Cli::try_parse_from([
+            "rides",
+            "api",
+            "--header-timeout-ms",
+            "2000",
+            "--body-timeout-ms",
+            "3000",
+            "--keepalive-timeout-ms",
+            "4000",
+            "--max-connections",
+            "500",
+            "--allow-test-errors",
+        ])
+        .unwrap();
+        let Command::Api { http } = cli.command else {
+            panic!("api");
+        };
+        let mut config = FleetConfig::nothing();
+        http.apply(&mut config).unwrap();
+        assert_eq!(config.http.header_timeout, Duration::from_secs(2));
+        assert_eq!(config.http.body_timeout, Duration::from_secs(3));
+        assert_eq!(config.http.keepalive_timeout, Duration::from_secs(4));
+        assert_eq!(config.http.max_connections, Some(500));
+        assert!(config.allow_test_errors);
+        if std::env::var_os("RIDES_ALLOW_TEST_ERRORS").is_none() {
+            let cli = Cli::try_parse_from(["rides", "serve"]).unwrap();
+            let Command::Serve { http, .. } = cli.command else {
+                panic!("serve");
+            };
+            assert!(!http.allow_test_errors, "test errors are off by default");
+            assert_eq!(http.max_connections, None);
+        }
+        let cli = Cli::try_parse_from(["rides", "api", "--max-connections", "0"]).unwrap();
+        let Command::Api { http } = cli.command else {
+            panic!("api");
+        };
+        assert!(http.apply(&mut FleetConfig::nothing()).is_err());
     }
 
     #[test]

@@ -316,8 +316,8 @@ struct FixedStats;
 
 #[async_trait]
 impl StatsProvider for FixedStats {
-    async fn stats(&self) -> Value {
-        json!({"consumers": [{"name": "c0", "lag": 0}]})
+    async fn stats(&self) -> anyhow::Result<Value> {
+        Ok(json!({"consumers": [{"name": "c0", "lag": 0}]}))
     }
 }
 
@@ -381,6 +381,7 @@ async fn serve_answers_on_a_socket_and_shuts_down_gracefully() {
         rides,
         store: store.clone(),
         stats: None,
+        allow_test_errors: false,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

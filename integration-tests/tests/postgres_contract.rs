@@ -119,9 +119,34 @@ async fn connect_errors_are_clear_and_hide_the_password() {
     assert!(!text.contains("sup3rs3cret"), "password leaked: {text}");
 }
 
-/// Adapter-specific: `held_back` reports an open writing transaction.
+/// A record for the raw-transaction tests below.
+fn probe_record(n: i64) -> domain::NewRecord {
+    domain::NewRecord {
+        id: uuid::Uuid::new_v4(),
+        stream: "rides".into(),
+        key: format!("ride:{n}"),
+        kind: "test".into(),
+        payload: serde_json::json!({ "n": n }),
+        correlation_id: None,
+        causation_id: None,
+        recorded_at_ms: 0,
+    }
+}
+
+/// `held_back` in seconds (0 when nothing is held back), through the port as `/stats` reads it.
+async fn held_back_s(log: &PostgresLog) -> f64 {
+    let port: Arc<dyn Log> = Arc::new(log.clone());
+    port.held_back()
+        .await
+        .expect("held_back")
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Adapter-specific: an idle transaction that wrote to another table holds no record back,
+/// however old it is.
 #[tokio::test]
-async fn held_back_reports_an_open_write_transaction() {
+async fn held_back_ignores_an_unrelated_idle_write_transaction() {
+    use std::time::Duration;
     let store = fresh_store().await;
     let log = store.log();
     let mut tx = store.pool().begin().await.expect("begin");
@@ -129,15 +154,87 @@ async fn held_back_reports_an_open_write_transaction() {
         .execute(&mut *tx)
         .await
         .expect("insert");
-    let held = log.held_back().await.expect("held_back");
-    assert!(
-        held.is_some(),
-        "an open transaction with an xid holds the log back"
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        held_back_s(&log).await,
+        0.0,
+        "a transaction that staged nothing holds nothing back"
     );
-    // Operators see it through the port too (`GET /stats`, `rides verify`).
-    let port: Arc<dyn Log> = Arc::new(log);
-    assert!(port.held_back().await.expect("held_back").is_some());
     tx.rollback().await.expect("rollback");
+}
+
+/// Adapter-specific: a transaction holding a staged record shows its age, and nothing once it
+/// has committed.
+#[tokio::test]
+async fn held_back_shows_the_age_of_a_transaction_holding_a_staged_record() {
+    use std::time::{Duration, Instant};
+    let store = fresh_store().await;
+    let log = store.log();
+    let mut tx = store.pool().begin().await.expect("begin");
+    let began = Instant::now();
+    store
+        .stage_in(&mut tx, &[probe_record(1)])
+        .await
+        .expect("stage");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = held_back_s(&log).await;
+    let age = began.elapsed().as_secs_f64();
+    assert!(
+        (1.9..=age + 0.5).contains(&held),
+        "held back {held:.3} s by a transaction {age:.3} s old"
+    );
+    tx.commit().await.expect("commit");
+    assert_eq!(held_back_s(&log).await, 0.0, "nothing once it committed");
+}
+
+/// Adapter-specific: holding the sequencer's lock stalls delivery, and `held_back` shows how
+/// long it has been held.
+#[tokio::test]
+async fn held_back_shows_how_long_the_sequencer_lock_is_held() {
+    use std::time::{Duration, Instant};
+    const HOLD: Duration = Duration::from_secs(3);
+    let store = fresh_store().await;
+    let log = store.log();
+    let mut holder = store.pool().begin().await.expect("begin");
+    let taken = Instant::now();
+    sqlx::query("SELECT pg_advisory_xact_lock(1380533317, hashtext(current_schema()))")
+        .execute(&mut *holder)
+        .await
+        .expect("take the sequencer's lock");
+    // A record committed meanwhile is not delivered: the stall is real.
+    let mut tx = store.pool().begin().await.expect("begin");
+    store
+        .stage_in(&mut tx, &[probe_record(1)])
+        .await
+        .expect("stage");
+    tx.commit().await.expect("commit");
+    let read = log
+        .read(&ports::Position::start(), 10, Duration::from_millis(300))
+        .await
+        .expect("read");
+    assert!(
+        read.deliveries.is_empty(),
+        "nothing is sequenced while the lock is held"
+    );
+    tokio::time::sleep(HOLD.saturating_sub(taken.elapsed())).await;
+    let held = held_back_s(&log).await;
+    let hold = taken.elapsed().as_secs_f64();
+    assert!(
+        (HOLD.as_secs_f64() - 0.1..=hold + 0.5).contains(&held),
+        "held back {held:.3} s while the lock was held for {hold:.3} s"
+    );
+
+    holder.commit().await.expect("release the lock");
+    let read = log
+        .read(&ports::Position::start(), 10, Duration::from_secs(5))
+        .await
+        .expect("read");
+    assert_eq!(
+        read.deliveries.len(),
+        1,
+        "delivered once the lock is released"
+    );
+    assert_eq!(held_back_s(&log).await, 0.0, "nothing held back any more");
 }
 
 /// Adapter-specific: a record staged by a transaction that is still open does not hold back
@@ -147,16 +244,7 @@ async fn a_long_transaction_holds_back_only_its_own_records() {
     use std::time::Duration;
     let store = fresh_store().await;
     let log = store.log();
-    let rec = |n: i64| domain::NewRecord {
-        id: uuid::Uuid::new_v4(),
-        stream: "rides".into(),
-        key: format!("ride:{n}"),
-        kind: "test".into(),
-        payload: serde_json::json!({ "n": n }),
-        correlation_id: None,
-        causation_id: None,
-        recorded_at_ms: 0,
-    };
+    let rec = probe_record;
     let mut long = store.pool().begin().await.expect("begin");
     store.stage_in(&mut long, &[rec(1)]).await.expect("stage");
     let mut short = store.pool().begin().await.expect("begin");

@@ -15,7 +15,8 @@ use tokio::time::Instant;
 
 use super::error::PgError;
 use super::outbox::{
-    RECORD_COLUMNS, Staged, count_above, insert, record_from_row, sequenced_above,
+    RECORD_COLUMNS, SEQUENCER_LOCK_CLASS, Staged, count_above, insert, record_from_row,
+    sequenced_above,
 };
 use super::{PgOptions, PostgresStore};
 
@@ -64,25 +65,38 @@ impl PostgresLog {
         &self.store
     }
 
-    /// How long the log is being held back right now: the age of the oldest open transaction
-    /// in this database that holds a transaction id (it has written something), other than
-    /// this call's own; `None` when there is none.
+    /// How long delivery is being held back right now; `None` when nothing is.
     ///
-    /// In this adapter's scheme a long transaction delays only *its own* staged records (they
-    /// are sequenced when it commits); records of transactions that commit after it are
-    /// sequenced and delivered at once. The metric is still what operators watch: it bounds
-    /// how late a committed record can appear, and long write transactions also stall
-    /// vacuum.
+    /// Two things hold delivery back in this scheme, and this is the age of the older of
+    /// them:
+    ///
+    /// - **a transaction holding staged records**: one that has written to the outbox
+    ///   (`RowExclusiveLock` on it and a transaction id) and not committed yet. Its records
+    ///   wait for its commit; the age is the transaction's (`now() - xact_start`);
+    /// - **the sequencer's lock**: while a transaction holds it, no committed record gets
+    ///   its seq, so every reader waits; the age is the holder's transaction's. A normal
+    ///   sequencer run holds it for milliseconds.
+    ///
+    /// Transactions that write elsewhere (another table, another schema's outbox, another
+    /// database) hold nothing back and are not counted: records of transactions that commit
+    /// after a long one are sequenced at once. Other sessions' `xact_start` is visible to
+    /// the same role, a superuser or `pg_read_all_stats`; sessions hidden from this role are
+    /// not counted.
     ///
     /// # Errors
     /// [`LogError::Unavailable`] when the server cannot be reached.
     pub async fn held_back(&self) -> Result<Option<Duration>, LogError> {
         let secs: Option<f64> = sqlx::query_scalar(
-            "SELECT extract(epoch FROM (now() - min(xact_start)))::float8 \
-             FROM pg_stat_activity \
-             WHERE datname = current_database() AND backend_xid IS NOT NULL \
-               AND state <> 'idle' AND pid <> pg_backend_pid()",
+            "SELECT extract(epoch FROM (now() - min(a.xact_start)))::float8 \
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.granted AND l.pid <> pg_backend_pid() \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND ((l.locktype = 'relation' AND l.relation = to_regclass('outbox') \
+                     AND l.mode = 'RowExclusiveLock' AND a.backend_xid IS NOT NULL) \
+                 OR (l.locktype = 'advisory' AND l.classid = $1::oid AND l.objsubid = 2 \
+                     AND l.objid = (hashtext(current_schema())::bigint & 4294967295)::oid))",
         )
+        .bind(SEQUENCER_LOCK_CLASS)
         .fetch_one(self.store.pool())
         .await
         .map_err(PgError::from)?;

@@ -35,7 +35,9 @@
 //! wait, and they get a seq, after everything sequenced so far, when it finally commits.
 //! Schemes that read below `pg_snapshot_xmin` instead hold back *every* later commit. Either
 //! way operators want to see it: [`PostgresLog::held_back`] reports the age of the oldest
-//! open transaction that holds an xid in this database.
+//! open transaction that holds staged records (it has written to this store's outbox), or
+//! of the one holding the sequencer's lock, whichever is older; transactions that write
+//! elsewhere hold nothing back and are not counted.
 //!
 //! # Producer sequence
 //!

@@ -22,6 +22,11 @@ use crate::sql_rows::SqlDialect;
 /// Rows sequenced per sequencer run at most.
 const SEQUENCER_BATCH: i64 = 1000;
 
+/// The first key of the sequencer's transaction-scoped advisory lock (migrations 0002 and
+/// 0003: `pg_try_advisory_xact_lock(1380533317, hashtext(current_schema()))`); the second is
+/// the schema's hash, so stores in different schemas never share a sequencer.
+pub(crate) const SEQUENCER_LOCK_CLASS: i64 = 1_380_533_317;
+
 /// The columns every read selects, in the order [`record_from_row`] expects.
 pub(crate) const RECORD_COLUMNS: &str = "seq, producer, producer_seq, record_id::text AS record_id, \
      stream, key, kind, payload, correlation_id::text AS correlation_id, \

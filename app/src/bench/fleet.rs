@@ -345,20 +345,20 @@ fn is_local(url: &str) -> bool {
 }
 
 /// What the load generator did.
-struct Load {
-    created: u64,
-    failed: u64,
-    retried: u64,
+pub(super) struct Load {
+    pub(super) created: u64,
+    pub(super) failed: u64,
+    pub(super) retried: u64,
     /// First request to last answer.
-    seconds: f64,
-    samples: Vec<Duration>,
+    pub(super) seconds: f64,
+    pub(super) samples: Vec<Duration>,
     /// The generator thread's CPU time.
-    cpu_ticks: Option<u64>,
+    pub(super) cpu_ticks: Option<u64>,
 }
 
 /// The load generator's thread: its own single-threaded runtime, so that its CPU time is the
 /// thread's.
-fn generate(url: String, total: u64, rate: f64, seed: u64) -> anyhow::Result<Load> {
+pub(super) fn generate(url: String, total: u64, rate: f64, seed: u64) -> anyhow::Result<Load> {
     let before = cpu::thread_ticks();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

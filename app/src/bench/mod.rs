@@ -1,6 +1,6 @@
 //! `rides bench`: the project's own benchmarks ("performance is a feature: measure it").
 //!
-//! Four benchmarks, each a few seconds long with the defaults, each next to a baseline
+//! Six benchmarks, each a few seconds long with the defaults, each next to a baseline
 //! measured in the same run on the same backend, so that a ratio can be read even on a busy
 //! machine:
 //!
@@ -10,6 +10,8 @@
 //! | [`bench store`](store) | [`RideService::create_ride`](crate::rides::RideService::create_ride) from C concurrent tasks, no HTTP | the reference design (rocket-rides-atomic's four transactions per ride), same database, driver and concurrency |
 //! | [`bench relay`](relay) | the real streamer moving N staged records from the store's outbox to the log | the store side's limit: one `DELETE … RETURNING` per 1000 records |
 //! | [`bench fleet`](fleet) | the whole in-process fleet (API over HTTP, streamer, consumers, …) at a fixed request rate | none: CPU milliseconds per ride (this process, and local `postgres`/`redis-server`) and commit-to-consumed latency |
+//! | [`bench stats`](stats) | `POST /rides` at a fixed rate while 16 clients flood `GET /stats` | the same load without the flood: the latency ratio |
+//! | [`bench slowloris`](slowloris) | slow-header and idle connections against a running API, and a normal client beside them | none: how long the server kept them, and the normal client's latency |
 //!
 //! With `--json` the last line of stdout is the report as one JSON object; the table goes to
 //! stderr.
@@ -48,11 +50,15 @@ mod cpu;
 pub mod fleet;
 pub mod log;
 pub mod relay;
+pub mod slowloris;
+pub mod stats;
 pub mod store;
 
 pub use fleet::{FleetBenchOptions, FleetBenchReport, bench_fleet};
 pub use log::{Baseline, LogBenchOptions, LogBenchReport, bench_log};
 pub use relay::{RelayBenchOptions, RelayBenchReport, bench_relay};
+pub use slowloris::{SlowlorisOptions, SlowlorisReport, bench_slowloris};
+pub use stats::{StatsBenchOptions, StatsBenchReport, bench_stats};
 pub use store::{StoreBenchOptions, StoreBenchReport, bench_store};
 
 /// A throughput measurement.

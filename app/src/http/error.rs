@@ -12,6 +12,9 @@ use domain::idempotency::messages;
 use domain::{KeyError, ParamError};
 use serde_json::json;
 
+/// The generic message of a 503.
+const UNAVAILABLE: &str = "Service unavailable. Please retry later.";
+
 /// Everything that can go wrong while answering a request, before the ride service replies.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ApiError {
@@ -39,9 +42,24 @@ pub enum ApiError {
     /// The route exists, the method does not.
     #[error("Method not allowed.")]
     MethodNotAllowed,
+    /// The request target is longer than the server accepts.
+    #[error("{0}")]
+    UriTooLong(String),
+    /// The request head is larger than the server accepts.
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    /// The request's head or body did not arrive within its timeout.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// The server is at its connection limit and every connection has a request in flight.
+    #[error("Too many connections. Please retry later.")]
+    TooManyConnections,
     /// A dependency (the store) is down; the detail is logged, not sent.
-    #[error("Service unavailable. Please retry later.")]
+    #[error("{UNAVAILABLE}")]
     Unavailable(String),
+    /// The stats snapshot could not be computed (its refresh logged why, once).
+    #[error("{UNAVAILABLE}")]
+    StatsUnavailable,
     /// A bug or an unexpected failure; the detail is logged, not sent.
     #[error("{}", messages::INTERNAL)]
     Internal(String),
@@ -57,7 +75,12 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Unavailable(_) | Self::StatsUnavailable | Self::TooManyConnections => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -65,6 +88,27 @@ impl ApiError {
     /// A 404 with this message.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::NotFound(message.into())
+    }
+
+    /// The error as a whole HTTP/1.1 response that closes the connection, for the server to
+    /// write on a socket itself (a refused head or connection, a timeout: there is no
+    /// request for axum to answer). The same status and JSON body as [`IntoResponse`].
+    pub fn raw_response(&self) -> bytes::Bytes {
+        let status = self.status();
+        let body = json!({ "error": self.to_string() }).to_string();
+        let retry = if status == StatusCode::SERVICE_UNAVAILABLE {
+            "retry-after: 1\r\n"
+        } else {
+            ""
+        };
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n{retry}\r\n{body}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len(),
+        )
+        .into()
     }
 }
 
@@ -100,6 +144,24 @@ mod tests {
         let e = ApiError::from(ports::StoreError::Unavailable("host 10.0.0.1".into()));
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(!e.to_string().contains("10.0.0.1"));
+    }
+
+    #[test]
+    fn raw_responses_are_whole_json_responses_that_close() {
+        let raw = ApiError::UriTooLong("The request URI is too long.".into()).raw_response();
+        let text = std::str::from_utf8(&raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{head}");
+        assert!(head.contains("content-type: application/json"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(head.contains("connection: close"));
+        assert_eq!(body, r#"{"error":"The request URI is too long."}"#);
+        let raw = ApiError::TooManyConnections.raw_response();
+        assert!(
+            std::str::from_utf8(&raw)
+                .unwrap()
+                .contains("retry-after: 1\r\n")
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use domain::{IdempotencyKey, RideRequest};
 use ports::{RideRow, RideStore, User};
 use serde_json::{Value, json};
 
+use super::stats::StatsCache;
 use super::{ApiError, AppState, client_ip};
 use crate::rides::ApiReply;
 
@@ -24,6 +25,9 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 const DEFAULT_LIMIT: u32 = 20;
 /// Largest page size of `GET /rides` (larger requests are clamped).
 const MAX_LIMIT: u32 = 100;
+/// The 400 message for `raise_error=true` on a server that does not allow test errors.
+const TEST_ERRORS_REFUSED: &str = "Parameter 'raise_error' is a test switch and this server \
+     does not allow test errors (they are allowed with --allow-test-errors).";
 /// The 404 message for a ride that is missing or not the caller's.
 const RIDE_NOT_FOUND: &str = "Ride not found.";
 
@@ -47,6 +51,9 @@ pub(super) async fn create_ride(
     })?;
     let fields = decode_body(&headers, &bytes)?;
     let request = RideRequest::parse(|name| fields.get(name).cloned())?;
+    if request.raise_error && !state.allow_test_errors {
+        return Err(ApiError::BadRequest(TEST_ERRORS_REFUSED.into()));
+    }
     let ip = client_ip(connect.as_ref().map(|Extension(ci)| ci));
     // A request that started runs to its end, as Stripe's do: when the client goes away the
     // server drops this future, but not the task, so the key is never left locked mid-phase
@@ -114,13 +121,18 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /stats`: the stats provider's document, 404 when this process has none.
-pub(super) async fn stats(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let provider = state
-        .stats
-        .as_ref()
-        .ok_or_else(|| ApiError::not_found("Stats are not available in this process."))?;
-    Ok(Json(provider.stats().await).into_response())
+/// `GET /stats`: the latest stats snapshot (see [`super::stats`]), 404 when this process has
+/// none, 503 when the store could not be read.
+pub(super) async fn stats(
+    Extension(cache): Extension<Option<Arc<StatsCache>>>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+) -> Result<Response, ApiError> {
+    let cache =
+        cache.ok_or_else(|| ApiError::not_found("Stats are not available in this process."))?;
+    let client = connect.map_or(std::net::Ipv4Addr::LOCALHOST.into(), |Extension(ci)| {
+        ci.0.ip()
+    });
+    Ok(Json(cache.get(client).await?).into_response())
 }
 
 /// Unknown routes.

@@ -6,7 +6,7 @@
 //! | `GET /rides` | the caller's rides, newest first, paged with `?limit=` and `?before=` |
 //! | `GET /rides/{id}` | one of the caller's rides |
 //! | `GET /healthz` | 200 when the store answers, else 503 |
-//! | `GET /stats` | consumers' positions, totals and lags (from a [`StatsProvider`]) |
+//! | `GET /stats` | consumers' positions, totals and lags: a snapshot of a [`StatsProvider`] computed at most once a second (see [`stats`]) |
 //!
 //! # Design choices
 //!
@@ -20,11 +20,21 @@
 //!   clear JSON 4xx and never a panic.
 //! - The client's address comes from [`ConnectInfo`] when the server provides it ([`serve`]
 //!   does), and defaults to `127.0.0.1` otherwise (tests with `oneshot`, the completer).
+//! - The server ([`server`]) is hyper's HTTP/1.1 connection driver under an accept loop of
+//!   our own: header, body and keep-alive timeouts, a cap on connections, and request heads
+//!   checked before hyper sees them ([`framing`]), so that errors of the HTTP layer (400,
+//!   408, 414, 431, 503) are JSON too and no client can hold the server with slow or idle
+//!   connections.
+//! - `raise_error=true` is honoured only when [`AppState::allow_test_errors`] is set
+//!   (`--allow-test-errors`, the demo, the tests): elsewhere it is a 400.
 
+mod conn;
 mod error;
+pub mod framing;
 mod handlers;
+pub mod server;
+pub mod stats;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -37,12 +47,20 @@ use ports::RideStore;
 use crate::rides::RideService;
 
 pub use error::ApiError;
+pub use framing::HeadLimits;
+pub use server::{ServeOptions, bind, serve, serve_with};
 
 /// Something that can describe the system's progress for `GET /stats`.
+///
+/// It is called by one background refresh at most once a second ([`stats`]), never by a
+/// request directly, so it may be expensive.
 #[async_trait]
 pub trait StatsProvider: Send + Sync {
-    /// A JSON document: each consumer's position, total and lag, and whatever else helps.
-    async fn stats(&self) -> serde_json::Value;
+    /// A JSON object: each consumer's position, total and lag, and whatever else helps.
+    ///
+    /// # Errors
+    /// When a dependency (the store) cannot be read: `GET /stats` then answers 503.
+    async fn stats(&self) -> anyhow::Result<serde_json::Value>;
 }
 
 /// What every handler shares.
@@ -52,8 +70,12 @@ pub struct AppState {
     pub rides: Arc<RideService>,
     /// The canonical store (authentication, reads, health).
     pub store: Arc<dyn RideStore>,
-    /// The source of `GET /stats`; `None` answers 404.
+    /// The source of `GET /stats` (each router computes from it through its own snapshot);
+    /// `None` answers 404.
     pub stats: Option<Arc<dyn StatsProvider>>,
+    /// Whether `raise_error=true` (the reference's test switch) is honoured; otherwise such
+    /// a request is refused with a 400 before anything is stored (`--allow-test-errors`).
+    pub allow_test_errors: bool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -62,12 +84,17 @@ impl std::fmt::Debug for AppState {
             .field("rides", &self.rides)
             .field("store", &self.store.describe())
             .field("stats", &self.stats.is_some())
+            .field("allow_test_errors", &self.allow_test_errors)
             .finish()
     }
 }
 
 /// The API's router, with JSON 404 and 405 fallbacks.
 pub fn router(state: AppState) -> Router {
+    let stats_cache = state
+        .stats
+        .clone()
+        .map(|p| Arc::new(stats::StatsCache::new(p, stats::STATS_MIN_INTERVAL)));
     Router::new()
         .route(
             "/rides",
@@ -78,29 +105,8 @@ pub fn router(state: AppState) -> Router {
         .route("/stats", get(handlers::stats))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(axum::Extension(stats_cache))
         .with_state(state)
-}
-
-/// Serves the API on `listener` until `shutdown` completes, then drains in-flight requests.
-///
-/// Handlers see the client's address ([`ConnectInfo`]).
-///
-/// # Errors
-/// The I/O error that stopped the server.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "API listening");
-    }
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
 }
 
 /// The client's IP as text, `127.0.0.1` when the server did not record it.

@@ -106,6 +106,10 @@ pub struct FleetConfig {
     pub consumer_expiry: Option<Duration>,
     /// The payment processor (`None`: the fake one, seeded with [`Self::seed`]).
     pub payments: Option<crate::wiring::Payments>,
+    /// The API's timeouts, connection cap and head limits.
+    pub http: crate::http::ServeOptions,
+    /// Whether the API honours `raise_error=true` (the demo and the tests).
+    pub allow_test_errors: bool,
 }
 
 impl FleetConfig {
@@ -128,6 +132,8 @@ impl FleetConfig {
             consumer_policy: crate::runtime::Policy::default(),
             consumer_expiry: None,
             payments: None,
+            http: crate::http::ServeOptions::default(),
+            allow_test_errors: false,
         }
     }
 
@@ -183,16 +189,12 @@ pub struct FleetStats {
 
 #[async_trait]
 impl crate::http::StatsProvider for FleetStats {
-    async fn stats(&self) -> serde_json::Value {
-        match crate::demo::collect_verdict(&self.stores, &self.log).await {
-            Ok(mut v) => {
-                v.faults = self.faults.counts();
-                v.latency_ms = self.metrics.latency();
-                v.uptime_s = self.started.elapsed().as_secs_f64();
-                serde_json::to_value(&v).unwrap_or_default()
-            }
-            Err(e) => serde_json::json!({"error": format!("{e:#}")}),
-        }
+    async fn stats(&self) -> anyhow::Result<serde_json::Value> {
+        let mut v = crate::demo::collect_verdict(&self.stores, &self.log).await?;
+        v.faults = self.faults.counts();
+        v.latency_ms = self.metrics.latency();
+        v.uptime_s = self.started.elapsed().as_secs_f64();
+        Ok(serde_json::to_value(&v)?)
     }
 }
 
@@ -232,20 +234,21 @@ impl Fleet {
         let mut tasks = Vec::new();
         let mut addr = None;
         if let Some(listen) = config.listen {
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
+            let listener = crate::http::bind(listen)
                 .map_err(|e| anyhow::anyhow!("binding the API to {listen}: {e}"))?;
             addr = Some(listener.local_addr()?);
             let state = crate::http::AppState {
                 rides: rides.clone(),
                 store: stores.store.clone(),
                 stats: Some(stats.clone() as Arc<dyn crate::http::StatsProvider>),
+                allow_test_errors: config.allow_test_errors,
             };
             let stop = shutdown.clone().cancelled_owned();
+            let http = config.http;
             tasks.push((
                 "api".to_owned(),
                 tokio::spawn(async move {
-                    if let Err(e) = crate::http::serve(listener, state, stop).await {
+                    if let Err(e) = crate::http::serve_with(listener, state, http, stop).await {
                         tracing::error!(error = %e, "the API stopped");
                     }
                 }),

@@ -173,6 +173,7 @@ pub fn build_router(
         rides,
         store,
         stats,
+        allow_test_errors: true,
     })
 }
 
@@ -265,42 +266,87 @@ pub fn get(uri: &str, auth: Option<&str>) -> Request<Body> {
     b.body(Body::empty()).unwrap()
 }
 
-/// A store that delegates to a [`MemoryStore`] but fails `run_phase` with the given error
-/// when the key is at `ride_created` (the charge phase), as the reference's stubs did.
+/// A store that delegates to another (a [`MemoryStore`] in the HTTP tests) but fails
+/// `run_phase` with the given error when the key is at `ride_created` (the charge phase), as
+/// the reference's stubs did; or serves a stale or failing truth.
 pub struct FailingStore {
-    inner: Arc<MemoryStore>,
+    inner: Arc<dyn RideStore>,
     fail_with: Mutex<Option<StoreError>>,
     /// Slows the charge phase down instead (a long commit).
     delay: Option<std::time::Duration>,
+    /// `truth` reads, then waits this long before answering (a stale truth).
+    truth_delay: Option<std::time::Duration>,
+    /// `truth` and `ping` fail as when the store is down.
+    down: bool,
+}
+
+impl FailingStore {
+    fn wrap(inner: Arc<dyn RideStore>) -> Self {
+        Self {
+            inner,
+            fail_with: Mutex::new(None),
+            delay: None,
+            truth_delay: None,
+            down: false,
+        }
+    }
+
+    /// Answers `truth` with what the store held `delay` earlier: it reads, then waits.
+    pub fn stale_truth(
+        inner: Arc<dyn RideStore>,
+        delay: std::time::Duration,
+    ) -> Arc<dyn RideStore> {
+        Arc::new(Self {
+            truth_delay: Some(delay),
+            ..Self::wrap(inner)
+        })
+    }
+
+    /// `truth` and `ping` fail with `Unavailable`, as when the store's server is down.
+    pub fn down(inner: Arc<dyn RideStore>) -> Arc<dyn RideStore> {
+        Arc::new(Self {
+            down: true,
+            ..Self::wrap(inner)
+        })
+    }
+
+    fn check_up(&self) -> Result<(), StoreError> {
+        if self.down {
+            return Err(StoreError::Unavailable(
+                "connection refused (postgres://secret@10.0.0.7)".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl FailingStore {
     /// Fails the charge phase with a serialization conflict.
     pub fn conflict(inner: Arc<MemoryStore>) -> Arc<dyn RideStore> {
         Arc::new(Self {
-            inner,
             fail_with: Mutex::new(Some(StoreError::Conflict(
                 "could not serialize access".into(),
             ))),
             delay: None,
+            ..Self::wrap(inner)
         })
     }
 
     /// Makes the charge phase take 300 ms, then succeed.
     pub fn slow(inner: Arc<MemoryStore>) -> Arc<dyn RideStore> {
         Arc::new(Self {
-            inner,
             fail_with: Mutex::new(None),
             delay: Some(std::time::Duration::from_millis(300)),
+            ..Self::wrap(inner)
         })
     }
 
     /// Fails the charge phase with an internal error.
     pub fn internal(inner: Arc<MemoryStore>) -> Arc<dyn RideStore> {
         Arc::new(Self {
-            inner,
             fail_with: Mutex::new(Some(StoreError::Other("runtime error".into()))),
             delay: None,
+            ..Self::wrap(inner)
         })
     }
 }
@@ -311,6 +357,7 @@ impl RideStore for FailingStore {
         format!("failing({})", self.inner.describe())
     }
     async fn ping(&self) -> Result<(), StoreError> {
+        self.check_up()?;
         self.inner.ping().await
     }
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
@@ -386,7 +433,12 @@ impl RideStore for FailingStore {
         self.inner.reap_keys(now_ms, thresholds, limit).await
     }
     async fn truth(&self) -> Result<Truth, StoreError> {
-        self.inner.truth().await
+        self.check_up()?;
+        let truth = self.inner.truth().await?;
+        if let Some(d) = self.truth_delay {
+            tokio::time::sleep(d).await;
+        }
+        Ok(truth)
     }
 }
 
