@@ -252,6 +252,10 @@ async fn connection(
     }
 }
 
+/// How many connections one eviction looks at, at most: at the cap with every connection busy,
+/// a refusal must stay cheap.
+const EVICTION_SCAN: usize = 256;
+
 /// The open connections, oldest first, and the cap.
 struct Registry {
     max: usize,
@@ -314,9 +318,10 @@ impl Registry {
         Some(Slot(Arc::clone(self)))
     }
 
-    /// Evicts the oldest evictable connection; `false` when none is.
+    /// Evicts the oldest evictable connection among the first [`EVICTION_SCAN`] of the
+    /// queue (connections with a request in flight go to its back); `false` when none is.
     fn evict_one(order: &mut VecDeque<Weak<ConnShared>>) -> bool {
-        for _ in 0..order.len() {
+        for _ in 0..order.len().min(EVICTION_SCAN) {
             let Some(weak) = order.pop_front() else {
                 return false;
             };
