@@ -67,8 +67,23 @@ pub struct ConsumerView {
     pub position: String,
     /// Records after its position (`None` when the log could not say).
     pub lag: Option<u64>,
+    /// Records in its dead-letter list.
+    pub parked: usize,
     /// Whether it equals the truth.
     pub agrees: bool,
+}
+
+/// A live lease: which instance runs a service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LeaseView {
+    /// The service (`consumer:distance-a`, `streamer`...).
+    pub scope: String,
+    /// The instance holding it.
+    pub holder: String,
+    /// Its epoch (incremented at every takeover).
+    pub epoch: u64,
+    /// Until it expires unless renewed (ms).
+    pub expires_in_ms: i64,
 }
 
 /// The replica (secondary datastore) against the store, row by row.
@@ -102,6 +117,8 @@ pub struct Verdict {
     /// The replica, when one is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replica: Option<ReplicaView>,
+    /// The live leases: which instance runs each service.
+    pub leases: Vec<LeaseView>,
     /// Records still in the outbox.
     pub staged: u64,
     /// How long the current log is held back by an in-flight transaction (Postgres-only log;
@@ -232,8 +249,15 @@ pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result
         let Some(state) = consumer::result(&cp).with_context(|| format!("consumer {name}"))? else {
             continue;
         };
+        let parked = stores
+            .consumers
+            .parked(&name)
+            .await
+            .with_context(|| format!("reading consumer {name}'s parked records"))?
+            .len();
         consumers.push(ConsumerView {
             agrees: false,
+            parked,
             name,
             rides: state.rides,
             distance_m: state.distance_m(),
@@ -243,6 +267,21 @@ pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result
             lag,
         });
     }
+    let now_ms = ports::Clock::now_ms(&ports::SystemClock);
+    let leases = stores
+        .consumers
+        .leases()
+        .await
+        .context("reading the leases")?
+        .into_iter()
+        .filter(|l| l.expires_at_ms > now_ms)
+        .map(|l| LeaseView {
+            expires_in_ms: l.expires_at_ms - now_ms,
+            scope: l.scope,
+            holder: l.holder,
+            epoch: l.epoch,
+        })
+        .collect();
     // The log records are published on now (a cutover may have moved it).
     let current = match stores.outbox.route().await.context("reading the route")? {
         Some(route) => log.follow(&route.log_url).await?,
@@ -281,6 +320,7 @@ pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result
             && consumers.iter().all(|c| c.agrees)
             && replica.as_ref().is_none_or(|r| r.agrees),
         replica,
+        leases,
         truth: TruthView {
             rides: truth.rides,
             distance_m: truth.distance_mm as f64 / 1000.0,

@@ -67,6 +67,17 @@ async fn forgetting_a_user_empties_the_replica_of_that_user_and_keeps_every_tota
         post_ride(&base, kept, &format!("forget-user-test-key-kept-{i}")).await;
     }
     let before = settled(&stores, &log).await;
+    // `/stats` (this verdict) shows which instance runs each service.
+    let scopes: Vec<&str> = before.leases.iter().map(|l| l.scope.as_str()).collect();
+    for scope in [
+        "streamer",
+        "consumer:distance-a",
+        "consumer:distance-b",
+        "consumer:replica",
+    ] {
+        assert!(scopes.contains(&scope), "{scope} in {scopes:?}");
+    }
+    assert!(before.consumers.iter().all(|c| c.parked == 0));
     let replica = stores.replica.clone().unwrap().replica;
     assert_eq!(
         replica
