@@ -787,3 +787,61 @@ pub(crate) fn decode_all<R, T: TryFrom<R, Error = StoreError>>(
 ) -> Result<Vec<T>, StoreError> {
     rows.into_iter().map(T::try_from).collect()
 }
+
+/// The deletes of `RideStore::forget_user`, shared by both SQL dialects: in the open write
+/// transaction `$tx`, finds the user (`$lock` is the dialect's row lock suffix, e.g.
+/// `" FOR UPDATE"`), deletes its rides (returning their ids and distances), keys, audit
+/// records and the user, and evaluates to `(user_id, ride.deleted records, keys deleted)`.
+/// Returns `NotFound` from the enclosing function when there is no such user. A function `db`
+/// in scope translates sqlx errors.
+macro_rules! forget_user_deletes {
+    ($tx:expr, $email:expr, $now_ms:expr, $lock:literal) => {{
+        let user_id: Option<i64> =
+            sqlx::query_scalar(concat!("SELECT id FROM users WHERE email = $1", $lock))
+                .bind($email)
+                .fetch_optional(&mut *$tx)
+                .await
+                .map_err(db)?;
+        let Some(user_id) = user_id else {
+            return Err(ports::StoreError::NotFound(format!("no user {}", $email)));
+        };
+        let rides: Vec<(i64, i64)> =
+            sqlx::query_as("DELETE FROM rides WHERE user_id = $1 RETURNING id, distance_mm")
+                .bind(user_id)
+                .fetch_all(&mut *$tx)
+                .await
+                .map_err(db)?;
+        let mut keys = 0;
+        for (i, sql) in [
+            "DELETE FROM idempotency_keys WHERE user_id = $1",
+            "DELETE FROM audit_records WHERE user_id = $1",
+            "DELETE FROM users WHERE id = $1",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let done = sqlx::query(sql)
+                .bind(user_id)
+                .execute(&mut *$tx)
+                .await
+                .map_err(db)?
+                .rows_affected();
+            if i == 0 {
+                keys = done;
+            }
+        }
+        let records: Vec<domain::NewRecord> = rides
+            .iter()
+            .map(|(id, d)| {
+                domain::NewRecord::ride_deleted(
+                    *id,
+                    user_id,
+                    u64::try_from(*d).unwrap_or(0),
+                    $now_ms,
+                )
+            })
+            .collect();
+        (user_id, records, keys)
+    }};
+}
+pub(crate) use forget_user_deletes;

@@ -265,48 +265,8 @@ sql_ride_store!(PostgresStore, SQL, pool, {
     /// `ride.deleted` records staged as one insert.
     async fn forget_user(&self, email: &str, now_ms: i64) -> Result<ports::Forgotten, StoreError> {
         let mut tx = self.pool().begin().await.map_err(db)?;
-        let user_id: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM users WHERE email = $1 FOR UPDATE")
-                .bind(email)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?;
-        let Some(user_id) = user_id else {
-            return Err(StoreError::NotFound(format!("no user {email}")));
-        };
-        let rides: Vec<(i64, i64)> =
-            sqlx::query_as("DELETE FROM rides WHERE user_id = $1 RETURNING id, distance_mm")
-                .bind(user_id)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db)?;
-        let keys = sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?
-            .rows_affected();
-        sqlx::query("DELETE FROM audit_records WHERE user_id = $1")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        sqlx::query("DELETE FROM users WHERE id = $1")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        let records: Vec<domain::NewRecord> = rides
-            .iter()
-            .map(|(id, d)| {
-                domain::NewRecord::ride_deleted(
-                    *id,
-                    user_id,
-                    u64::try_from(*d).unwrap_or(0),
-                    now_ms,
-                )
-            })
-            .collect();
+        let (user_id, records, keys) =
+            crate::sql_rows::forget_user_deletes!(tx, email, now_ms, " FOR UPDATE");
         super::outbox::insert(
             &mut *tx,
             records.iter().map(super::outbox::Staged::from),
@@ -319,7 +279,7 @@ sql_ride_store!(PostgresStore, SQL, pool, {
         }
         Ok(ports::Forgotten {
             user_id,
-            rides: rides.len() as u64,
+            rides: records.len() as u64,
             keys,
         })
     }

@@ -175,42 +175,8 @@ sql_ride_store!(SqliteStore, SQL, reader, create in a transaction, {
     /// `ride.deleted` records staged as a phase stages its records.
     async fn forget_user(&self, email: &str, now_ms: i64) -> Result<ports::Forgotten, StoreError> {
         let mut tx = self.write().await.map_err(db)?;
-        let user_id: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE email = ?")
-            .bind(email)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?;
-        let Some(user_id) = user_id else {
-            return Err(StoreError::NotFound(format!("no user {email}")));
-        };
-        let rides: Vec<(i64, i64)> =
-            sqlx::query_as("DELETE FROM rides WHERE user_id = ? RETURNING id, distance_mm")
-                .bind(user_id)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db)?;
-        let keys = sqlx::query("DELETE FROM idempotency_keys WHERE user_id = ?")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?
-            .rows_affected();
-        sqlx::query("DELETE FROM audit_records WHERE user_id = ?")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        sqlx::query("DELETE FROM users WHERE id = ?")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        let records: Vec<domain::NewRecord> = rides
-            .iter()
-            .map(|(id, d)| {
-                domain::NewRecord::ride_deleted(*id, user_id, u64::try_from(*d).unwrap_or(0), now_ms)
-            })
-            .collect();
+        let (user_id, records, keys) =
+            crate::sql_rows::forget_user_deletes!(tx, email, now_ms, "");
         super::outbox::insert_staged_rows(&mut tx, &records)
             .await
             .map_err(db)?;
@@ -220,7 +186,7 @@ sql_ride_store!(SqliteStore, SQL, reader, create in a transaction, {
         }
         Ok(ports::Forgotten {
             user_id,
-            rides: rides.len() as u64,
+            rides: records.len() as u64,
             keys,
         })
     }
