@@ -30,7 +30,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use ports::{ConsumerStore, Log, Outbox, PaymentGateway, RideStore};
+use ports::{ConsumerStore, Log, LogError, Outbox, PaymentGateway, RideStore};
 use thiserror::Error;
 
 /// The producer name of the stores opened here (travels with every record's sequence).
@@ -516,9 +516,103 @@ pub async fn open_log(url: &str, stores: &Stores) -> anyhow::Result<OpenedLog> {
     })
 }
 
+/// A log whose server could not be reached when the process started: it connects on first
+/// use and again on every call until it succeeds, answering [`LogError::Unavailable`] in the
+/// meantime. The API starts and takes rides while the log is down (records wait in the
+/// outbox), and the services back off and retry with clear logs instead of the process
+/// failing to start.
+#[cfg_attr(
+    not(any(feature = "redis", feature = "kafka", feature = "postgres")),
+    allow(dead_code, reason = "only network logs are deferred")
+)]
+struct LazyLog {
+    url: String,
+    stores: Stores,
+    inner: tokio::sync::OnceCell<Arc<dyn Log>>,
+}
+
+#[cfg_attr(
+    not(any(feature = "redis", feature = "kafka", feature = "postgres")),
+    allow(dead_code, reason = "only network logs are deferred")
+)]
+impl LazyLog {
+    fn deferred(url: &str, stores: &Stores, why: &str) -> Arc<dyn Log> {
+        tracing::warn!(log = %redact(url), error = %why, "the log is not reachable yet: starting without it; every use retries the connection");
+        Arc::new(Self {
+            url: url.to_owned(),
+            stores: stores.clone(),
+            inner: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    async fn get(&self) -> Result<&Arc<dyn Log>, LogError> {
+        self.inner
+            .get_or_try_init(|| async {
+                let log = Box::pin(open_log_with(&self.url, &self.stores, false))
+                    .await
+                    .map_err(|e| LogError::Unavailable(format!("{e:#}")))?
+                    .0;
+                if log.ping().await.is_err() {
+                    return Err(LogError::Unavailable(format!(
+                        "the log {} is still not reachable",
+                        redact(&self.url)
+                    )));
+                }
+                tracing::info!(log = %redact(&self.url), "the log is reachable now");
+                Ok(log)
+            })
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Log for LazyLog {
+    fn describe(&self) -> String {
+        self.inner
+            .get()
+            .map_or_else(|| redact(&self.url), |l| l.describe())
+    }
+    async fn ping(&self) -> Result<(), LogError> {
+        self.get().await?.ping().await
+    }
+    async fn append(&self, records: &[domain::LogRecord]) -> Result<(), LogError> {
+        self.get().await?.append(records).await
+    }
+    async fn read(
+        &self,
+        from: &ports::Position,
+        max: usize,
+        wait: std::time::Duration,
+    ) -> Result<ports::Batch, LogError> {
+        self.get().await?.read(from, max, wait).await
+    }
+    async fn lag(&self, from: &ports::Position) -> Result<u64, LogError> {
+        self.get().await?.lag(from).await
+    }
+    async fn trim(&self, checkpoints: &[ports::Position]) -> Result<u64, LogError> {
+        self.get().await?.trim(checkpoints).await
+    }
+    async fn held_back(&self) -> Result<Option<std::time::Duration>, LogError> {
+        self.get().await?.held_back().await
+    }
+    async fn len(&self) -> Result<u64, LogError> {
+        self.get().await?.len().await
+    }
+}
+
 async fn open_log_once(url: &str, stores: &Stores) -> anyhow::Result<(Arc<dyn Log>, bool)> {
+    open_log_with(url, stores, true).await
+}
+
+/// Opens the log at `url`; with `defer`, a network log whose server cannot be reached is
+/// returned as a [`LazyLog`] instead of an error.
+async fn open_log_with(
+    url: &str,
+    stores: &Stores,
+    defer: bool,
+) -> anyhow::Result<(Arc<dyn Log>, bool)> {
     let role = "log";
-    let _ = stores;
+    let _ = (stores, defer);
     let (scheme, rest) = scheme_of(role, url, LOG_SCHEMES)?;
     let _ = rest;
     let log: Arc<dyn Log> = match scheme.as_str() {
@@ -540,31 +634,31 @@ async fn open_log_once(url: &str, stores: &Stores) -> anyhow::Result<(Arc<dyn Lo
                 return Ok((Arc::new(pg.log()), false));
             }
             let (pg_url, opts) = pg_options(url)?;
-            Arc::new(
-                adapters::postgres::PostgresLog::connect(&pg_url, opts)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("opening {}: {e}", redact(url)))?,
-            )
+            match adapters::postgres::PostgresLog::connect(&pg_url, opts).await {
+                Ok(log) => Arc::new(log),
+                Err(LogError::Unavailable(why)) if defer => LazyLog::deferred(url, stores, &why),
+                Err(e) => return Err(anyhow::anyhow!("opening {}: {e}", redact(url))),
+            }
         }
         #[cfg(not(feature = "postgres"))]
         "postgres" | "postgresql" => return Err(feature_missing(role, url, "postgres")),
         #[cfg(feature = "redis")]
         "redis" | "rediss" => {
             let (stream, conn) = redis_stream(url);
-            Arc::new(
-                adapters::redis::RedisLog::connect(&conn, &stream)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("opening {}: {e}", redact(url)))?,
-            )
+            match adapters::redis::RedisLog::connect(&conn, &stream).await {
+                Ok(log) => Arc::new(log),
+                Err(LogError::Unavailable(why)) if defer => LazyLog::deferred(url, stores, &why),
+                Err(e) => return Err(anyhow::anyhow!("opening {}: {e}", redact(url))),
+            }
         }
         #[cfg(not(feature = "redis"))]
         "redis" | "rediss" => return Err(feature_missing(role, url, "redis")),
         #[cfg(feature = "kafka")]
-        "kafka" => Arc::new(
-            adapters::kafka::KafkaLog::connect(url)
-                .await
-                .map_err(|e| anyhow::anyhow!("opening {}: {e}", redact(url)))?,
-        ),
+        "kafka" => match adapters::kafka::KafkaLog::connect(url).await {
+            Ok(log) => Arc::new(log),
+            Err(LogError::Unavailable(why)) if defer => LazyLog::deferred(url, stores, &why),
+            Err(e) => return Err(anyhow::anyhow!("opening {}: {e}", redact(url))),
+        },
         #[cfg(not(feature = "kafka"))]
         "kafka" => return Err(feature_missing(role, url, "kafka")),
         _ => {

@@ -44,6 +44,7 @@ impl Server {
         let state = AppState {
             rides,
             store: served,
+            log: None,
             stats: None,
             allow_test_errors,
         };

@@ -380,6 +380,7 @@ async fn serve_answers_on_a_socket_and_shuts_down_gracefully() {
     let state = AppState {
         rides,
         store: store.clone(),
+        log: None,
         stats: None,
         allow_test_errors: false,
     };

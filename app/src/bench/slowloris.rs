@@ -350,6 +350,7 @@ mod tests {
         let state = crate::http::AppState {
             rides,
             store,
+            log: None,
             stats: None,
             allow_test_errors: false,
         };

@@ -121,6 +121,47 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// `GET /healthz/live`: 200 while the process serves requests (liveness: restart it if not).
+pub(super) async fn live() -> Response {
+    Json(json!({ "status": "live" })).into_response()
+}
+
+/// `GET /healthz/ready`: whether this API can take rides (readiness), and each dependency's
+/// state. Creating rides needs only the store, so the log being down is reported but keeps
+/// the API ready: records wait in the outbox until the streamer reaches the log.
+pub(super) async fn ready(State(state): State<AppState>) -> Response {
+    let store = state.store.ping().await;
+    // A log server that does not answer must not hold the probe: 2 s at most.
+    let log = match &state.log {
+        Some(log) => Some(
+            tokio::time::timeout(std::time::Duration::from_secs(2), log.ping())
+                .await
+                .unwrap_or_else(|_| Err(ports::LogError::Unavailable("no answer in 2 s".into()))),
+        ),
+        None => None,
+    };
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    let body = json!({
+        "status": if store.is_ok() { "ready" } else { "unavailable" },
+        "dependencies": {
+            "store": word(store.is_ok()),
+            "log": log.as_ref().map_or("not used", |r| word(r.is_ok())),
+        },
+    });
+    if let Err(e) = &store {
+        tracing::warn!(error = %e, "readiness: the store is unavailable");
+    }
+    if let Some(Err(e)) = &log {
+        tracing::warn!(error = %e, "readiness: the log is unavailable (rides still wait in the outbox)");
+    }
+    let code = if store.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
 /// `GET /stats`: the latest stats snapshot (see [`super::stats`]), 404 when this process has
 /// none, 503 when the store could not be read.
 pub(super) async fn stats(

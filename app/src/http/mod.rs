@@ -6,6 +6,8 @@
 //! | `GET /rides` | the caller's rides, newest first, paged with `?limit=` and `?before=` |
 //! | `GET /rides/{id}` | one of the caller's rides |
 //! | `GET /healthz` | 200 when the store answers, else 503 |
+//! | `GET /healthz/live` | 200 while the process serves (liveness) |
+//! | `GET /healthz/ready` | 200 when the store answers, else 503 (readiness), with each dependency's state |
 //! | `GET /stats` | consumers' positions, totals and lags: a snapshot of a [`StatsProvider`] computed at most once a second (see [`stats`]) |
 //!
 //! # Design choices
@@ -70,6 +72,9 @@ pub struct AppState {
     pub rides: Arc<RideService>,
     /// The canonical store (authentication, reads, health).
     pub store: Arc<dyn RideStore>,
+    /// The log, when this process has one: reported by `GET /healthz/ready` (the API needs
+    /// only the store, so a log that is down does not make it unready).
+    pub log: Option<Arc<dyn ports::Log>>,
     /// The source of `GET /stats` (each router computes from it through its own snapshot);
     /// `None` answers 404.
     pub stats: Option<Arc<dyn StatsProvider>>,
@@ -102,6 +107,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/rides/{id}", get(handlers::get_ride))
         .route("/healthz", get(handlers::healthz))
+        .route("/healthz/live", get(handlers::live))
+        .route("/healthz/ready", get(handlers::ready))
         .route("/stats", get(handlers::stats))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)

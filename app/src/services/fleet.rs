@@ -240,6 +240,7 @@ impl Fleet {
             let state = crate::http::AppState {
                 rides: rides.clone(),
                 store: stores.store.clone(),
+                log: Some(log.log.clone()),
                 stats: Some(stats.clone() as Arc<dyn crate::http::StatsProvider>),
                 allow_test_errors: config.allow_test_errors,
             };

@@ -172,6 +172,7 @@ pub fn build_router(
     router(AppState {
         rides,
         store,
+        log: None,
         stats,
         allow_test_errors: true,
     })
