@@ -29,6 +29,7 @@
 //! - `raise_error` is not stored with the key: a retry without it (or the completer) succeeds.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use domain::idempotency::{RIDE_CHARGE_CENTS, RIDE_CHARGE_CURRENCY, messages};
 use domain::{
@@ -349,11 +350,47 @@ impl RideService {
         })
     }
 
-    /// Releases the key's lock after a failed phase; errors are logged and swallowed.
+    /// Releases the key's lock after a failed phase. When the store cannot be reached (the
+    /// phase probably failed for that reason too), the unlock is retried in the background
+    /// with back-off (100 ms doubling to 5 s) until the store answers, for at most half the
+    /// lock timeout: a client's retry then gets the key at once instead of a 409 until the
+    /// lock expires. It stops well before the lock could expire and be taken by another
+    /// request, so a late unlock never releases someone else's lock.
     async fn unlock(&self, key_id: i64) {
-        if let Err(e) = self.store.unlock(key_id).await {
+        let Err(e) = self.store.unlock(key_id).await else {
+            return;
+        };
+        if !e.retryable() {
             tracing::error!(key_id, error = %e, "Failed to unlock key {key_id}.");
+            return;
         }
+        tracing::warn!(key_id, error = %e, "could not unlock the key: retrying until the store is back");
+        let store = self.store.clone();
+        let give_up = Duration::from_millis(
+            u64::try_from(self.config.thresholds.lock_timeout_ms / 2).unwrap_or(0),
+        );
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut wait = Duration::from_millis(100);
+            while started.elapsed() + wait < give_up {
+                tokio::time::sleep(wait).await;
+                match store.unlock(key_id).await {
+                    Ok(()) => {
+                        tracing::info!(key_id, "key unlocked after the store came back");
+                        return;
+                    }
+                    Err(e) if e.retryable() => wait = (wait * 2).min(Duration::from_secs(5)),
+                    Err(e) => {
+                        tracing::error!(key_id, error = %e, "Failed to unlock key {key_id}.");
+                        return;
+                    }
+                }
+            }
+            tracing::error!(
+                key_id,
+                "Failed to unlock key {key_id}: the store stayed unavailable; the lock expires on its own"
+            );
+        });
     }
 
     /// Seconds until the lock holding `key` expires (at least 1).
@@ -554,7 +591,7 @@ mod tests {
             .expect_unlock()
             .with(eq(KEY_ID))
             .times(1)
-            .returning(|_| Err(StoreError::Unavailable("down".into())));
+            .returning(|_| Err(StoreError::Other("refused".into())));
         let mut payments = MockPayments::new();
         payments
             .expect_charge()
@@ -566,6 +603,40 @@ mod tests {
             .await;
         assert_eq!(reply.status, 500);
         assert_eq!(reply.body["error"], messages::INTERNAL);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unlock_that_fails_while_the_store_is_down_is_retried_until_it_is_back() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let mut store = store_from(RecoveryPoint::RideCreated);
+        store.expect_run_phase().never();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        // Down for the first three attempts, then back.
+        store.expect_unlock().with(eq(KEY_ID)).returning(move |_| {
+            if c.fetch_add(1, Ordering::SeqCst) < 3 {
+                Err(StoreError::Unavailable("down".into()))
+            } else {
+                Ok(())
+            }
+        });
+        let mut payments = MockPayments::new();
+        payments
+            .expect_charge()
+            .times(1)
+            .returning(|_| Err(PaymentError::Unavailable("timeout".into())));
+        let svc = service(store, payments, Faults::none());
+        let reply = svc
+            .create_ride(&user(), &key_text(), &request(false), "1.2.3.4")
+            .await;
+        assert_eq!(reply.status, 500);
+        // 100 + 200 + 400 ms of back-off (paused clock: no real waiting).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            4,
+            "retried until it succeeded, then stopped"
+        );
     }
 
     #[tokio::test]
