@@ -121,6 +121,64 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// Why [`open_pools`] failed: a bad URL, or a file that cannot be opened.
+pub(crate) enum OpenError {
+    /// Not a SQLite URL, or one SQLite cannot parse.
+    Bad(String),
+    /// The file cannot be opened (the message names it).
+    Unavailable(String),
+}
+
+/// Opens the pools of the SQLite database at `url` (`what` names it in errors): one writer
+/// connection (every write goes through it, SQLite has one writer) and a few readers, in WAL
+/// mode; for an in-memory database, one connection that never closes, shared by both.
+pub(crate) async fn open_pools(
+    url: &str,
+    what: &str,
+    foreign_keys: bool,
+) -> Result<(sqlx::SqlitePool, sqlx::SqlitePool), OpenError> {
+    if !url.starts_with("sqlite:") {
+        return Err(OpenError::Bad(format!(
+            "not a SQLite URL: {url:?} (expected sqlite://<path> or sqlite::memory:)"
+        )));
+    }
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    let connect = SqliteConnectOptions::from_str(url)
+        .map_err(|e| OpenError::Bad(format!("bad SQLite URL {url:?}: {e}")))?
+        .create_if_missing(true)
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(foreign_keys)
+        .synchronous(SqliteSynchronous::Normal);
+    let path = connect.get_filename().display().to_string();
+    let unavailable =
+        |e: sqlx::Error| OpenError::Unavailable(format!("cannot open SQLite {what} {path}: {e}"));
+    if in_memory {
+        // One connection that never closes: closing it would drop the database.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(connect)
+            .await
+            .map_err(unavailable)?;
+        return Ok((pool.clone(), pool));
+    }
+    let connect = connect.journal_mode(SqliteJournalMode::Wal);
+    // The writer connects first, so WAL mode is set before any reader opens the file.
+    let writer = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(connect.clone())
+        .await
+        .map_err(unavailable)?;
+    let reader = SqlitePoolOptions::new()
+        .max_connections(READ_CONNECTIONS)
+        .connect_with(connect)
+        .await
+        .map_err(unavailable)?;
+    Ok((writer, reader))
+}
+
 impl SqliteStore {
     /// Opens (creating if missing) the database at `url` and applies the migrations.
     ///
@@ -140,49 +198,12 @@ impl SqliteStore {
     /// As [`SqliteStore::connect`]; also [`StoreError::Other`] when the database was already
     /// migrated by a newer version of this program.
     pub async fn connect_with(url: &str, options: SqliteOptions) -> Result<Self, StoreError> {
-        if !url.starts_with("sqlite:") {
-            return Err(StoreError::Other(format!(
-                "not a SQLite URL: {url:?} (expected sqlite://<path> or sqlite::memory:)"
-            )));
-        }
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let connect = SqliteConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Other(format!("bad SQLite URL {url:?}: {e}")))?
-            .create_if_missing(true)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true)
-            .synchronous(SqliteSynchronous::Normal);
-        let path = connect.get_filename().display().to_string();
-        let unavailable = |e: sqlx::Error| {
-            StoreError::Unavailable(format!("cannot open SQLite database {path}: {e}"))
-        };
-
-        let (writer, reader) = if in_memory {
-            // One connection that never closes: closing it would drop the database.
-            let pool = SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .connect_with(connect)
-                .await
-                .map_err(unavailable)?;
-            (pool.clone(), pool)
-        } else {
-            let connect = connect.journal_mode(SqliteJournalMode::Wal);
-            // The writer connects first, so WAL mode is set before any reader opens the file.
-            let writer = SqlitePoolOptions::new()
-                .max_connections(1)
-                .connect_with(connect.clone())
-                .await
-                .map_err(unavailable)?;
-            let reader = SqlitePoolOptions::new()
-                .max_connections(READ_CONNECTIONS)
-                .connect_with(connect)
-                .await
-                .map_err(unavailable)?;
-            (writer, reader)
-        };
+        let (writer, reader) = open_pools(url, "database", true)
+            .await
+            .map_err(|e| match e {
+                OpenError::Bad(m) => StoreError::Other(m),
+                OpenError::Unavailable(m) => StoreError::Unavailable(m),
+            })?;
 
         let store = Self {
             inner: Arc::new(Inner {

@@ -13,22 +13,14 @@
 //! in one transaction: one statement per [`UPSERT_ROWS`] rides. A delete is one statement
 //! whatever the number of ids (they travel as one JSON array, `json_each`).
 
-use std::str::FromStr;
-
 use ports::{ReplicaError, RideRow};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::SqlitePool;
 
-use super::BUSY_TIMEOUT;
 use super::error::Error;
 use crate::sql_replica::{self, sql_replica};
 
 /// Rides per upsert statement: 10 binds each, well below SQLite's 32 766 variables.
 const UPSERT_ROWS: usize = 500;
-
-/// Connections of the read pool.
-const READ_CONNECTIONS: u32 = 2;
 
 /// The schema, created when missing.
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS replica_rides (
@@ -91,47 +83,13 @@ impl SqliteReplica {
     /// statement; [`ReplicaError::Unavailable`] naming the path when the file cannot be
     /// opened.
     pub async fn open(url: &str) -> Result<Self, ReplicaError> {
-        if !url.starts_with("sqlite:") {
-            return Err(ReplicaError::Other(format!(
-                "not a SQLite URL: {url:?} (expected sqlite://<path> or sqlite::memory:)"
-            )));
-        }
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let connect = SqliteConnectOptions::from_str(url)
-            .map_err(|e| ReplicaError::Other(format!("bad SQLite URL {url:?}: {e}")))?
-            .create_if_missing(true)
-            .busy_timeout(BUSY_TIMEOUT)
-            .synchronous(SqliteSynchronous::Normal);
-        let path = connect.get_filename().display().to_string();
-        let unavailable = |e: sqlx::Error| {
-            ReplicaError::Unavailable(format!("cannot open SQLite replica {path}: {e}"))
-        };
-        let (writer, reader) = if in_memory {
-            // One connection that never closes: closing it would drop the database.
-            let pool = SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .connect_with(connect)
+        let (writer, reader) =
+            super::open_pools(url, "replica", false)
                 .await
-                .map_err(unavailable)?;
-            (pool.clone(), pool)
-        } else {
-            let connect = connect.journal_mode(SqliteJournalMode::Wal);
-            // The writer connects first, so WAL mode is set before any reader opens the file.
-            let writer = SqlitePoolOptions::new()
-                .max_connections(1)
-                .connect_with(connect.clone())
-                .await
-                .map_err(unavailable)?;
-            let reader = SqlitePoolOptions::new()
-                .max_connections(READ_CONNECTIONS)
-                .connect_with(connect)
-                .await
-                .map_err(unavailable)?;
-            (writer, reader)
-        };
+                .map_err(|e| match e {
+                    super::OpenError::Bad(m) => ReplicaError::Other(m),
+                    super::OpenError::Unavailable(m) => ReplicaError::Unavailable(m),
+                })?;
         let replica = Self {
             url: url.to_owned(),
             writer,
