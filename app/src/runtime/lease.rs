@@ -194,3 +194,76 @@ impl<S: crate::services::Step> crate::services::Step for Leased<S> {
         self.keeper.release().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use adapters::memory::MemoryConsumerStore;
+    use ports::ManualClock;
+
+    use super::*;
+    use crate::services::{Outcome, Step};
+
+    /// A service that counts its steps.
+    struct Counting(Arc<AtomicU64>);
+
+    #[async_trait::async_trait]
+    impl Step for Counting {
+        fn name(&self) -> String {
+            "counting".into()
+        }
+        async fn step(&self) -> anyhow::Result<Outcome> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(Outcome::Worked(1))
+        }
+        async fn idle(&self) {}
+    }
+
+    #[tokio::test]
+    async fn a_leased_service_runs_once_per_store_and_the_standby_takes_over_on_release() {
+        let store = Arc::new(MemoryConsumerStore::new());
+        let clock = Arc::new(ManualClock::new(1_000));
+        let service = |holder: &str, steps: &Arc<AtomicU64>| {
+            let keeper = LeaseKeeper::new(
+                store.clone(),
+                clock.clone(),
+                "streamer",
+                holder,
+                Duration::from_secs(5),
+            );
+            Leased::new(Counting(steps.clone()), keeper)
+        };
+        let (a_steps, b_steps) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (a, b) = (service("a", &a_steps), service("b", &b_steps));
+        for _ in 0..3 {
+            assert_eq!(a.step().await.unwrap(), Outcome::Worked(1));
+            assert_eq!(b.step().await.unwrap(), Outcome::Idle, "b stands by");
+        }
+        assert_eq!(
+            (
+                a_steps.load(Ordering::SeqCst),
+                b_steps.load(Ordering::SeqCst)
+            ),
+            (3, 0)
+        );
+        // SIGTERM on `a`: its lease is released and `b` works at once.
+        a.stop().await;
+        assert_eq!(b.step().await.unwrap(), Outcome::Worked(1));
+        assert_eq!(
+            a.step().await.unwrap(),
+            Outcome::Idle,
+            "a is the standby now"
+        );
+        // `b` dies without releasing: `a` takes over once the lease expired.
+        clock.advance(5_001);
+        assert_eq!(a.step().await.unwrap(), Outcome::Worked(1));
+        assert_eq!(
+            (
+                a_steps.load(Ordering::SeqCst),
+                b_steps.load(Ordering::SeqCst)
+            ),
+            (4, 1)
+        );
+    }
+}
