@@ -516,6 +516,63 @@ pub async fn open_log(url: &str, stores: &Stores) -> anyhow::Result<OpenedLog> {
     })
 }
 
+/// Whether a log URL says `volatile=ok` (accepting a Redis that keeps nothing on disk), and
+/// the URL without that option.
+#[cfg_attr(not(feature = "redis"), allow(dead_code, reason = "Redis logs only"))]
+pub(crate) fn take_volatile(url: &str) -> (bool, String) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (false, url.to_owned());
+    };
+    let mut volatile = false;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.split_once('=') {
+            Some(("volatile", v)) => {
+                volatile = matches!(v, "ok" | "true" | "1" | "yes");
+                false
+            }
+            _ => !pair.is_empty(),
+        })
+        .collect();
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    (volatile, url)
+}
+
+/// Refuses a Redis log whose server persists nothing (AOF and RDB off: a restart loses every
+/// record not yet consumed, and consumers would not notice), unless the URL says
+/// `?volatile=ok`. A server that does not answer `CONFIG GET` (managed Redis) is accepted
+/// with a warning.
+#[cfg(feature = "redis")]
+fn refuse_volatile(
+    log: &adapters::redis::RedisLog,
+    url: &str,
+    volatile_ok: bool,
+) -> anyhow::Result<()> {
+    use adapters::redis::Persistence;
+    match log.persistence() {
+        Persistence::Off if !volatile_ok => Err(anyhow::anyhow!(
+            "refusing the log {}: its Redis keeps nothing on disk ({}). Turn on AOF \
+             (appendonly yes) or RDB snapshots, or add volatile=ok to the log URL's query \
+             (e.g. redis://host:6379/rides?volatile=ok) to accept losing records on a restart",
+            redact(url),
+            log.persistence()
+        )),
+        Persistence::Off => {
+            tracing::warn!(log = %redact(url), "the log's Redis keeps nothing on disk (volatile=ok): a Redis restart loses every record not yet consumed");
+            Ok(())
+        }
+        Persistence::Unknown(why) => {
+            tracing::warn!(log = %redact(url), %why, "cannot tell whether the log's Redis persists its data: make sure AOF or RDB is on");
+            Ok(())
+        }
+        Persistence::On { .. } => Ok(()),
+    }
+}
+
 /// A log whose server could not be reached when the process started: it connects on first
 /// use and again on every call until it succeeds, answering [`LogError::Unavailable`] in the
 /// meantime. The API starts and takes rides while the log is down (records wait in the
@@ -644,9 +701,13 @@ async fn open_log_with(
         "postgres" | "postgresql" => return Err(feature_missing(role, url, "postgres")),
         #[cfg(feature = "redis")]
         "redis" | "rediss" => {
-            let (stream, conn) = redis_stream(url);
+            let (volatile_ok, plain) = take_volatile(url);
+            let (stream, conn) = redis_stream(&plain);
             match adapters::redis::RedisLog::connect(&conn, &stream).await {
-                Ok(log) => Arc::new(log),
+                Ok(log) => {
+                    refuse_volatile(&log, url, volatile_ok)?;
+                    Arc::new(log)
+                }
                 Err(LogError::Unavailable(why)) if defer => LazyLog::deferred(url, stores, &why),
                 Err(e) => return Err(anyhow::anyhow!("opening {}: {e}", redact(url))),
             }
@@ -880,6 +941,23 @@ fn stripe_config(url: &str, key: Option<String>) -> anyhow::Result<adapters::str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn volatile_ok_is_taken_out_of_the_url() {
+        assert_eq!(
+            take_volatile("redis://h:6379/rides?volatile=ok"),
+            (true, "redis://h:6379/rides".into())
+        );
+        assert_eq!(
+            take_volatile("redis://h?volatile=ok&stream=s"),
+            (true, "redis://h?stream=s".into())
+        );
+        assert_eq!(
+            take_volatile("redis://h?stream=s&volatile=no"),
+            (false, "redis://h?stream=s".into())
+        );
+        assert_eq!(take_volatile("redis://h/1"), (false, "redis://h/1".into()));
+    }
 
     #[test]
     fn the_default_replica_sits_beside_the_store() {
