@@ -36,6 +36,8 @@ pub mod redis;
 #[cfg(feature = "sled")]
 pub mod sled;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql_consumer;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql_error;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql_replica;

@@ -19,67 +19,12 @@
 //! - `remove` deletes the consumer's parked records and its checkpoint in one CTE.
 
 use async_trait::async_trait;
-use ports::{Checkpoint, ConsumerStore, ConsumerStoreError, Cursor, Lease, Parked, Position, Save};
-use serde::Deserialize;
+use ports::{Checkpoint, ConsumerStore, ConsumerStoreError, Lease, Parked, Save};
 use sqlx::Row;
-use sqlx::postgres::PgRow;
 
 use super::PostgresStore;
 use super::error::PgError;
-
-/// Data of consumer `name` that cannot be decoded.
-fn bad(name: &str, what: impl std::fmt::Display) -> ConsumerStoreError {
-    ConsumerStoreError::Other(format!(
-        "corrupt data in the store, consumer {name:?}: {what}"
-    ))
-}
-
-fn checkpoint(name: &str, row: &PgRow) -> Result<Checkpoint, ConsumerStoreError> {
-    let version: i64 = row.try_get("version").map_err(PgError::from)?;
-    let cursor: serde_json::Value = row.try_get("cursor").map_err(PgError::from)?;
-    Ok(Checkpoint {
-        position: Position::new(
-            row.try_get::<String, _>("position")
-                .map_err(PgError::from)?,
-        ),
-        cursor: Cursor::deserialize(&cursor)
-            .map_err(|e| bad(name, format_args!("unreadable cursor {cursor}: {e}")))?,
-        state: row.try_get("state").map_err(PgError::from)?,
-        version: u64::try_from(version)
-            .map_err(|_| bad(name, format_args!("negative version {version}")))?,
-        updated_at_ms: row.try_get("updated_at_ms").map_err(PgError::from)?,
-    })
-}
-
-fn parked(name: &str, row: &PgRow) -> Result<Parked, ConsumerStoreError> {
-    let id: i64 = row.try_get("id").map_err(PgError::from)?;
-    let lane: i64 = row.try_get("lane").map_err(PgError::from)?;
-    let record: serde_json::Value = row.try_get("record").map_err(PgError::from)?;
-    Ok(Parked {
-        id: u64::try_from(id).map_err(|_| bad(name, format_args!("parked id {id}")))?,
-        lane: u32::try_from(lane)
-            .map_err(|_| bad(name, format_args!("parked record {id}: lane {lane}")))?,
-        record: serde_json::from_value(record)
-            .map_err(|e| bad(name, format_args!("parked record {id}: {e}")))?,
-        error: row.try_get("error").map_err(PgError::from)?,
-        parked_at_ms: row.try_get("parked_at_ms").map_err(PgError::from)?,
-    })
-}
-
-fn lease(row: &PgRow) -> Result<Lease, ConsumerStoreError> {
-    let scope: String = row.try_get("scope").map_err(PgError::from)?;
-    let epoch: i64 = row.try_get("epoch").map_err(PgError::from)?;
-    Ok(Lease {
-        epoch: u64::try_from(epoch).map_err(|_| {
-            ConsumerStoreError::Other(format!(
-                "corrupt data in the store, lease {scope:?}: epoch {epoch}"
-            ))
-        })?,
-        holder: row.try_get("holder").map_err(PgError::from)?,
-        expires_at_ms: row.try_get("expires_at_ms").map_err(PgError::from)?,
-        scope,
-    })
-}
+use crate::sql_consumer::{self as sql, CheckpointRow, LeaseRow, ParkedRow, bad, fenced};
 
 /// Values that do not fit the columns (never produced by the runtime).
 fn out_of_range(what: &str) -> ConsumerStoreError {
@@ -141,15 +86,12 @@ impl ConsumerStore for PostgresStore {
     }
 
     async fn load(&self, name: &str) -> Result<Option<Checkpoint>, ConsumerStoreError> {
-        let row = sqlx::query(
-            "SELECT position, cursor, state, version, updated_at_ms FROM consumer_checkpoints \
-             WHERE name = $1",
-        )
-        .bind(name)
-        .fetch_optional(self.pool())
-        .await
-        .map_err(PgError::from)?;
-        row.map(|row| checkpoint(name, &row)).transpose()
+        let row = sqlx::query_as::<_, CheckpointRow>(sql::LOAD)
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(PgError::from)?;
+        row.map(|row| row.decode().map(|(_, cp)| cp)).transpose()
     }
 
     async fn save<'a>(&self, name: &str, save: &Save<'a>) -> Result<u64, ConsumerStoreError> {
@@ -207,20 +149,11 @@ impl ConsumerStore for PostgresStore {
     }
 
     async fn list(&self) -> Result<Vec<(String, Checkpoint)>, ConsumerStoreError> {
-        let rows = sqlx::query(
-            "SELECT name, position, cursor, state, version, updated_at_ms \
-             FROM consumer_checkpoints ORDER BY name",
-        )
-        .fetch_all(self.pool())
-        .await
-        .map_err(PgError::from)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let name: String = row.try_get("name").map_err(PgError::from)?;
-            let checkpoint = checkpoint(&name, row)?;
-            out.push((name, checkpoint));
-        }
-        Ok(out)
+        let rows = sqlx::query_as::<_, CheckpointRow>(sql::LIST)
+            .fetch_all(self.pool())
+            .await
+            .map_err(PgError::from)?;
+        rows.into_iter().map(CheckpointRow::decode).collect()
     }
 
     async fn remove(&self, name: &str) -> Result<bool, ConsumerStoreError> {
@@ -237,15 +170,12 @@ impl ConsumerStore for PostgresStore {
     }
 
     async fn parked(&self, name: &str) -> Result<Vec<Parked>, ConsumerStoreError> {
-        let rows = sqlx::query(
-            "SELECT id, lane, record, error, parked_at_ms FROM consumer_parked \
-             WHERE name = $1 ORDER BY id",
-        )
-        .bind(name)
-        .fetch_all(self.pool())
-        .await
-        .map_err(PgError::from)?;
-        rows.iter().map(|row| parked(name, row)).collect()
+        let rows = sqlx::query_as::<_, ParkedRow>(sql::PARKED)
+            .bind(name)
+            .fetch_all(self.pool())
+            .await
+            .map_err(PgError::from)?;
+        rows.into_iter().map(|row| row.decode(name)).collect()
     }
 
     async fn acquire_lease(
@@ -255,54 +185,34 @@ impl ConsumerStore for PostgresStore {
         ttl_ms: i64,
         now_ms: i64,
     ) -> Result<Option<Lease>, ConsumerStoreError> {
-        let row = sqlx::query(
-            "INSERT INTO consumer_leases AS l (scope, holder, epoch, expires_at_ms) \
-             VALUES ($1, $2, 1, $3) \
-             ON CONFLICT (scope) DO UPDATE SET \
-               epoch = CASE WHEN l.expires_at_ms <= $4 THEN l.epoch + 1 ELSE l.epoch END, \
-               holder = excluded.holder, expires_at_ms = excluded.expires_at_ms \
-             WHERE l.expires_at_ms <= $4 OR l.holder = excluded.holder \
-             RETURNING scope, holder, epoch, expires_at_ms",
-        )
-        .bind(scope)
-        .bind(holder)
-        .bind(now_ms.saturating_add(ttl_ms))
-        .bind(now_ms)
-        .fetch_optional(self.pool())
-        .await
-        .map_err(PgError::from)?;
-        row.as_ref().map(lease).transpose()
+        let row = sqlx::query_as::<_, LeaseRow>(sql::ACQUIRE_LEASE)
+            .bind(scope)
+            .bind(holder)
+            .bind(now_ms.saturating_add(ttl_ms))
+            .bind(now_ms)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(PgError::from)?;
+        row.map(Lease::try_from).transpose()
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<(), ConsumerStoreError> {
         let epoch = i64::try_from(lease.epoch).map_err(|_| out_of_range("lease epoch"))?;
-        sqlx::query(
-            "UPDATE consumer_leases SET expires_at_ms = 0 \
-             WHERE scope = $1 AND holder = $2 AND epoch = $3",
-        )
-        .bind(&lease.scope)
-        .bind(&lease.holder)
-        .bind(epoch)
-        .execute(self.pool())
-        .await
-        .map_err(PgError::from)?;
+        sqlx::query(sql::RELEASE_LEASE)
+            .bind(&lease.scope)
+            .bind(&lease.holder)
+            .bind(epoch)
+            .execute(self.pool())
+            .await
+            .map_err(PgError::from)?;
         Ok(())
     }
 
     async fn leases(&self) -> Result<Vec<Lease>, ConsumerStoreError> {
-        let rows = sqlx::query(
-            "SELECT scope, holder, epoch, expires_at_ms FROM consumer_leases ORDER BY scope",
-        )
-        .fetch_all(self.pool())
-        .await
-        .map_err(PgError::from)?;
-        rows.iter().map(lease).collect()
+        let rows = sqlx::query_as::<_, LeaseRow>(sql::LEASES)
+            .fetch_all(self.pool())
+            .await
+            .map_err(PgError::from)?;
+        rows.into_iter().map(Lease::try_from).collect()
     }
-}
-
-/// The error of a save whose lease is no longer the stored one.
-fn fenced(lease: Option<&Lease>) -> ConsumerStoreError {
-    ConsumerStoreError::Fenced(lease.map_or_else(String::new, |l| {
-        format!("{} (holder {}, epoch {})", l.scope, l.holder, l.epoch)
-    }))
 }

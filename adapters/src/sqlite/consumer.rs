@@ -9,66 +9,11 @@
 //! the stored row (free, expired, or the caller's own).
 
 use async_trait::async_trait;
-use ports::{Checkpoint, ConsumerStore, ConsumerStoreError, Cursor, Lease, Parked, Position, Save};
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use ports::{Checkpoint, ConsumerStore, ConsumerStoreError, Lease, Parked, Save};
 
 use super::SqliteStore;
 use super::error::{Error, corrupt};
-
-/// Data of consumer `name` that cannot be decoded.
-fn bad(name: &str, what: impl std::fmt::Display) -> ConsumerStoreError {
-    ConsumerStoreError::Other(format!(
-        "corrupt data in the store, consumer {name:?}: {what}"
-    ))
-}
-
-fn checkpoint_from_row(name: &str, row: &SqliteRow) -> Result<Checkpoint, ConsumerStoreError> {
-    let position: String = row.try_get("position").map_err(Error::from)?;
-    let cursor: String = row.try_get("cursor").map_err(Error::from)?;
-    let state: String = row.try_get("state").map_err(Error::from)?;
-    let version: i64 = row.try_get("version").map_err(Error::from)?;
-    Ok(Checkpoint {
-        position: Position::new(position),
-        cursor: serde_json::from_str::<Cursor>(&cursor)
-            .map_err(|e| bad(name, format_args!("unreadable cursor {cursor}: {e}")))?,
-        state: serde_json::from_str(&state)
-            .map_err(|e| bad(name, format_args!("unreadable state: {e}")))?,
-        version: u64::try_from(version)
-            .map_err(|_| bad(name, format_args!("negative version {version}")))?,
-        updated_at_ms: row.try_get("updated_at_ms").map_err(Error::from)?,
-    })
-}
-
-fn parked_from_row(name: &str, row: &SqliteRow) -> Result<Parked, ConsumerStoreError> {
-    let id: i64 = row.try_get("id").map_err(Error::from)?;
-    let lane: i64 = row.try_get("lane").map_err(Error::from)?;
-    let record: String = row.try_get("record").map_err(Error::from)?;
-    Ok(Parked {
-        id: u64::try_from(id).map_err(|_| bad(name, format_args!("parked id {id}")))?,
-        lane: u32::try_from(lane)
-            .map_err(|_| bad(name, format_args!("parked record {id}: lane {lane}")))?,
-        record: serde_json::from_str(&record)
-            .map_err(|e| bad(name, format_args!("parked record {id}: {e}")))?,
-        error: row.try_get("error").map_err(Error::from)?,
-        parked_at_ms: row.try_get("parked_at_ms").map_err(Error::from)?,
-    })
-}
-
-fn lease_from_row(row: &SqliteRow) -> Result<Lease, ConsumerStoreError> {
-    let scope: String = row.try_get("scope").map_err(Error::from)?;
-    let epoch: i64 = row.try_get("epoch").map_err(Error::from)?;
-    Ok(Lease {
-        epoch: u64::try_from(epoch).map_err(|_| {
-            ConsumerStoreError::Other(format!(
-                "corrupt data in the store, lease {scope:?}: epoch {epoch}"
-            ))
-        })?,
-        holder: row.try_get("holder").map_err(Error::from)?,
-        expires_at_ms: row.try_get("expires_at_ms").map_err(Error::from)?,
-        scope,
-    })
-}
+use crate::sql_consumer::{self as sql, CheckpointRow, LeaseRow, ParkedRow, fenced};
 
 /// Why a save wrote nothing.
 enum Refused {
@@ -214,23 +159,15 @@ impl SqliteStore {
         holder: &str,
         expires_at_ms: i64,
         now_ms: i64,
-    ) -> Result<Option<SqliteRow>, Error> {
+    ) -> Result<Option<LeaseRow>, Error> {
         let mut tx = self.write().await?;
-        let row = sqlx::query(
-            "INSERT INTO consumer_leases AS l (scope, holder, epoch, expires_at_ms) \
-             VALUES (?1, ?2, 1, ?3) \
-             ON CONFLICT (scope) DO UPDATE SET \
-               epoch = CASE WHEN l.expires_at_ms <= ?4 THEN l.epoch + 1 ELSE l.epoch END, \
-               holder = excluded.holder, expires_at_ms = excluded.expires_at_ms \
-             WHERE l.expires_at_ms <= ?4 OR l.holder = excluded.holder \
-             RETURNING scope, holder, epoch, expires_at_ms",
-        )
-        .bind(scope)
-        .bind(holder)
-        .bind(expires_at_ms)
-        .bind(now_ms)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let row = sqlx::query_as::<_, LeaseRow>(sql::ACQUIRE_LEASE)
+            .bind(scope)
+            .bind(holder)
+            .bind(expires_at_ms)
+            .bind(now_ms)
+            .fetch_optional(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(row)
     }
@@ -238,15 +175,12 @@ impl SqliteStore {
     async fn release_tx(&self, lease: &Lease) -> Result<(), Error> {
         let epoch = i64::try_from(lease.epoch).map_err(|_| corrupt("epoch overflow"))?;
         let mut tx = self.write().await?;
-        sqlx::query(
-            "UPDATE consumer_leases SET expires_at_ms = 0 \
-             WHERE scope = ? AND holder = ? AND epoch = ?",
-        )
-        .bind(&lease.scope)
-        .bind(&lease.holder)
-        .bind(epoch)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(sql::RELEASE_LEASE)
+            .bind(&lease.scope)
+            .bind(&lease.holder)
+            .bind(epoch)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -259,15 +193,12 @@ impl ConsumerStore for SqliteStore {
     }
 
     async fn load(&self, name: &str) -> Result<Option<Checkpoint>, ConsumerStoreError> {
-        let row = sqlx::query(
-            "SELECT position, cursor, state, version, updated_at_ms FROM consumer_checkpoints \
-             WHERE name = ?",
-        )
-        .bind(name)
-        .fetch_optional(self.reader())
-        .await
-        .map_err(Error::from)?;
-        row.map(|row| checkpoint_from_row(name, &row)).transpose()
+        let row = sqlx::query_as::<_, CheckpointRow>(sql::LOAD)
+            .bind(name)
+            .fetch_optional(self.reader())
+            .await
+            .map_err(Error::from)?;
+        row.map(|row| row.decode().map(|(_, cp)| cp)).transpose()
     }
 
     async fn save<'a>(&self, name: &str, save: &Save<'a>) -> Result<u64, ConsumerStoreError> {
@@ -279,20 +210,11 @@ impl ConsumerStore for SqliteStore {
     }
 
     async fn list(&self) -> Result<Vec<(String, Checkpoint)>, ConsumerStoreError> {
-        let rows = sqlx::query(
-            "SELECT name, position, cursor, state, version, updated_at_ms \
-             FROM consumer_checkpoints ORDER BY name",
-        )
-        .fetch_all(self.reader())
-        .await
-        .map_err(Error::from)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let name: String = row.try_get("name").map_err(Error::from)?;
-            let checkpoint = checkpoint_from_row(&name, row)?;
-            out.push((name, checkpoint));
-        }
-        Ok(out)
+        let rows = sqlx::query_as::<_, CheckpointRow>(sql::LIST)
+            .fetch_all(self.reader())
+            .await
+            .map_err(Error::from)?;
+        rows.into_iter().map(CheckpointRow::decode).collect()
     }
 
     async fn remove(&self, name: &str) -> Result<bool, ConsumerStoreError> {
@@ -300,15 +222,12 @@ impl ConsumerStore for SqliteStore {
     }
 
     async fn parked(&self, name: &str) -> Result<Vec<Parked>, ConsumerStoreError> {
-        let rows = sqlx::query(
-            "SELECT id, lane, record, error, parked_at_ms FROM consumer_parked \
-             WHERE name = ? ORDER BY id",
-        )
-        .bind(name)
-        .fetch_all(self.reader())
-        .await
-        .map_err(Error::from)?;
-        rows.iter().map(|row| parked_from_row(name, row)).collect()
+        let rows = sqlx::query_as::<_, ParkedRow>(sql::PARKED)
+            .bind(name)
+            .fetch_all(self.reader())
+            .await
+            .map_err(Error::from)?;
+        rows.into_iter().map(|row| row.decode(name)).collect()
     }
 
     async fn acquire_lease(
@@ -321,7 +240,7 @@ impl ConsumerStore for SqliteStore {
         let row = self
             .acquire_tx(scope, holder, now_ms.saturating_add(ttl_ms), now_ms)
             .await?;
-        row.as_ref().map(lease_from_row).transpose()
+        row.map(Lease::try_from).transpose()
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<(), ConsumerStoreError> {
@@ -329,19 +248,10 @@ impl ConsumerStore for SqliteStore {
     }
 
     async fn leases(&self) -> Result<Vec<Lease>, ConsumerStoreError> {
-        let rows = sqlx::query(
-            "SELECT scope, holder, epoch, expires_at_ms FROM consumer_leases ORDER BY scope",
-        )
-        .fetch_all(self.reader())
-        .await
-        .map_err(Error::from)?;
-        rows.iter().map(lease_from_row).collect()
+        let rows = sqlx::query_as::<_, LeaseRow>(sql::LEASES)
+            .fetch_all(self.reader())
+            .await
+            .map_err(Error::from)?;
+        rows.into_iter().map(Lease::try_from).collect()
     }
-}
-
-/// The error of a save whose lease is no longer the stored one.
-fn fenced(lease: Option<&Lease>) -> ConsumerStoreError {
-    ConsumerStoreError::Fenced(lease.map_or_else(String::new, |l| {
-        format!("{} (holder {}, epoch {})", l.scope, l.holder, l.epoch)
-    }))
 }
