@@ -300,13 +300,24 @@ pub struct Consumer<H> {
     parked_keys: tokio::sync::Mutex<Option<HashSet<String>>>,
 }
 
-/// How one batch sorts out: the cursor after it, the new records for the handler (with
-/// their index in the batch), and the records to park.
+/// How one batch sorts out: the cursor after it, the index in the batch of each new record
+/// for the handler, and the records to park.
 struct Sorted {
     cursor: Cursor,
-    fresh: Vec<Delivery>,
     at: Vec<usize>,
     park: Vec<ToPark>,
+}
+
+impl Sorted {
+    /// The new records of `batch`: the batch itself when every record is new (the usual
+    /// case: nothing is copied), else copies of the new ones.
+    fn fresh<'b>(&self, batch: &'b [Delivery]) -> std::borrow::Cow<'b, [Delivery]> {
+        if self.at.len() == batch.len() {
+            std::borrow::Cow::Borrowed(batch)
+        } else {
+            std::borrow::Cow::Owned(self.at.iter().map(|&i| batch[i].clone()).collect())
+        }
+    }
 }
 
 impl<H: Handler> Consumer<H> {
@@ -438,7 +449,7 @@ impl<H: Handler> Consumer<H> {
         errors: &HashMap<usize, String>,
     ) -> Sorted {
         let mut cursor = start.clone();
-        let (mut fresh, mut at, mut park) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut at, mut park) = (Vec::new(), Vec::new());
         for (i, d) in deliveries.iter().enumerate() {
             if cursor.marks.see(d.lane, &d.record) == Seen::Duplicate {
                 cursor.duplicates += 1;
@@ -464,15 +475,9 @@ impl<H: Handler> Consumer<H> {
                 });
                 continue;
             }
-            fresh.push(d.clone());
             at.push(i);
         }
-        Sorted {
-            cursor,
-            fresh,
-            at,
-            park,
-        }
+        Sorted { cursor, at, park }
     }
 
     /// The keys of parked records, loaded once.
@@ -590,14 +595,15 @@ impl<H: Handler> Consumer<H> {
             cp.state.clone()
         };
         let mut from = 0;
-        while from < sorted.fresh.len() {
-            let handled = self.handler.handle(state, &sorted.fresh[from..]).await?;
+        let mut fresh = sorted.fresh(&batch.deliveries);
+        while from < fresh.len() {
+            let handled = self.handler.handle(state, &fresh[from..]).await?;
             state = handled.state;
             let Some((k, why)) = handled.failed else {
                 break;
             };
             let k = from + k;
-            let failing = &sorted.fresh[k];
+            let failing = &fresh[k];
             let attempt = self.failed_attempt(failing);
             let record = &failing.record;
             if attempt < self.policy.max_attempts || self.policy.on_failure == OnFailure::Stop {
@@ -644,6 +650,7 @@ impl<H: Handler> Consumer<H> {
             errors.insert(at, why);
             parked_keys.insert(record.key.clone());
             sorted = self.sort_out(&cp.cursor, &batch.deliveries, &parked_keys, &errors);
+            fresh = sorted.fresh(&batch.deliveries);
             from = sorted.at.partition_point(|&i| i <= at);
         }
         if self.faults.consumer_crash() {
@@ -661,7 +668,7 @@ impl<H: Handler> Consumer<H> {
         .await?;
         self.forget_attempts();
         let now = self.clock.now_ms();
-        for d in &sorted.fresh {
+        for d in fresh.iter() {
             if self.measured.is_none_or(|k| d.record.kind == k) {
                 self.metrics.record_latency(now - d.record.recorded_at_ms);
             }
