@@ -492,7 +492,7 @@ async fn a_long_transaction_holds_back_only_its_own_records() {
 }
 
 /// Adapter-specific: records numbered by the streamer's claim sequencer (one claimed-batch row
-/// per batch, migration 0005) and records numbered in place by the log's row sequencer form
+/// of ids per batch, migrations 0005 and 0007) and records numbered in place by the log's row sequencer form
 /// one gap-free sequence, which the Postgres-only log reads, counts and trims, and from which
 /// `remove` takes exactly what it is given. (A cutover back to the Postgres-only log leaves
 /// claimed records behind: the log must deliver them.)

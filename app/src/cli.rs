@@ -361,6 +361,11 @@ pub enum Command {
         /// Its name (its checkpoint's key).
         #[arg(long, env = "RIDES_CONSUMER_NAME")]
         name: Option<String>,
+        /// Run it per lane of the log (Kafka partitions): one lease, checkpoint and marks
+        /// per lane (`NAME/lane-k`), the lanes shared fairly by every instance started this
+        /// way, so up to one instance per lane work in parallel. Choose once per consumer.
+        #[arg(long, env = "RIDES_PER_LANE")]
+        per_lane: bool,
         /// Look after consumers instead of running one.
         #[command(subcommand)]
         action: Option<ConsumerAction>,
@@ -699,9 +704,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Consumer {
             name: Some(name),
             action: None,
+            per_lane,
         } => {
             let mut c = FleetConfig::nothing();
             c.consumers = vec![name];
+            c.per_lane = per_lane;
             run_fleet(common, c).await
         }
         Command::Consumer {
@@ -711,6 +718,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Consumer {
             name: None,
             action: None,
+            ..
         } => {
             anyhow::bail!(
                 "rides consumer needs --name NAME (to run one) or a subcommand (list, parked, retry-parked, remove)"

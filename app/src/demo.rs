@@ -221,6 +221,60 @@ impl Verdict {
     }
 }
 
+/// One view per consumer: the lanes of a consumer that runs per lane (`NAME/lane-k`, see
+/// [`crate::runtime::lanes`]) add up to one consumer `NAME`, with one position of the whole
+/// log when every lane has one.
+fn merge_lanes(views: Vec<ConsumerView>, log: &dyn ports::Log) -> Vec<ConsumerView> {
+    let mut out: Vec<ConsumerView> = Vec::new();
+    let mut lanes: std::collections::BTreeMap<String, Vec<(u32, ConsumerView)>> =
+        std::collections::BTreeMap::new();
+    for v in views {
+        match crate::runtime::lanes::split_lane(&v.name) {
+            Some((base, lane)) => lanes.entry(base.to_owned()).or_default().push((lane, v)),
+            None => out.push(v),
+        }
+    }
+    for (name, mut parts) in lanes {
+        parts.sort_by_key(|(lane, _)| *lane);
+        let positions: Vec<ports::Position> = parts
+            .iter()
+            .map(|(_, v)| {
+                ports::Position::new(if v.position == "start" {
+                    ""
+                } else {
+                    &v.position
+                })
+            })
+            .collect();
+        let position = log.merge_lanes(&positions).map_or_else(
+            |_| {
+                parts
+                    .iter()
+                    .map(|(lane, v)| format!("lane {lane}: {}", v.position))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            },
+            |p| p.to_string(),
+        );
+        let mut whole = ConsumerView {
+            name,
+            position,
+            lag: Some(0),
+            ..ConsumerView::default()
+        };
+        for (_, v) in parts {
+            whole.rides += v.rides;
+            whole.distance_mm += v.distance_mm;
+            whole.duplicates += v.duplicates;
+            whole.parked += v.parked;
+            whole.lag = whole.lag.zip(v.lag).map(|(a, b)| a + b);
+        }
+        whole.distance_m = whole.distance_mm as f64 / 1000.0;
+        out.push(whole);
+    }
+    out
+}
+
 /// Reads every registered consumer and the store's truth, and compares them.
 ///
 /// Consumers are read **before** the truth: everything a consumer has counted was committed
@@ -237,9 +291,11 @@ pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result
     let mut consumers = Vec::new();
     let mut replica_lag = None;
     for (name, cp) in stores.consumers.list().await.context("listing consumers")? {
-        let lag = match &cp.cursor.log_url {
-            Some(url) => log.follow(url).await?.log.lag(&cp.position).await.ok(),
-            None => log.log.lag(&cp.position).await.ok(),
+        let lane = crate::runtime::lanes::split_lane(&name).map(|(_, lane)| lane);
+        let lag = match (&cp.cursor.log_url, lane) {
+            (Some(url), _) => log.follow(url).await?.log.lag(&cp.position).await.ok(),
+            (None, Some(lane)) => log.log.lag_lane(lane, &cp.position).await.ok(),
+            (None, None) => log.log.lag(&cp.position).await.ok(),
         };
         if name == sync::DEFAULT_NAME || cp.cursor.kind.as_deref() == Some(sync::KIND) {
             replica_lag = lag;
@@ -267,6 +323,7 @@ pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result
             lag,
         });
     }
+    let mut consumers = merge_lanes(consumers, log.log.as_ref());
     let now_ms = ports::Clock::now_ms(&ports::SystemClock);
     let leases = stores
         .consumers

@@ -655,6 +655,31 @@ impl Log for LazyLog {
     async fn len(&self) -> Result<u64, LogError> {
         self.get().await?.len().await
     }
+    /// The lanes of the log once it is open (1 before: ping it first to know).
+    fn lanes(&self) -> u32 {
+        self.inner.get().map_or(1, |l| l.lanes())
+    }
+    async fn read_lane(
+        &self,
+        lane: u32,
+        from: &ports::Position,
+        max: usize,
+        wait: std::time::Duration,
+    ) -> Result<ports::Batch, LogError> {
+        self.get().await?.read_lane(lane, from, max, wait).await
+    }
+    async fn lag_lane(&self, lane: u32, from: &ports::Position) -> Result<u64, LogError> {
+        self.get().await?.lag_lane(lane, from).await
+    }
+    fn merge_lanes(&self, lanes: &[ports::Position]) -> Result<ports::Position, LogError> {
+        match self.inner.get() {
+            Some(l) => l.merge_lanes(lanes),
+            None => Err(LogError::Unavailable(format!(
+                "{} is not reachable yet",
+                redact(&self.url)
+            ))),
+        }
+    }
 }
 
 async fn open_log_once(url: &str, stores: &Stores) -> anyhow::Result<(Arc<dyn Log>, bool)> {

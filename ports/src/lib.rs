@@ -32,7 +32,7 @@ pub mod contract;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use consumer::{Checkpoint, ConsumerStore, Cursor, Lease, Parked, Save, ToPark};
 pub use error::{ConsumerStoreError, LogError, PaymentError, ReplicaError, StoreError};
-pub use log::{Batch, Delivery, Log, Position};
+pub use log::{Batch, Delivery, LaneLog, Log, Position};
 pub use outbox::{Outbox, Route};
 pub use payment::{Charge, ChargeRequest, PaymentGateway};
 pub use replica::Replica;

@@ -155,6 +155,122 @@ pub trait Log: Send + Sync + 'static {
     /// # Errors
     /// [`LogError::Unavailable`] when the backend cannot be reached.
     async fn len(&self) -> Result<u64, LogError>;
+
+    /// How many lanes the log has: 1 unless it partitions (Kafka: the topic's partitions).
+    /// Order holds within a lane; lanes can be read separately, each by its own owner
+    /// ([`Log::read_lane`]), which is how one consumer scales out.
+    fn lanes(&self) -> u32 {
+        1
+    }
+
+    /// [`Log::read`] restricted to `lane`: reads only that lane's records, and the position
+    /// it returns covers that lane only. On a one-lane log, lane 0 is the whole log.
+    ///
+    /// # Errors
+    /// As [`Log::read`]; [`LogError::Other`] for a lane the log does not have.
+    async fn read_lane(
+        &self,
+        lane: u32,
+        from: &Position,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Batch, LogError> {
+        if lane == 0 && self.lanes() == 1 {
+            self.read(from, max, wait).await
+        } else {
+            Err(no_such_lane(&self.describe(), lane, self.lanes()))
+        }
+    }
+
+    /// [`Log::lag`] of a position returned by [`Log::read_lane`] for `lane`.
+    ///
+    /// # Errors
+    /// As [`Log::read_lane`].
+    async fn lag_lane(&self, lane: u32, from: &Position) -> Result<u64, LogError> {
+        if lane == 0 && self.lanes() == 1 {
+            self.lag(from).await
+        } else {
+            Err(no_such_lane(&self.describe(), lane, self.lanes()))
+        }
+    }
+
+    /// One position of the whole log from one position per lane (`lanes[k]` from
+    /// [`Log::read_lane`] of lane k, every lane present): what [`Log::trim`] and [`Log::lag`]
+    /// take for a consumer that reads its lanes separately.
+    ///
+    /// # Errors
+    /// [`LogError::InvalidPosition`] when a position is not one of its lane;
+    /// [`LogError::Other`] when `lanes` does not hold one position per lane.
+    fn merge_lanes(&self, lanes: &[Position]) -> Result<Position, LogError> {
+        match lanes {
+            [one] if self.lanes() == 1 => Ok(one.clone()),
+            _ => Err(LogError::Other(format!(
+                "{}: {} lane positions for {} lanes",
+                self.describe(),
+                lanes.len(),
+                self.lanes()
+            ))),
+        }
+    }
+}
+
+/// The error for a lane a log does not have.
+pub fn no_such_lane(log: &str, lane: u32, lanes: u32) -> LogError {
+    LogError::Other(format!("{log} has no lane {lane} (it has {lanes})"))
+}
+
+/// One lane of a log, as a log of its own: reads and lags through [`Log::read_lane`] and
+/// [`Log::lag_lane`]; appends, trims and counts go to the whole log. A consumer that owns
+/// one lane reads it through this view with the runtime unchanged.
+pub struct LaneLog {
+    inner: std::sync::Arc<dyn Log>,
+    lane: u32,
+}
+
+impl LaneLog {
+    /// Lane `lane` of `inner`.
+    ///
+    /// # Errors
+    /// [`LogError::Other`] for a lane the log does not have.
+    pub fn new(inner: std::sync::Arc<dyn Log>, lane: u32) -> Result<Self, LogError> {
+        if lane >= inner.lanes() {
+            return Err(no_such_lane(&inner.describe(), lane, inner.lanes()));
+        }
+        Ok(Self { inner, lane })
+    }
+
+    /// The lane this view reads.
+    pub fn lane(&self) -> u32 {
+        self.lane
+    }
+}
+
+#[async_trait]
+impl Log for LaneLog {
+    fn describe(&self) -> String {
+        format!("{} (lane {})", self.inner.describe(), self.lane)
+    }
+    async fn ping(&self) -> Result<(), LogError> {
+        self.inner.ping().await
+    }
+    async fn append(&self, records: &[LogRecord]) -> Result<(), LogError> {
+        self.inner.append(records).await
+    }
+    async fn read(&self, from: &Position, max: usize, wait: Duration) -> Result<Batch, LogError> {
+        self.inner.read_lane(self.lane, from, max, wait).await
+    }
+    async fn lag(&self, from: &Position) -> Result<u64, LogError> {
+        self.inner.lag_lane(self.lane, from).await
+    }
+    async fn trim(&self, checkpoints: &[Position]) -> Result<u64, LogError> {
+        self.inner.trim(checkpoints).await
+    }
+    async fn held_back(&self) -> Result<Option<Duration>, LogError> {
+        self.inner.held_back().await
+    }
+    async fn len(&self) -> Result<u64, LogError> {
+        self.inner.len().await
+    }
 }
 
 const _: fn(&dyn Log) = |_| {};

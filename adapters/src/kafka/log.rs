@@ -161,6 +161,69 @@ impl KafkaLog {
         self.partitions
     }
 
+    /// The partition of lane `lane`.
+    fn lane_partition(&self, lane: u32) -> Result<i32, LogError> {
+        i32::try_from(lane)
+            .ok()
+            .filter(|p| *p < self.partitions)
+            .ok_or_else(|| ports::log::no_such_lane(&self.describe(), lane, self.lanes()))
+    }
+
+    /// The offsets of a lane position: partition `p` only.
+    fn lane_offsets(&self, pos: &Position, p: i32) -> Result<Offsets, LogError> {
+        let offsets = decode(pos, self.partitions)?;
+        if offsets.keys().any(|k| *k != p) {
+            return Err(LogError::InvalidPosition(pos.as_str().to_owned()));
+        }
+        Ok(offsets)
+    }
+
+    /// [`Log::read`] of partition `only` (from a lane position), or of every partition.
+    async fn read_partitions(
+        &self,
+        from: &Position,
+        max: usize,
+        wait: Duration,
+        only: Option<i32>,
+    ) -> Result<Batch, LogError> {
+        let start = match only {
+            Some(p) => self.lane_offsets(from, p)?,
+            None => decode(from, self.partitions)?,
+        };
+        let empty = || Batch {
+            deliveries: Vec::new(),
+            next: from.clone(),
+        };
+        if max == 0 {
+            return Ok(empty());
+        }
+        let mut assignment = TopicPartitionList::with_capacity(self.partitions as usize);
+        for p in (0..self.partitions).filter(|p| only.is_none_or(|o| o == *p)) {
+            let offset = start
+                .get(&p)
+                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            assignment
+                .add_partition_offset(&self.topic, p, offset)
+                .map_err(log_error)?;
+        }
+        let consumer = self.take_consumer()?;
+        consumer.assign(&assignment).map_err(log_error)?;
+        // On an error the consumer is dropped rather than pooled: its state is unknown.
+        let read = self
+            .read_assigned(&consumer, &start, max, wait, only)
+            .await?;
+        if consumer.unassign().is_ok() {
+            self.give_back(consumer);
+        }
+        Ok(match read {
+            Some((deliveries, next)) if !deliveries.is_empty() => Batch {
+                deliveries,
+                next: encode(&next),
+            },
+            _ => empty(),
+        })
+    }
+
     /// `(low, high)` watermarks of every partition, in partition order.
     async fn watermarks(&self) -> Result<Vec<(i64, i64)>, LogError> {
         let meta = Arc::clone(&self.meta);
@@ -176,11 +239,12 @@ impl KafkaLog {
         .map_err(log_error)
     }
 
-    /// Records after `from` (see [`Log::lag`]).
-    async fn lag_of(&self, from: &Offsets) -> Result<u64, LogError> {
+    /// Records after `from` (see [`Log::lag`]), on partition `only` or on all of them.
+    async fn lag_of(&self, from: &Offsets, only: Option<i32>) -> Result<u64, LogError> {
         let marks = self.watermarks().await?;
         Ok((0i32..)
             .zip(marks)
+            .filter(|(p, _)| only.is_none_or(|o| o == *p))
             .map(|(p, (low, high))| {
                 let next = from.get(&p).copied().unwrap_or(low).max(low);
                 u64::try_from(high - next).unwrap_or(0)
@@ -247,13 +311,15 @@ impl KafkaLog {
         }
     }
 
-    /// The body of [`Log::read`] on a consumer already assigned at `start`.
+    /// The body of [`Log::read`] on a consumer already assigned at `start` (to partition
+    /// `only`, or to every partition).
     async fn read_assigned(
         &self,
         consumer: &StreamConsumer,
         start: &Offsets,
         max: usize,
         wait: Duration,
+        only: Option<i32>,
     ) -> Result<Option<(Vec<Delivery>, Offsets)>, LogError> {
         let mut next = start.clone();
         let mut first = self
@@ -264,7 +330,7 @@ impl KafkaLog {
             // consumer was still connecting/fetching. The watermarks tell which; in the
             // second case the records are there and the read waits for them (bounded),
             // so that an empty batch always means "nothing after `from`".
-            let lag = self.lag_of(start).await?;
+            let lag = self.lag_of(start, only).await?;
             if lag == 0 {
                 return Ok(None);
             }
@@ -430,42 +496,49 @@ impl Log for KafkaLog {
     }
 
     async fn read(&self, from: &Position, max: usize, wait: Duration) -> Result<Batch, LogError> {
-        let start = decode(from, self.partitions)?;
-        let empty = || Batch {
-            deliveries: Vec::new(),
-            next: from.clone(),
-        };
-        if max == 0 {
-            return Ok(empty());
-        }
-        let mut assignment = TopicPartitionList::with_capacity(self.partitions as usize);
-        for p in 0..self.partitions {
-            let offset = start
-                .get(&p)
-                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
-            assignment
-                .add_partition_offset(&self.topic, p, offset)
-                .map_err(log_error)?;
-        }
-        let consumer = self.take_consumer()?;
-        consumer.assign(&assignment).map_err(log_error)?;
-        // On an error the consumer is dropped rather than pooled: its state is unknown.
-        let read = self.read_assigned(&consumer, &start, max, wait).await?;
-        if consumer.unassign().is_ok() {
-            self.give_back(consumer);
-        }
-        Ok(match read {
-            Some((deliveries, next)) if !deliveries.is_empty() => Batch {
-                deliveries,
-                next: encode(&next),
-            },
-            _ => empty(),
-        })
+        self.read_partitions(from, max, wait, None).await
     }
 
     async fn lag(&self, from: &Position) -> Result<u64, LogError> {
         let from = decode(from, self.partitions)?;
-        self.lag_of(&from).await
+        self.lag_of(&from, None).await
+    }
+
+    fn lanes(&self) -> u32 {
+        u32::try_from(self.partitions).unwrap_or(1)
+    }
+
+    async fn read_lane(
+        &self,
+        lane: u32,
+        from: &Position,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Batch, LogError> {
+        let p = self.lane_partition(lane)?;
+        self.read_partitions(from, max, wait, Some(p)).await
+    }
+
+    async fn lag_lane(&self, lane: u32, from: &Position) -> Result<u64, LogError> {
+        let p = self.lane_partition(lane)?;
+        let from = self.lane_offsets(from, p)?;
+        self.lag_of(&from, Some(p)).await
+    }
+
+    fn merge_lanes(&self, lanes: &[Position]) -> Result<Position, LogError> {
+        if lanes.len() != self.lanes() as usize {
+            return Err(LogError::Other(format!(
+                "kafka: {} lane positions for the {} partitions of {}",
+                lanes.len(),
+                self.partitions,
+                self.topic
+            )));
+        }
+        let mut all = Offsets::new();
+        for (p, pos) in (0i32..).zip(lanes) {
+            all.extend(self.lane_offsets(pos, p)?);
+        }
+        Ok(encode(&all))
     }
 
     async fn trim(&self, checkpoints: &[Position]) -> Result<u64, LogError> {

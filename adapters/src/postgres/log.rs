@@ -15,8 +15,8 @@ use tokio::time::Instant;
 
 use super::error::PgError;
 use super::outbox::{
-    RECORD_COLUMNS, SEQUENCER_LOCK_CLASS, Staged, count_above, insert, record_from_row,
-    sequenced_above,
+    CLAIMED_ROWS, CLAIMED_SEQ, RECORD_COLUMNS, SEQUENCER_LOCK_CLASS, Staged, UNCLAIMED,
+    claimed_countdown, count_above, insert, record_from_row, sequenced_above,
 };
 use super::{PgOptions, PostgresStore};
 
@@ -195,7 +195,7 @@ impl Log for PostgresLog {
         self.store.sequence().await?;
         static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
             format!(
-                "SELECT (SELECT count(*) FROM outbox WHERE seq IS NULL) + {}",
+                "SELECT (SELECT count(*) FROM outbox WHERE {UNCLAIMED}) + {}",
                 count_above("$1")
             )
         });
@@ -221,26 +221,26 @@ impl Log for PostgresLog {
         let Some(min) = min.filter(|_| !has_start) else {
             return Ok(0);
         };
-        // Rows at or below `min`; claimed batches wholly below it; and the elements at or
-        // below it of a batch that straddles it. One statement.
-        let done: i64 = sqlx::query_scalar(
-            "WITH gone AS (DELETE FROM outbox WHERE seq <= $1 RETURNING 1), \
-             whole AS (DELETE FROM outbox_claimed WHERE last_seq <= $1 \
-                       RETURNING cardinality(records) AS n), \
-             part AS (UPDATE outbox_claimed c \
-                      SET records = ARRAY(SELECT r FROM unnest(c.records) r WHERE r.seq > $1), \
-                          whole = false \
-                      FROM (SELECT first_seq, cardinality(records) AS n FROM outbox_claimed \
-                            WHERE first_seq <= $1 AND last_seq > $1) o \
-                      WHERE c.first_seq = o.first_seq \
-                      RETURNING o.n - cardinality(c.records) AS n) \
-             SELECT (SELECT count(*) FROM gone) + coalesce((SELECT sum(n) FROM whole), 0) \
-                    + coalesce((SELECT sum(n) FROM part), 0)",
-        )
-        .bind(min)
-        .fetch_one(self.store.pool())
-        .await
-        .map_err(PgError::from)?;
+        // Rows sequenced in place at or below `min`, and claimed rows at or below it (their
+        // batches count down, and go once empty). One statement.
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "WITH gone AS (DELETE FROM outbox WHERE seq <= $1 RETURNING 1), \
+                 gone_claimed AS ( \
+                   DELETE FROM outbox o2 USING ( \
+                     SELECT c.first_seq, o.id FROM {CLAIMED_ROWS} \
+                     WHERE c.first_seq <= $1 AND {CLAIMED_SEQ} <= $1) h \
+                   WHERE o2.id = h.id RETURNING h.first_seq), \
+                 {} \
+                 SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM gone_claimed)",
+                claimed_countdown("gone_claimed")
+            )
+        });
+        let done: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(SQL.as_str()))
+            .bind(min)
+            .fetch_one(self.store.pool())
+            .await
+            .map_err(PgError::from)?;
         Ok(u64::try_from(done).unwrap_or_default())
     }
 

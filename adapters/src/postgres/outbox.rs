@@ -32,17 +32,31 @@ pub(crate) const RECORD_COLUMNS: &str = "seq, producer, producer_seq, record_id:
      stream, key, kind, payload, correlation_id::text AS correlation_id, \
      causation_id::text AS causation_id, recorded_at_ms";
 
+/// The outbox rows of claimed batches (migration 0007) with their seqs: `first_seq + k - 1`
+/// for the id at ordinality k. Selects `c` (the batch), `o` (the row) and `seq`.
+pub(crate) const CLAIMED_ROWS: &str = "outbox_claimed c \
+     CROSS JOIN LATERAL unnest(c.ids) WITH ORDINALITY AS u(id, ord) \
+     JOIN outbox o ON o.id = u.id";
+
+/// The seq of a claimed row in [`CLAIMED_ROWS`].
+pub(crate) const CLAIMED_SEQ: &str = "(c.first_seq + u.ord - 1)";
+
+/// Unsequenced rows that no claimed batch names: what the sequencers take next.
+pub(crate) const UNCLAIMED: &str =
+    "seq IS NULL AND id NOT IN (SELECT unnest(cl.ids) FROM outbox_claimed cl)";
+
 /// The sequenced records above `after`, at most `limit` of the rows (both SQL expressions):
-/// the rows the row sequencer numbered in place, and the elements of claimed batches
-/// (migration 0005), with the `outbox` table's columns. The caller orders and limits the
+/// the rows the row sequencer numbered in place, and the rows of claimed batches (migration
+/// 0007), with the `outbox` table's columns in its order. The caller orders and limits the
 /// union. Claimed batches are few (the streamer removes them once sent), so their part is
 /// read whole.
 pub(crate) fn sequenced_above(after: &str, limit: &str) -> String {
     format!(
         "(SELECT * FROM outbox WHERE seq > {after} ORDER BY seq LIMIT {limit}) \
          UNION ALL \
-         (SELECT r.* FROM outbox_claimed c, unnest(c.records) r \
-          WHERE c.last_seq > {after} AND r.seq > {after})"
+         (SELECT o.id, {CLAIMED_SEQ} AS seq, o.producer, o.producer_seq, o.record_id, o.stream, \
+                 o.key, o.kind, o.payload, o.correlation_id, o.causation_id, o.recorded_at_ms \
+          FROM {CLAIMED_ROWS} WHERE c.last_seq > {after} AND {CLAIMED_SEQ} > {after})"
     )
 }
 
@@ -50,8 +64,22 @@ pub(crate) fn sequenced_above(after: &str, limit: &str) -> String {
 pub(crate) fn count_above(after: &str) -> String {
     format!(
         "(SELECT count(*) FROM outbox WHERE seq > {after}) \
-         + (SELECT count(*) FROM outbox_claimed c, unnest(c.records) r \
-            WHERE c.last_seq > {after} AND r.seq > {after})"
+         + (SELECT count(*) FROM {CLAIMED_ROWS} \
+            WHERE c.last_seq > {after} AND {CLAIMED_SEQ} > {after})"
+    )
+}
+
+/// Takes the claimed rows that `cte` (a CTE of `first_seq` per deleted row) lists off
+/// their batches' `remaining`, as CTEs (`counts`, `emptied`, `shrunk`) to append after it: a
+/// batch whose rows are all gone is deleted, any other one counts down. (Postgres runs
+/// data-modifying CTEs to completion whether or not the main query reads them.)
+pub(crate) fn claimed_countdown(cte: &str) -> String {
+    format!(
+        "counts AS (SELECT first_seq, count(*) AS n FROM {cte} GROUP BY first_seq), \
+         emptied AS (DELETE FROM outbox_claimed c USING counts k \
+                     WHERE c.first_seq = k.first_seq AND c.remaining <= k.n RETURNING 1), \
+         shrunk AS (UPDATE outbox_claimed c SET remaining = c.remaining - k.n FROM counts k \
+                    WHERE c.first_seq = k.first_seq AND c.remaining > k.n RETURNING 1)"
     )
 }
 
@@ -68,35 +96,29 @@ static PEEK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
-/// [`Outbox::remove`]: exactly the records whose handed-out sequence is in `$1`, rows and
-/// claimed elements, in one statement. A whole batch of own records all of whose seqs are
-/// named (the streamer's usual case) is deleted without reading its array; a whole batch
-/// none of whose seqs are named is skipped; any other batch loses the named elements (a
-/// hashed `NOT IN`, O(n)) and goes when it is empty.
-const REMOVE_SQL: &str = "WITH gone AS ( \
-       DELETE FROM outbox WHERE seq IS NOT NULL \
-       AND ((producer_seq IS NULL AND seq = ANY($1)) OR producer_seq = ANY($1)) RETURNING 1), \
-     whole AS ( \
-       DELETE FROM outbox_claimed c WHERE c.whole \
-       AND (SELECT count(DISTINCT s) FROM unnest($1::bigint[]) s \
-            WHERE s BETWEEN c.first_seq AND c.last_seq) = c.last_seq - c.first_seq + 1 \
-       RETURNING c.last_seq - c.first_seq + 1 AS n), \
-     hit AS ( \
-       SELECT c.first_seq, cardinality(c.records) AS n, \
-         ARRAY(SELECT r FROM unnest(c.records) r \
-               WHERE coalesce(r.producer_seq, r.seq) NOT IN (SELECT unnest($1::bigint[]))) AS keep \
-       FROM outbox_claimed c \
-       WHERE NOT (c.whole AND (SELECT count(DISTINCT s) FROM unnest($1::bigint[]) s \
-            WHERE s BETWEEN c.first_seq AND c.last_seq) IN (0, c.last_seq - c.first_seq + 1))), \
-     emptied AS ( \
-       DELETE FROM outbox_claimed c USING hit h \
-       WHERE c.first_seq = h.first_seq AND cardinality(h.keep) = 0 RETURNING h.n), \
-     shrunk AS ( \
-       UPDATE outbox_claimed c SET records = h.keep, whole = false FROM hit h \
-       WHERE c.first_seq = h.first_seq AND cardinality(h.keep) BETWEEN 1 AND h.n - 1 \
-       RETURNING h.n - cardinality(h.keep) AS n) \
-     SELECT (SELECT count(*) FROM gone) + coalesce((SELECT sum(n)::bigint FROM whole), 0) \
-       + coalesce((SELECT sum(n) FROM emptied), 0) + coalesce((SELECT sum(n) FROM shrunk), 0)";
+/// [`Outbox::remove`]: exactly the records whose handed-out sequence is in `$1`, rows
+/// sequenced in place and rows of claimed batches, in one statement. Only the batches that
+/// can hold a named seq are joined: those overlapping the named range, and those holding
+/// records appended from another store (named by their producer seq).
+static REMOVE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH named AS (SELECT DISTINCT s AS seq FROM unnest($1::bigint[]) s), \
+         gone AS ( \
+           DELETE FROM outbox WHERE seq IS NOT NULL \
+           AND ((producer_seq IS NULL AND seq = ANY($1)) OR producer_seq = ANY($1)) RETURNING 1), \
+         gone_claimed AS ( \
+           DELETE FROM outbox o2 USING ( \
+             SELECT c.first_seq, o.id FROM {CLAIMED_ROWS} \
+             JOIN named n ON n.seq = coalesce(o.producer_seq, {CLAIMED_SEQ}) \
+             WHERE c.foreign \
+                OR (c.last_seq >= (SELECT min(seq) FROM named) \
+                    AND c.first_seq <= (SELECT max(seq) FROM named))) h \
+           WHERE o2.id = h.id RETURNING h.first_seq), \
+         {} \
+         SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM gone_claimed)",
+        claimed_countdown("gone_claimed")
+    )
+});
 
 /// Inserts `records` unsequenced, in a phase's transaction, without `NOTIFY` (the store
 /// announces after the commit: see [`super::notify`]).
@@ -332,9 +354,9 @@ impl PostgresStore {
         Ok(u64::try_from(n).unwrap_or_default())
     }
 
-    /// The claim sequencer (`outbox_claim`, migration 0005): numbers up to
-    /// [`SEQUENCER_BATCH`] committed staged rows as ONE claimed-batch row instead of one
-    /// update per row, unless claimed batches above `after_seq` already hold a batch. Same
+    /// The claim sequencer (`outbox_claim`, migrations 0005 and 0007): numbers up to
+    /// [`SEQUENCER_BATCH`] committed staged rows as ONE claimed-batch row (their ids) instead
+    /// of one update per row, unless claimed batches above `after_seq` already hold a batch. Same
     /// lock, same counter and same order as [`Self::sequence`]; returns how many it numbered.
     async fn claim(&self, after_seq: i64) -> Result<u64, PgError> {
         let n: i64 = sqlx::query_scalar("SELECT outbox_claim($1, $2)")
@@ -413,7 +435,7 @@ impl PostgresStore {
     async fn peekable(&self) -> Result<bool, PgError> {
         static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
             format!(
-                "SELECT EXISTS (SELECT 1 FROM outbox WHERE seq IS NULL) \
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE {UNCLAIMED}) \
                      OR EXISTS (SELECT 1 FROM outbox WHERE seq > {ROUTE_AFTER}) \
                      OR EXISTS (SELECT 1 FROM outbox_claimed WHERE last_seq > {ROUTE_AFTER})"
             )
@@ -424,12 +446,9 @@ impl PostgresStore {
     }
 
     pub(crate) async fn staged_inner(&self) -> Result<u64, PgError> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM outbox) \
-               + (SELECT coalesce(sum(cardinality(records)), 0) FROM outbox_claimed)",
-        )
-        .fetch_one(&self.inner.pool)
-        .await?;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&self.inner.pool)
+            .await?;
         Ok(u64::try_from(n).unwrap_or_default())
     }
 }
@@ -454,7 +473,7 @@ impl Outbox for PostgresStore {
         // the unique index on `seq`, or the partial index on `producer_seq` (migration 0003),
         // and the claimed batches.
         let seqs: Vec<i64> = seqs.iter().filter_map(|s| i64::try_from(*s).ok()).collect();
-        let done: i64 = sqlx::query_scalar(REMOVE_SQL)
+        let done: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(REMOVE_SQL.as_str()))
             .bind(&seqs)
             .fetch_one(&self.inner.pool)
             .await

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use ports::{Clock, ConsumerStore, ConsumerStoreError, Lease};
 
+use super::lanes::LaneShare;
+
 /// The default TTL of a lease.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
 
@@ -34,6 +36,9 @@ pub struct LeaseKeeper {
     ttl: Duration,
     /// The lease held, and when it was last renewed (ms).
     held: Mutex<Option<(Lease, i64)>>,
+    /// For the lease of one lane of a consumer that runs per lane: the instance's share of
+    /// the lanes, and this lane (see [`super::lanes`]).
+    share: Option<(Arc<LaneShare>, u32)>,
 }
 
 impl LeaseKeeper {
@@ -52,7 +57,16 @@ impl LeaseKeeper {
             holder: holder.into(),
             ttl: ttl.max(Duration::from_millis(100)),
             held: Mutex::new(None),
+            share: None,
         }
+    }
+
+    /// Makes this the lease of lane `lane` in `share`: the lane is taken only while the
+    /// instance holds less than its fair share of the lanes, and given back while it holds
+    /// more (see [`super::lanes`]).
+    pub fn with_share(mut self, share: Arc<LaneShare>, lane: u32) -> Self {
+        self.share = Some((share, lane));
+        self
     }
 
     /// The scope.
@@ -92,11 +106,26 @@ impl LeaseKeeper {
         {
             return Ok(Some(lease.clone()));
         }
+        if let Some((share, lane)) = &self.share {
+            let quota = share.quota().await?;
+            if self.current().is_some() {
+                if share.should_give_back(*lane, quota) {
+                    tracing::info!(scope = %self.scope, quota, "more lanes than this instance's share: giving this one back");
+                    self.release().await;
+                    return Ok(None);
+                }
+            } else if !share.may_take(quota) {
+                return Ok(None);
+            }
+        }
         let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
         let got = self
             .store
             .acquire_lease(&self.scope, &self.holder, ttl_ms, now)
             .await?;
+        if let Some((share, lane)) = &self.share {
+            share.set_held(*lane, got.is_some());
+        }
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         match (&*held, &got) {
             (None, Some(l)) => {
@@ -116,6 +145,9 @@ impl LeaseKeeper {
 
     /// Forgets the lease after a save was fenced: another instance holds it now.
     pub fn lost(&self) {
+        if let Some((share, lane)) = &self.share {
+            share.set_held(*lane, false);
+        }
         if self
             .held
             .lock()
@@ -129,6 +161,9 @@ impl LeaseKeeper {
 
     /// Releases the lease now (on shutdown), so a standby takes over at once.
     pub async fn release(&self) {
+        if let Some((share, lane)) = &self.share {
+            share.set_held(*lane, false);
+        }
         let lease = self
             .held
             .lock()

@@ -30,6 +30,9 @@
 //!   NAME` delivers them again, oldest first.
 //! - **Leases** ([`lease`]): with a lease, one instance of a consumer name works and the
 //!   others wait as hot standbys; every save is fenced by the lease's epoch.
+//! - **Lanes** ([`lanes`]): on a log with several lanes (Kafka partitions) a consumer can
+//!   run per lane, one lease, checkpoint and marks per lane, its lanes shared fairly by up to
+//!   as many instances as there are lanes.
 //!
 //! # Two kinds of consumer
 //!
@@ -44,6 +47,7 @@
 //!   removes the log's own duplicates; only the records of the batch that was in flight at a
 //!   crash are seen twice.
 
+pub mod lanes;
 pub mod lease;
 
 use std::collections::{HashMap, HashSet};

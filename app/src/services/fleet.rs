@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use async_trait::async_trait;
 use domain::Thresholds;
 use ports::{Clock, SystemClock};
@@ -80,6 +81,9 @@ pub struct FleetConfig {
     pub streamer: bool,
     /// The distance consumers to run, by name.
     pub consumers: Vec<String>,
+    /// Run each distance consumer per lane (`NAME/lane-k`, one lease per lane, lanes
+    /// shared with the other instances): for logs with several lanes (Kafka partitions).
+    pub per_lane: bool,
     /// Run the sync consumer into the stores' replica (when [`Stores::replica`] is set).
     pub sync: bool,
     /// Run the completer.
@@ -120,6 +124,7 @@ impl FleetConfig {
             listen,
             streamer: true,
             consumers: vec!["distance-a".into(), "distance-b".into()],
+            per_lane: false,
             sync: true,
             completer: true,
             reaper: true,
@@ -283,7 +288,16 @@ impl Fleet {
                 tokio::spawn(run_service(s, lease("streamer".into()), shutdown.clone())),
             ));
         }
-        for name in &config.consumers {
+        for name in config.consumers.iter().filter(|_| config.per_lane) {
+            tasks.extend(
+                spawn_lanes(
+                    name, stores, log, &clock, &metrics, &config, &holder, &shutdown,
+                )
+                .await?,
+            );
+        }
+        for name in config.consumers.iter().filter(|_| !config.per_lane) {
+            refuse_other_mode(stores, name, false).await?;
             let mut c = distance_consumer(
                 name.clone(),
                 log.log.clone(),
@@ -437,4 +451,107 @@ impl Fleet {
             let _ = h.await;
         }
     }
+}
+
+/// A consumer runs either whole or per lane, for good: its checkpoints differ (`NAME`, or
+/// `NAME/lane-k`), so starting it the other way would count everything again.
+async fn refuse_other_mode(stores: &Stores, name: &str, per_lane: bool) -> anyhow::Result<()> {
+    let other = if per_lane {
+        name.to_owned()
+    } else {
+        crate::runtime::lanes::lane_name(name, 0)
+    };
+    let used = stores
+        .consumers
+        .load(&other)
+        .await
+        .with_context(|| format!("reading consumer {other}"))?
+        .is_some_and(|cp| cp.version > 0);
+    anyhow::ensure!(
+        !used,
+        "consumer {name} has run {} before (checkpoint {other}); run it that way again, or \
+         give it a new name (`rides consumer remove {other}` forgets the old one)",
+        if per_lane { "whole" } else { "per lane" }
+    );
+    Ok(())
+}
+
+/// Starts distance consumer `name` per lane: one leased consumer `NAME/lane-k` per lane of
+/// the log, each reading its lane only, with this instance's fair share of the lanes (see
+/// [`crate::runtime::lanes`]).
+#[allow(clippy::too_many_arguments)]
+async fn spawn_lanes(
+    name: &str,
+    stores: &Stores,
+    log: &OpenedLog,
+    clock: &Arc<dyn Clock>,
+    metrics: &Arc<Metrics>,
+    config: &FleetConfig,
+    holder: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<(String, JoinHandle<()>)>> {
+    use crate::runtime::lanes::{LaneShare, lane_name};
+    refuse_other_mode(stores, name, true).await?;
+    let ttl = config.lease_ttl.ok_or_else(|| {
+        anyhow::anyhow!("consumer {name}: running per lane needs leases (a --lease-ttl-ms above 0)")
+    })?;
+    // A log opened lazily knows its lanes once it is reached.
+    log.log
+        .ping()
+        .await
+        .with_context(|| format!("consumer {name}: reading the log's lanes"))?;
+    let lanes = log.log.lanes();
+    anyhow::ensure!(
+        lanes > 1,
+        "consumer {name}: --per-lane needs a log with several lanes (Kafka partitions); {} has one",
+        log.log.describe()
+    );
+    let share = Arc::new(LaneShare::new(
+        stores.consumers.clone(),
+        clock.clone(),
+        name,
+        holder,
+        lanes,
+        ttl,
+    ));
+    let mut tasks = Vec::new();
+    for lane in 0..lanes {
+        let lname = lane_name(name, lane);
+        let view: Arc<dyn ports::Log> = Arc::new(ports::LaneLog::new(log.log.clone(), lane)?);
+        let keeper = LeaseKeeper::new(
+            stores.consumers.clone(),
+            clock.clone(),
+            format!("consumer:{lname}"),
+            holder,
+            ttl,
+        )
+        .with_share(share.clone(), lane);
+        let c = distance_consumer(
+            lname.clone(),
+            view,
+            stores.consumers.clone(),
+            clock.clone(),
+            config.faults.clone(),
+            metrics.clone(),
+        )
+        .with_wait(config.intervals.consumer_wait)
+        .with_policy(config.consumer_policy)
+        .with_lease(keeper);
+        if let Err(e) = c.register().await {
+            tracing::warn!(consumer = %lname, error = %format!("{e:#}"), "could not register yet");
+        }
+        tasks.push((
+            format!("consumer {lname}"),
+            tokio::spawn(c.run(shutdown.clone())),
+        ));
+    }
+    let stop = shutdown.clone();
+    tasks.push((
+        format!("lane members {name}"),
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            share.leave().await;
+        }),
+    ));
+    Ok(tasks)
 }

@@ -120,6 +120,12 @@ impl Trimmer {
         };
         let mut groups: std::collections::BTreeMap<Option<String>, Vec<Position>> =
             std::collections::BTreeMap::new();
+        // The lane checkpoints of consumers that run per lane, by consumer: merged into one
+        // position of the whole log below.
+        let mut laned: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<u32, Position>,
+        > = std::collections::BTreeMap::new();
         for (name, cp) in consumers {
             if self.is_expired(&name, cp.updated_at_ms, &live) {
                 continue;
@@ -129,6 +135,14 @@ impl Trimmer {
                 Some(start) => Some(cp.cursor.log_url.unwrap_or_else(|| start.url.clone())),
                 None => None,
             };
+            if let Some((base, lane)) = crate::runtime::lanes::split_lane(&name) {
+                groups.entry(url).or_default();
+                laned
+                    .entry(base.to_owned())
+                    .or_default()
+                    .insert(lane, cp.position);
+                continue;
+            }
             groups.entry(url).or_default().push(cp.position);
         }
         if groups.len() > 1 {
@@ -142,6 +156,15 @@ impl Trimmer {
             (Some(url), Some(start)) => start.follow(url).await?.log,
             _ => self.log.clone(),
         };
+        let mut positions = positions;
+        for (base, lanes) in laned {
+            let in_order: Vec<Position> = lanes.into_values().collect();
+            // A lane that never saved is missing: then the whole consumer counts as unread.
+            positions.push(log.merge_lanes(&in_order).unwrap_or_else(|e| {
+                tracing::debug!(consumer = %base, error = %e, "lanes not all saved yet: trimming nothing");
+                Position::start()
+            }));
+        }
         let n = log.trim(&positions).await?;
         Ok(if n == 0 {
             Outcome::Idle
