@@ -183,6 +183,62 @@ pub async fn read_resumes_from_a_position(f: &dyn LogFactory) {
     );
 }
 
+/// Rule: reading every lane on its own (`read_lane`, or a [`crate::LaneLog`] view) yields
+/// every record exactly once, each lane's records from that lane only and in append order;
+/// a lane's `lag` counts what is left of that lane; merging the lanes' end positions gives a
+/// position of the whole log after which nothing is left. A lane the log does not have is an
+/// error. (One-lane logs: lane 0 is the whole log.)
+/// Preconditions: a fresh log.
+pub async fn lanes_read_separately_cover_the_log(f: &dyn LogFactory) {
+    let log = f.fresh().await;
+    let records = rides(&unique("p"), 1, 12);
+    append(&log, &records).await;
+    let lanes = log.lanes();
+    assert!(lanes >= 1, "a log has at least one lane");
+    let mut all = Vec::new();
+    let mut ends = Vec::new();
+    for lane in 0..lanes {
+        let view: Arc<dyn Log> = Arc::new(
+            crate::LaneLog::new(log.clone(), lane)
+                .unwrap_or_else(|e| panic!("lane {lane} of {lanes} must exist: {e}")),
+        );
+        let (got, end) = read_to_end(&view, &Position::start()).await;
+        assert!(
+            got.iter().all(|d| d.lane == lane),
+            "lane {lane} returned records of another lane"
+        );
+        let lag = within("lag_lane", log.lag_lane(lane, &Position::start()))
+            .await
+            .unwrap_or_else(|e| panic!("lag of lane {lane}: {e}"));
+        assert_eq!(lag, got.len() as u64, "lane {lane}'s lag from the start");
+        let left = within("lag_lane", log.lag_lane(lane, &end))
+            .await
+            .unwrap_or_else(|e| panic!("lag of lane {lane}: {e}"));
+        assert_eq!(left, 0, "nothing is left after lane {lane}'s end");
+        all.extend(got);
+        ends.push(end);
+    }
+    assert_same_records(&all, &records, "lanes read separately");
+    let whole = log
+        .merge_lanes(&ends)
+        .unwrap_or_else(|e| panic!("merging one end position per lane: {e}"));
+    assert_eq!(
+        within("lag", log.lag(&whole))
+            .await
+            .unwrap_or_else(|e| panic!("lag: {e}")),
+        0,
+        "the merged end position has nothing after it"
+    );
+    assert!(
+        crate::LaneLog::new(log.clone(), lanes).is_err(),
+        "lane {lanes} of a {lanes}-lane log must be an error"
+    );
+    assert!(
+        log.merge_lanes(&ends[1..]).is_err(),
+        "merging fewer positions than lanes must be an error"
+    );
+}
+
 /// Rule: `read` returns at most `max` records.
 /// Preconditions: a fresh log.
 pub async fn read_respects_max(f: &dyn LogFactory) {

@@ -133,6 +133,7 @@ macro_rules! log_contract_tests {
         $crate::__contract_tests!($factory;
             log::append_then_read_in_order,
             log::read_resumes_from_a_position,
+            log::lanes_read_separately_cover_the_log,
             log::read_respects_max,
             log::read_waits_and_wakes_on_append,
             log::read_on_empty_log_times_out_empty,
