@@ -414,7 +414,7 @@ impl Message {
     /// The same message, due at `time_ms` (a scheduled message).
     ///
     /// # Errors
-    /// [`MessageError::PastDate`] ("Message <type> can't be delayed to a date in the past")
+    /// [`MessageError::PastDate`] (`Message <type> can't be delayed to a date in the past`)
     /// when `time_ms` is before the message's creation time.
     pub fn at(self, time_ms: i64) -> Result<Message, MessageError> {
         if time_ms < self.created_at_ms {

@@ -84,7 +84,7 @@ impl Registry {
     /// input (`seq`, `created_at_ms`, ids of causes) are ignored: the server decides them.
     ///
     /// # Errors
-    /// - [`MessageError::UnknownType`] ("Unknown message type: <type>") for a type that is
+    /// - [`MessageError::UnknownType`] (`Unknown message type: <type>`) for a type that is
     ///   not registered in `scope`;
     /// - [`MessageError::Invalid`] naming the field: `type`, `stream_id`, `id`, `metadata`,
     ///   or `payload.<field>`.
