@@ -265,7 +265,7 @@ pub trait EventStore: Send + Sync + 'static {
     /// As [`EventStore::read_stream`].
     async fn document(&self, collection: &str, id: &str) -> Result<Option<Value>, EventStoreError>;
 
-    /// Every document of `collection`, by id.
+    /// Every document of `collection`, in increasing id order (byte order of the ids).
     ///
     /// # Errors
     /// As [`EventStore::read_stream`].

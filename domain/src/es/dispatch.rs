@@ -33,6 +33,8 @@ use super::sync::SyncOp;
 pub const COMMANDS: &str = "dispatch.commands";
 /// The registry scope of the dispatch events.
 pub const EVENTS: &str = "dispatch.events";
+/// The registry scope of the commands only the Ride actor's reactions send.
+pub const REACTION_COMMANDS: &str = "dispatch.reaction_commands";
 
 fn non_empty(field: &str, value: &str) -> Result<(), FieldError> {
     if value.trim().is_empty() {
@@ -181,8 +183,8 @@ message_type!(
     }
 );
 
-/// The registry of dispatch messages: commands in [`COMMANDS`] (except the ones only
-/// reactions send, which clients may not), events in [`EVENTS`].
+/// The registry of dispatch messages: the commands clients may send in [`COMMANDS`], the
+/// ones only reactions send in [`REACTION_COMMANDS`], events in [`EVENTS`].
 pub fn registry() -> Registry {
     Registry::new()
         .with::<RequestRide>(COMMANDS)
@@ -192,8 +194,8 @@ pub fn registry() -> Registry {
         .with::<CancelRide>(COMMANDS)
         .with::<GoOnline>(COMMANDS)
         .with::<GoOffline>(COMMANDS)
-        .with::<AcceptRide>(EVENTS)
-        .with::<FinishRide>(EVENTS)
+        .with::<AcceptRide>(REACTION_COMMANDS)
+        .with::<FinishRide>(REACTION_COMMANDS)
         .with::<RideRequested>(EVENTS)
         .with::<PilotAssigned>(EVENTS)
         .with::<RiderPickedUp>(EVENTS)

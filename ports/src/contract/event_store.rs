@@ -263,6 +263,16 @@ pub async fn append_next_assigns_the_next_seqs(f: &dyn EventStoreFactory) {
         4,
         "empty stores nothing"
     );
+    let other = cmd(&stream("next-other"), 1, 1);
+    expect_invalid(
+        t.events.append_next_to_stream(&s, &[other]).await,
+        "append_next with a message of another stream",
+    );
+    assert_eq!(
+        read(&t.events, &s, 0, None).await.len(),
+        4,
+        "a refused append stores nothing"
+    );
     let fresh = stream("next-new");
     let c2 = cmd(&fresh, 5, 1);
     append_next(&t.events, &fresh, &[c2.clone(), evt(&c2, 5, 1)]).await;
@@ -738,4 +748,80 @@ pub async fn messages_and_documents_survive_reopen(f: &dyn EventStoreFactory) {
         next[0].global_seq > stored[1].global_seq,
         "global sequences keep increasing after a restart"
     );
+}
+
+/// Rule: `read_all` pages through the global order: `max` is respected, resuming after the
+/// last global sequence read gives the next page, the pages together are every message in
+/// commit order, and reading after the highest global sequence gives nothing.
+/// Preconditions: a fresh store.
+pub async fn read_all_pages_in_global_order(f: &dyn EventStoreFactory) {
+    let t = f.fresh().await;
+    let a = stream("page-a");
+    let b = stream("page-b");
+    let ca = cmd(&a, 1, 1);
+    let cb = cmd(&b, 1, 2);
+    let mut appended = Vec::new();
+    appended.extend(append(&t.events, &a, std::slice::from_ref(&ca)).await);
+    appended.extend(append(&t.events, &b, &[cb.clone(), evt(&cb, 2, 2)]).await);
+    appended.extend(append(&t.events, &a, &[evt(&ca, 2, 1), evt(&ca, 3, 1)]).await);
+    let mut pages = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = within("read_all", t.events.read_all(after, 2))
+            .await
+            .unwrap_or_else(|e| panic!("read_all: {e}"));
+        assert!(page.len() <= 2, "read_all respects max: got {}", page.len());
+        let Some(last) = page.last() else { break };
+        after = last.global_seq;
+        pages.extend(page);
+    }
+    assert_eq!(
+        pages, appended,
+        "the pages are every message, in commit order"
+    );
+    let empty = within("read_all", t.events.read_all(0, 0))
+        .await
+        .unwrap_or_else(|e| panic!("read_all: {e}"));
+    assert!(empty.is_empty(), "max 0 reads nothing");
+}
+
+/// Rule: a commit with sync ops and no append writes its documents and stores no message; a
+/// collection nobody wrote is empty.
+/// Preconditions: a fresh store.
+pub async fn a_sync_only_commit_writes_documents(f: &dyn EventStoreFactory) {
+    let t = f.fresh().await;
+    let stored = within(
+        "commit",
+        t.events.commit(Commit {
+            appends: Vec::new(),
+            sync: vec![
+                SyncOp::put("projection", "b", json!({"n": 2})),
+                SyncOp::put("projection", "a", json!([1, "x", null])),
+            ],
+        }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("commit: {e}"));
+    assert!(stored.is_empty(), "no message stored");
+    let docs = within("documents", t.events.documents("projection"))
+        .await
+        .unwrap_or_else(|e| panic!("documents: {e}"));
+    assert_eq!(
+        docs,
+        vec![
+            ("a".to_owned(), json!([1, "x", null])),
+            ("b".to_owned(), json!({"n": 2}))
+        ],
+        "documents by id"
+    );
+    let none = within("documents", t.events.documents("nobody"))
+        .await
+        .unwrap_or_else(|e| panic!("documents: {e}"));
+    assert!(none.is_empty());
+    let stats = t
+        .events
+        .stats()
+        .await
+        .unwrap_or_else(|e| panic!("stats: {e}"));
+    assert_eq!(stats.message_count, 0);
 }

@@ -304,6 +304,8 @@ macro_rules! event_store_contract_tests {
             event_store::recent_streams_most_recent_first,
             event_store::stats_count_streams_and_messages,
             event_store::read_all_is_gap_safe_under_concurrent_commits,
+            event_store::read_all_pages_in_global_order,
+            event_store::a_sync_only_commit_writes_documents,
             event_store::messages_and_documents_survive_reopen,
         );
     };
