@@ -13,8 +13,10 @@
 //! - [`marks`]: the duplicate rule every consumer follows, based on the producer's sequence
 //!   (never on log offsets or timing).
 //! - [`distance`]: the distance consumer's fold.
+//! - [`es`]: event sourcing (sourced's core): messages, actors, decisions, a test kit.
 
 pub mod distance;
+pub mod es;
 pub mod idempotency;
 pub mod marks;
 pub mod record;

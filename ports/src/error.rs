@@ -116,3 +116,41 @@ impl ReplicaError {
         matches!(self, Self::Unavailable(_))
     }
 }
+
+/// Errors of [`crate::EventStore`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EventStoreError {
+    /// Optimistic concurrency: the stream's last seq is not the one the append expected
+    /// (another writer appended first). Reload the stream and decide again.
+    #[error(
+        "stream {stream_id} was appended to concurrently: expected last seq {expected}, found {actual}"
+    )]
+    Conflict {
+        /// The stream.
+        stream_id: String,
+        /// The last seq the append expected.
+        expected: u64,
+        /// The stream's actual last seq.
+        actual: u64,
+    },
+    /// A message with this id is already stored (ids are unique in a store).
+    #[error("message {0} is already stored")]
+    DuplicateMessage(uuid::Uuid),
+    /// The append itself is wrong (a message of another stream, seqs with gaps); retrying
+    /// will not help.
+    #[error("invalid append: {0}")]
+    InvalidAppend(String),
+    /// The backend cannot be reached right now; retrying can help.
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (bad data, schema problem, bug); retrying will not help.
+    #[error("event store error: {0}")]
+    Other(String),
+}
+
+impl EventStoreError {
+    /// Whether retrying (after reloading, for a conflict) can succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Conflict { .. } | Self::Unavailable(_))
+    }
+}

@@ -12,6 +12,8 @@
 //! - [`consumer`]: a consumer's state and position, saved atomically.
 //! - [`payment`]: the payment processor.
 //! - [`replica`]: a secondary datastore kept in sync with the store (redstream's model).
+//! - [`event_store`]: the event store (sourced's backend): streams, optimistic appends, a
+//!   gap-safe global order, and documents written by `sync` hooks.
 //! - [`clock`]: time, as a port, with a manual clock for tests.
 //! - [`error`]: the error enums, each answering "can a retry help?".
 //! - `contract` (feature `test-util`): one scenario suite per port and a macro that stamps
@@ -20,6 +22,7 @@
 pub mod clock;
 pub mod consumer;
 pub mod error;
+pub mod event_store;
 pub mod log;
 pub mod outbox;
 pub mod payment;
@@ -31,7 +34,12 @@ pub mod contract;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use consumer::{Checkpoint, ConsumerStore, Cursor, Lease, Parked, Save, ToPark};
-pub use error::{ConsumerStoreError, LogError, PaymentError, ReplicaError, StoreError};
+pub use error::{
+    ConsumerStoreError, EventStoreError, LogError, PaymentError, ReplicaError, StoreError,
+};
+pub use event_store::{
+    Append, Commit, EventStore, EventStoreStats, ExpectedSeq, StoredMessage, StreamInfo,
+};
 pub use log::{Batch, Delivery, LaneLog, Log, Position};
 pub use outbox::{Outbox, Route};
 pub use payment::{Charge, ChargeRequest, PaymentGateway};

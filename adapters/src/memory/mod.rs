@@ -7,6 +7,8 @@
 //! - [`MemoryConsumerStore`]: consumers' checkpoints, dead-letter lists and leases
 //!   ([`ports::ConsumerStore`]).
 //! - [`MemoryReplica`]: a secondary datastore ([`ports::Replica`]).
+//! - [`MemoryEventStore`]: the event store ([`ports::EventStore`]), living inside a
+//!   [`MemoryStore`] so that appended messages are staged in its outbox atomically.
 //!
 //! # Design choices
 //!
@@ -26,11 +28,13 @@
 //! specification of the contracts in `ports::contract`.
 
 mod consumer;
+mod event_store;
 mod log;
 mod replica;
 mod store;
 
 pub use consumer::MemoryConsumerStore;
+pub use event_store::MemoryEventStore;
 pub use log::MemoryLog;
 pub use replica::MemoryReplica;
 pub use store::{AuditRecord, MemoryStore};

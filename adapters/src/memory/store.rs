@@ -38,7 +38,7 @@ pub struct AuditRecord {
 
 /// Everything the store holds; guarded by one mutex.
 #[derive(Debug)]
-struct Inner {
+pub(super) struct Inner {
     users: BTreeMap<i64, User>,
     rides: BTreeMap<i64, RideRow>,
     keys: BTreeMap<i64, KeyRecord>,
@@ -55,6 +55,9 @@ struct Inner {
     next_seq: u64,
     /// The streamer's route, once a cutover set one.
     route: Option<Route>,
+    /// The event store's streams and documents ([`super::MemoryEventStore`]), here so that
+    /// one lock commits messages and their outbox records together.
+    pub(super) es: super::event_store::EsState,
 }
 
 impl Inner {
@@ -84,11 +87,12 @@ impl Inner {
             next_audit_id: 1,
             next_seq: 1,
             route: None,
+            es: super::event_store::EsState::default(),
         }
     }
 
     /// Stages `record` under the next producer sequence.
-    fn stage(&mut self, producer: &str, record: NewRecord) {
+    pub(super) fn stage(&mut self, producer: &str, record: NewRecord) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.staged.insert(seq, record.sequenced(producer, seq));
@@ -106,12 +110,12 @@ impl Inner {
 /// store and the outbox: they share their state, as a database's tables do.
 #[derive(Debug)]
 pub struct MemoryStore {
-    producer: String,
-    inner: Mutex<Inner>,
+    pub(super) producer: String,
+    pub(super) inner: Mutex<Inner>,
     /// Held by the one open phase transaction ([`MemoryTx`]), as SQLite's single writer.
     writer: tokio::sync::Mutex<()>,
     /// Woken (one permit) when a phase staged records.
-    staged_wakeup: Notify,
+    pub(super) staged_wakeup: Notify,
 }
 
 impl Default for MemoryStore {

@@ -17,6 +17,7 @@
 //! | [`store_contract_tests!`](crate::store_contract_tests) | [`StoreFactory`] | [`store`] (store + outbox), [`consumer`] |
 //! | [`payment_contract_tests!`](crate::payment_contract_tests) | [`PaymentFactory`] | [`payment`] |
 //! | [`replica_contract_tests!`](crate::replica_contract_tests) | [`ReplicaFactory`] | [`replica`] |
+//! | [`event_store_contract_tests!`](crate::event_store_contract_tests) | [`EventStoreFactory`] | [`event_store`] |
 //!
 //! Scenarios are plain `pub async fn name(factory: &dyn Factory)` functions that panic with a
 //! message naming the broken rule. Each one documents its preconditions.
@@ -37,9 +38,12 @@ use std::sync::Arc;
 
 pub use async_trait::async_trait;
 
-use crate::{ConsumerStore, Log, Outbox, PaymentGateway, Replica, RideStore};
+use crate::{ConsumerStore, EventStore, Log, Outbox, PaymentGateway, Replica, RideStore};
 
 pub mod consumer;
+pub mod event_store;
+#[cfg(test)]
+mod event_store_self_check;
 pub mod fixtures;
 pub mod log;
 pub mod payment;
@@ -98,6 +102,31 @@ pub trait ReplicaFactory: Send + Sync + 'static {
     /// Opens `replica` again as a restarted process would (the caller has dropped every
     /// other clone); `None` for a backend that keeps nothing across restarts (memory).
     async fn reopen(&self, replica: Arc<dyn Replica>) -> Option<Arc<dyn Replica>>;
+}
+
+/// An event store under test, with the outbox of the store it lives in (the suite checks
+/// that appended messages are staged there).
+#[derive(Clone)]
+pub struct EventStoreUnderTest {
+    /// The event store.
+    pub events: Arc<dyn EventStore>,
+    /// The outbox of the same store.
+    pub outbox: Arc<dyn Outbox>,
+}
+
+/// Makes event stores for the event-store contract.
+#[async_trait]
+pub trait EventStoreFactory: Send + Sync + 'static {
+    /// A fresh, empty event store (and its store's outbox) in its own namespace (file,
+    /// schema or table prefix), so that tests running in parallel never see each other.
+    async fn fresh(&self) -> EventStoreUnderTest;
+    /// Opens the same event store again as a restarted process would (the caller has
+    /// dropped every other clone); `None` (the default) for a backend that keeps nothing
+    /// across restarts (memory).
+    async fn reopen(&self, store: EventStoreUnderTest) -> Option<EventStoreUnderTest> {
+        let _ = store;
+        None
+    }
 }
 
 /// Stamps one test per `suite::scenario`; the common body of the public macros.
@@ -247,6 +276,38 @@ macro_rules! replica_contract_tests {
             replica::rides_for_user_newest_first_and_forgets_deleted,
             replica::concurrent_upserts_end_consistent,
             replica::reopen_keeps_rows,
+        );
+    };
+}
+
+/// Stamps one `#[tokio::test]` per scenario of
+/// [`contract::event_store`](crate::contract::event_store) for an
+/// [`EventStoreFactory`](crate::contract::EventStoreFactory) expression.
+///
+/// The calling crate needs `tokio` (features `macros`, `rt-multi-thread`) as a dev-dependency.
+///
+/// ```text
+/// ports::event_store_contract_tests!(MemoryEventStores);
+/// ```
+#[macro_export]
+macro_rules! event_store_contract_tests {
+    ($factory:expr $(,)?) => {
+        $crate::__contract_tests!($factory;
+            event_store::append_to_stream_then_read_back_equal,
+            event_store::append_to_stream_conflicts_and_invalid_appends_write_nothing,
+            event_store::a_message_id_is_stored_once,
+            event_store::append_next_assigns_the_next_seqs,
+            event_store::racing_append_next_gives_contiguous_seqs,
+            event_store::read_stream_after_and_upto,
+            event_store::read_correlation_batch_follows_a_command,
+            event_store::commit_appends_to_several_streams_and_writes_documents,
+            event_store::a_failed_commit_leaves_nothing,
+            event_store::recent_streams_most_recent_first,
+            event_store::stats_count_streams_and_messages,
+            event_store::read_all_is_gap_safe_under_concurrent_commits,
+            event_store::read_all_pages_in_global_order,
+            event_store::a_sync_only_commit_writes_documents,
+            event_store::messages_and_documents_survive_reopen,
         );
     };
 }
