@@ -359,3 +359,63 @@ async fn a_reader_never_skips_a_late_commit() {
     assert_eq!(seen, stored);
     drop_schema(&store, &schema).await;
 }
+
+/// Racing commits on Postgres get the typed errors: of two `append_to_stream` at seq 1 of a
+/// new stream, one wins and the other is a `Conflict` naming the actual last seq; of two
+/// commits of one new message id on different streams, one wins and the other is
+/// `DuplicateMessage`. Neither is an `Unavailable` or `Other` driver error.
+#[tokio::test]
+async fn racing_commits_get_typed_errors() {
+    let (store, schema) = fresh_store().await;
+    let es: Arc<dyn EventStore> = Arc::new(store.event_store());
+    for round in 0..10 {
+        let stream = format!("race-{round}");
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let es = Arc::clone(&es);
+                let m = cmd(&stream, 1);
+                let stream = stream.clone();
+                tokio::spawn(async move { es.append_to_stream(&stream, &[m]).await })
+            })
+            .collect();
+        let mut wins = 0;
+        for t in tasks {
+            match t.await.unwrap_or_else(|e| panic!("task: {e}")) {
+                Ok(_) => wins += 1,
+                Err(EventStoreError::Conflict {
+                    expected, actual, ..
+                }) => assert_eq!((expected, actual), (0, 1)),
+                Err(other) => panic!("a lost race must be a Conflict, got {other:?}"),
+            }
+        }
+        assert_eq!(wins, 1, "exactly one append at seq 1 wins");
+
+        let shared = cmd("dup-a", 1);
+        let tasks: Vec<_> = ["dup-a", "dup-b"]
+            .into_iter()
+            .map(|s| {
+                let es = Arc::clone(&es);
+                let m = shared
+                    .clone()
+                    .to(format!("{s}-{round}"))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                tokio::spawn(async move {
+                    es.append_next_to_stream(m.stream_id(), std::slice::from_ref(&m))
+                        .await
+                })
+            })
+            .collect();
+        let mut wins = 0;
+        for t in tasks {
+            match t.await.unwrap_or_else(|e| panic!("task: {e}")) {
+                Ok(_) => wins += 1,
+                Err(EventStoreError::DuplicateMessage(id)) => assert_eq!(id, shared.id()),
+                Err(other) => {
+                    panic!("a second copy of an id must be DuplicateMessage, got {other:?}")
+                }
+            }
+        }
+        assert_eq!(wins, 1, "one copy of the id is stored");
+    }
+    drop_schema(&store, &schema).await;
+}

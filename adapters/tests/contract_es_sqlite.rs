@@ -187,3 +187,54 @@ async fn a_corrupt_row_is_an_error_naming_it() {
         other => panic!("a corrupt payload must be Other, got {other:?}"),
     }
 }
+
+/// Racing commits get the typed errors: of two `append_to_stream` at seq 1 of a new stream,
+/// one wins and the other is a `Conflict`; of two commits of one new message id, one wins and
+/// the other is `DuplicateMessage`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_commits_get_typed_errors() {
+    let factory = SqliteEventStores::default();
+    let store = connect(&factory.url()).await;
+    let es: Arc<dyn EventStore> = Arc::new(store.event_store());
+    for round in 0..10 {
+        let stream = format!("race-{round}");
+        let shared = cmd("dup", 1);
+        let tasks: Vec<_> = (0..2)
+            .map(|i| {
+                let es = Arc::clone(&es);
+                let m = cmd(&stream, 1);
+                let stream = stream.clone();
+                let copy = shared
+                    .clone()
+                    .to(format!("dup-{round}-{i}"))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                tokio::spawn(async move {
+                    let append = es.append_to_stream(&stream, &[m]).await;
+                    let dup = es
+                        .append_next_to_stream(copy.stream_id(), std::slice::from_ref(&copy))
+                        .await;
+                    (append, dup)
+                })
+            })
+            .collect();
+        let (mut appended, mut stored) = (0, 0);
+        for t in tasks {
+            let (append, dup) = t.await.unwrap_or_else(|e| panic!("task: {e}"));
+            match append {
+                Ok(_) => appended += 1,
+                Err(EventStoreError::Conflict {
+                    expected, actual, ..
+                }) => assert_eq!((expected, actual), (0, 1)),
+                Err(other) => panic!("a lost race must be a Conflict, got {other:?}"),
+            }
+            match dup {
+                Ok(_) => stored += 1,
+                Err(EventStoreError::DuplicateMessage(id)) => assert_eq!(id, shared.id()),
+                Err(other) => {
+                    panic!("a second copy of an id must be DuplicateMessage, got {other:?}")
+                }
+            }
+        }
+        assert_eq!((appended, stored), (1, 1), "one winner each");
+    }
+}
