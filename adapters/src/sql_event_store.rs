@@ -19,8 +19,19 @@
 //! ```
 //!
 //! Streams are locked in one order (by id) and the global counter last, so two commits never
-//! wait for each other in a cycle. Any failure rolls the whole transaction back: no message,
-//! no outbox record, no document, no stream row.
+//! wait for each other in a cycle over streams or the counter. (Documents are written in the
+//! commit's own order, which matters for a put and a delete of one id; two Postgres commits
+//! writing the same two documents in opposite orders can deadlock, and the one Postgres
+//! aborts gets a retryable [`EventStoreError::Unavailable`], having written nothing.) Any
+//! failure rolls the whole transaction back: no message, no outbox record, no document, no
+//! stream row.
+//!
+//! Errors: the port's rule decides `InvalidAppend` and `Conflict` on the locked seqs; ids
+//! repeated inside a commit are `DuplicateMessage` before anything is inserted; a unique
+//! violation while inserting a message is decided after the rollback with a fresh read:
+//! `DuplicateMessage` when its id is stored, else `Conflict` (expected: the message's seq
+//! minus one; actual: the stream's last seq now), which the stream lock makes unexpected.
+//! Other driver errors go through the dialect's one classification (`sql_error.rs`).
 //!
 //! # Why the global order is gap-safe (DESIGN.md invariant 4)
 //!

@@ -56,7 +56,13 @@
 //!   commits serialize on the counter for the tail of their transaction (a few inserts and
 //!   the commit itself). Unlike a phase, a commit runs no caller code inside its transaction
 //!   ([`ports::EventStore::commit`] is one call), so that tail is short and bounded, and no
-//!   other transaction of the database can hold readers back.
+//!   other transaction of the database can hold readers back. The tail includes the commit's
+//!   WAL flush, so event-store commits do not share flushes (no group commit): their
+//!   throughput is about one commit per flush whatever the number of writers (about 200
+//!   two-message commits per second on the 2-core development machine, debug build, 1 or 8
+//!   writers). Phases never touch the counter and are not slowed. Should event-store write
+//!   throughput matter, the outbox's scheme (sequence after commit, `commit` running one
+//!   sequencer pass before it returns) is the way to lift it.
 
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Transaction};
