@@ -11,10 +11,10 @@
 //!     (created with seq 0 if new) returning its last seq       ── appends to one stream queue here
 //!  2. plan_commit (the port's rule: conflicts, gaps, renumbering); duplicate ids in the commit
 //!  3. sync ops (document puts and deletes), in order
-//!  4. take n global seqs: UPDATE es_global ... RETURNING       ── every commit queues here
-//!  5. insert the messages with their global seqs; a unique violation is a duplicate id
-//!  6. the streams' new last seq, time and last global seq
-//!  7. stage every message in the store's outbox (Message::to_record), as a phase does
+//!  4. stage every message in the store's outbox (Message::to_record), as a phase does
+//!  5. take n global seqs: UPDATE es_global ... RETURNING       ── every commit queues here
+//!  6. insert the messages with their global seqs; a unique violation is a duplicate id
+//!  7. the streams' new last seq, time and last global seq
 //!  COMMIT, then the store's wake-up (as after a phase that staged records)
 //! ```
 //!
@@ -443,7 +443,12 @@ macro_rules! sql_event_store {
                 if planned.is_empty() {
                     return Ok(Vec::new());
                 }
-                // 4. Global seqs: the counter stays locked until this transaction commits.
+                // 4. The outbox, as the store stages a phase's records (before the counter,
+                // which is held until commit).
+                let records: Vec<domain::NewRecord> =
+                    planned.iter().map(domain::es::Message::to_record).collect();
+                self.stage_es(tx, &records).await?;
+                // 5. Global seqs: the counter stays locked until this transaction commits.
                 let n = to_i64(planned.len() as u64, "message count")?;
                 let last_global: i64 = sqlx::query_scalar($sql.take_globals)
                     .bind(n)
@@ -451,7 +456,7 @@ macro_rules! sql_event_store {
                     .await
                     .map_err(db)?;
                 let first = last_global - n + 1;
-                // 5. The messages.
+                // 6. The messages.
                 let mut out = Vec::with_capacity(planned.len());
                 let mut tails: std::collections::BTreeMap<String, (i64, i64)> =
                     std::collections::BTreeMap::new();
@@ -486,7 +491,7 @@ macro_rules! sql_event_store {
                         message: m,
                     });
                 }
-                // 6. The streams' new tails.
+                // 7. The streams' new tails.
                 for (stream, (seq, global)) in &tails {
                     sqlx::query($sql.update_stream)
                         .bind(stream.as_str())
@@ -497,10 +502,6 @@ macro_rules! sql_event_store {
                         .await
                         .map_err(db)?;
                 }
-                // 7. The outbox, as the store stages a phase's records.
-                let records: Vec<domain::NewRecord> =
-                    out.iter().map(|s| s.message.to_record()).collect();
-                self.stage_es(tx, &records).await?;
                 Ok(out)
             }
 
