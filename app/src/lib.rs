@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - [`es`]: event sourcing, the driving part: the unit of work over an event store.
 //! - [`rides`]: the ride service: runs a `POST /rides` through its atomic phases.
 //! - [`http`]: the HTTP API (axum), one status table for errors.
 //! - [`runtime`]: the consumer runtime: write a handler, the runtime reads, removes
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod consumers;
 pub mod cutover;
 pub mod demo;
+pub mod es;
 pub mod faults;
 pub mod http;
 pub mod metrics;

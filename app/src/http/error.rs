@@ -39,6 +39,12 @@ pub enum ApiError {
     /// No such route or resource.
     #[error("{0}")]
     NotFound(String),
+    /// A business rule refused the request (e.g. a dispatch command an actor refused).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// A concurrent request won (e.g. an optimistic-concurrency conflict on a stream).
+    #[error("{0}")]
+    Conflict(String),
     /// The route exists, the method does not.
     #[error("Method not allowed.")]
     MethodNotAllowed,
@@ -74,6 +80,8 @@ impl ApiError {
             Self::Param(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

@@ -20,7 +20,7 @@ use super::{ApiError, AppState, client_ip};
 use crate::rides::ApiReply;
 
 /// Largest accepted request body (a ride request is a few dozen bytes).
-const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(super) const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Default page size of `GET /rides`.
 const DEFAULT_LIMIT: u32 = 20;
 /// Largest page size of `GET /rides` (larger requests are clamped).
@@ -187,7 +187,10 @@ pub(super) async fn method_not_allowed() -> ApiError {
 }
 
 /// The user named by `Authorization` (the demo trusts it as the user's email).
-async fn authenticate(store: &dyn RideStore, headers: &HeaderMap) -> Result<User, ApiError> {
+pub(super) async fn authenticate(
+    store: &dyn RideStore,
+    headers: &HeaderMap,
+) -> Result<User, ApiError> {
     let raw = headers
         .get(header::AUTHORIZATION)
         .map(HeaderValue::to_str)
@@ -202,7 +205,7 @@ async fn authenticate(store: &dyn RideStore, headers: &HeaderMap) -> Result<User
 }
 
 /// The validated `Idempotency-Key` header.
-fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
     let raw = headers
         .get("idempotency-key")
         .map(HeaderValue::to_str)

@@ -8,6 +8,7 @@
 //! | `GET /healthz` | 200 when the store answers, else 503 |
 //! | `GET /healthz/live` | 200 while the process serves (liveness) |
 //! | `GET /healthz/ready` | 200 when the store answers, else 503 (readiness), with each dependency's state |
+//! | `POST /dispatch/commands`, `GET /dispatch/streams/{id}` | ride dispatch on the event-sourcing layer: a separate router, [`dispatch::router`], merged in by whoever has an event store |
 //! | `GET /stats` | consumers' positions, totals and lags: a snapshot of a [`StatsProvider`] computed at most once a second (see [`stats`]) |
 //!
 //! # Design choices
@@ -31,6 +32,7 @@
 //!   (`--allow-test-errors`, the demo, the tests): elsewhere it is a 400.
 
 mod conn;
+pub mod dispatch;
 mod error;
 pub mod framing;
 mod handlers;

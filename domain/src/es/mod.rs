@@ -6,7 +6,12 @@
 //!
 //! - [`message`]: the envelope ([`Message`]), typed payloads ([`MessageType`]) and their
 //!   field-naming validation errors.
+//! - [`registry`]: building messages from untrusted JSON within a scope ([`Registry`]).
+//! - [`actor`]: the [`Actor`] trait (decide / evolve / react / sync), one actor loaded for
+//!   one stream ([`ActorInstance`]), and its type-erased form ([`AnyActor`]).
 //! - [`sync`]: read-model writes as data ([`SyncOp`]).
+//! - [`testing`]: the given/when/then kit for actors.
+//! - [`dispatch`]: the worked example, ride dispatch (Ride and Pilot actors).
 //!
 //! # Deliberate differences from sourced
 //!
@@ -17,11 +22,20 @@
 //! - `sync` hooks return data ([`SyncOp`]) that the event store commits, instead of running
 //!   arbitrary code inside the store's transaction.
 
+pub mod actor;
+pub mod dispatch;
 pub mod message;
+pub mod registry;
 pub mod sync;
+pub mod testing;
 
+pub use actor::{
+    Actor, ActorError, ActorInstance, AnyActor, Decision, Emit, EvolveError, HandleError, Handled,
+    RegistrationError, Role, check_roles,
+};
 pub use message::{
     ES_RECORD_STREAM, FieldError, Message, MessageError, MessageParts, MessageType, decode_payload,
     payload_value,
 };
+pub use registry::Registry;
 pub use sync::SyncOp;

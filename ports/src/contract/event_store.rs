@@ -691,3 +691,51 @@ pub async fn read_all_is_gap_safe_under_concurrent_commits(f: &dyn EventStoreFac
         );
     }
 }
+
+/// Rule: after a restart (a backend that keeps data: the factory's `reopen`), streams,
+/// global order, seqs, documents and the staged outbox records are all still there, and
+/// appends continue after the last seq.
+/// Preconditions: a fresh store; skipped for a backend whose `reopen` is `None` (memory).
+pub async fn messages_and_documents_survive_reopen(f: &dyn EventStoreFactory) {
+    let t = f.fresh().await;
+    let s = stream("reopen");
+    let c = cmd(&s, 1, 1);
+    let e = evt(&c, 2, 1);
+    let commit = Commit {
+        appends: vec![Append {
+            stream_id: s.clone(),
+            expected: ExpectedSeq::Exactly(0),
+            messages: vec![c.clone(), e.clone()],
+        }],
+        sync: vec![SyncOp::put("things", "1", json!({"name": "Widget"}))],
+    };
+    let stored = within("commit", t.events.commit(commit))
+        .await
+        .unwrap_or_else(|e| panic!("commit must succeed: {e}"));
+    let Some(t) = f.reopen(t).await else {
+        return;
+    };
+    assert_eq!(
+        read(&t.events, &s, 0, None).await,
+        vec![c.clone(), e.clone()]
+    );
+    let all = within("read_all", t.events.read_all(0, 100))
+        .await
+        .unwrap_or_else(|e| panic!("read_all: {e}"));
+    assert_eq!(all, stored, "the global order survives");
+    let doc = within("document", t.events.document("things", "1"))
+        .await
+        .unwrap_or_else(|e| panic!("document: {e}"));
+    assert_eq!(doc, Some(json!({"name": "Widget"})));
+    assert_eq!(staged_messages(&t.outbox).await, vec![c.clone(), e.clone()]);
+    let next = append_next(&t.events, &s, &[evt(&e, 1, 2)]).await;
+    assert_eq!(
+        next[0].message.seq(),
+        3,
+        "appends continue after the last seq"
+    );
+    assert!(
+        next[0].global_seq > stored[1].global_seq,
+        "global sequences keep increasing after a restart"
+    );
+}

@@ -42,6 +42,8 @@ use crate::{ConsumerStore, EventStore, Log, Outbox, PaymentGateway, Replica, Rid
 
 pub mod consumer;
 pub mod event_store;
+#[cfg(test)]
+mod event_store_self_check;
 pub mod fixtures;
 pub mod log;
 pub mod payment;
@@ -118,6 +120,13 @@ pub trait EventStoreFactory: Send + Sync + 'static {
     /// A fresh, empty event store (and its store's outbox) in its own namespace (file,
     /// schema or table prefix), so that tests running in parallel never see each other.
     async fn fresh(&self) -> EventStoreUnderTest;
+    /// Opens the same event store again as a restarted process would (the caller has
+    /// dropped every other clone); `None` (the default) for a backend that keeps nothing
+    /// across restarts (memory).
+    async fn reopen(&self, store: EventStoreUnderTest) -> Option<EventStoreUnderTest> {
+        let _ = store;
+        None
+    }
 }
 
 /// Stamps one test per `suite::scenario`; the common body of the public macros.
@@ -295,6 +304,7 @@ macro_rules! event_store_contract_tests {
             event_store::recent_streams_most_recent_first,
             event_store::stats_count_streams_and_messages,
             event_store::read_all_is_gap_safe_under_concurrent_commits,
+            event_store::messages_and_documents_survive_reopen,
         );
     };
 }
