@@ -5,7 +5,8 @@
 //! Needs a server: `RIDES_TEST_POSTGRES_URL` names a database the tests may create schemas in
 //! (`eval "$(scripts/services.sh)"` starts or finds one; `scripts/test.sh` exports it). Every
 //! store lives in its own new schema (`rides_test_<secs>_<random>`), so tests run in parallel
-//! without seeing each other; the first store of a process drops the schemas earlier runs
+//! without seeing each other (`reopen` connects again to the same schema, as a restarted
+//! process would); the first store of a process drops the schemas earlier runs
 //! left behind (older than an hour), and the adapter's own tests drop theirs at the end.
 
 use std::sync::Arc;
@@ -104,6 +105,22 @@ impl EventStoreFactory for PgEventStores {
             events: Arc::new(store.event_store()),
             outbox: Arc::new(store),
         }
+    }
+
+    async fn reopen(&self, sut: EventStoreUnderTest) -> Option<EventStoreUnderTest> {
+        // The event store describes itself as its store does, schema included.
+        let describe = sut.events.describe();
+        drop(sut);
+        let schema = describe
+            .rsplit("schema=")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let store = connect(&schema).await;
+        Some(EventStoreUnderTest {
+            events: Arc::new(store.event_store()),
+            outbox: Arc::new(store),
+        })
     }
 }
 

@@ -2,7 +2,8 @@
 //! commit stages nothing, messages and documents survive a reopen, corrupt rows are errors.
 //!
 //! Every store is a fresh database file in its own temporary directory, kept as long as the
-//! factory (one factory per test).
+//! factory (one factory per test); `reopen` drops the store and connects to the same file
+//! again, as a restarted process would.
 
 use std::sync::{Arc, Mutex};
 
@@ -45,6 +46,17 @@ impl EventStoreFactory for SqliteEventStores {
             events: Arc::new(store.event_store()),
             outbox: Arc::new(store),
         }
+    }
+
+    async fn reopen(&self, sut: EventStoreUnderTest) -> Option<EventStoreUnderTest> {
+        // The event store describes itself by its database's URL.
+        let url = sut.events.describe();
+        drop(sut);
+        let store = connect(&url).await;
+        Some(EventStoreUnderTest {
+            events: Arc::new(store.event_store()),
+            outbox: Arc::new(store),
+        })
     }
 }
 
