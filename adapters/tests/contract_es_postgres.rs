@@ -436,3 +436,33 @@ async fn racing_commits_get_typed_errors() {
     }
     drop_schema(&store, &schema).await;
 }
+
+/// Stored data the domain refuses (metadata that is not an object, an empty type) is a clear
+/// `Other` error naming the row, not a panic and not a default.
+#[tokio::test]
+async fn a_corrupt_row_is_an_error_naming_it() {
+    let (store, schema) = fresh_store().await;
+    let es = store.event_store();
+    es.append_to_stream("s", &[cmd("s", 1)])
+        .await
+        .unwrap_or_else(|e| panic!("append: {e}"));
+    for (corruption, what) in [
+        ("UPDATE es_messages SET metadata = '[1]'::jsonb", "metadata"),
+        (
+            "UPDATE es_messages SET metadata = '{}'::jsonb, type = ''",
+            "type",
+        ),
+    ] {
+        sqlx::query(corruption)
+            .execute(store.pool())
+            .await
+            .unwrap_or_else(|e| panic!("corrupt: {e}"));
+        match es.read_stream("s", 0, None).await {
+            Err(EventStoreError::Other(m)) => {
+                assert!(m.contains("global seq 1") && m.contains(what), "{m}");
+            }
+            other => panic!("corrupt {what} must be Other, got {other:?}"),
+        }
+    }
+    drop_schema(&store, &schema).await;
+}
