@@ -7,9 +7,9 @@
 //! | `memory/`    | `memory`   | every port; the model the others are tested against |
 //! | `payment/`   | `payment`  | a fake payment processor with the reference's outcomes |
 //! | `stripe/`    | `stripe`   | the payment gateway on Stripe's HTTP API (reqwest)  |
-//! | `sqlite/`    | `sqlite`   | store + outbox + consumer state (sqlx), the replica |
+//! | `sqlite/`    | `sqlite`   | store + outbox + consumer state (sqlx), the replica, the event store |
 //! | `sled/`      | `sled`     | the log, embedded                                   |
-//! | `postgres/`  | `postgres` | store + outbox + consumer state, the Postgres-only log, the replica |
+//! | `postgres/`  | `postgres` | store + outbox + consumer state, the Postgres-only log, the replica, the event store |
 //! | `redis/`     | `redis`    | the log on Redis Streams, the replica (hashes + sorted sets) |
 //! | `kafka/`     | `kafka`    | the log on Kafka (rdkafka)                          |
 //! | `baseline/`  | -          | the benchmarks' SQL baselines (`sqlite/baseline.rs`, `postgres/baseline.rs`) |
@@ -39,6 +39,8 @@ pub mod sled;
 mod sql_consumer;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql_error;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql_event_store;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql_replica;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

@@ -4,7 +4,7 @@
 //! [`Kind`], and keeps the driver's error as the [`std::error::Error::source`]. The ports'
 //! enums are converted from this one shape, here, once: their message is the whole chain.
 
-use ports::{ConsumerStoreError, LogError, ReplicaError, StoreError};
+use ports::{ConsumerStoreError, EventStoreError, LogError, ReplicaError, StoreError};
 use thiserror::Error;
 
 /// What a driver error means to the caller.
@@ -126,6 +126,19 @@ impl From<DbError> for ReplicaError {
             Kind::Unavailable => Self::Unavailable(m),
             // A deadlock or serialization failure between two writers: every replica write
             // is idempotent, so retrying the batch helps.
+            Kind::Conflict => Self::Unavailable(format!("concurrent update: {m}")),
+            Kind::NotFound | Kind::Config | Kind::Other => Self::Other(m),
+        }
+    }
+}
+
+impl From<DbError> for EventStoreError {
+    fn from(e: DbError) -> Self {
+        let m = e.message();
+        match e.kind {
+            Kind::Unavailable => Self::Unavailable(m),
+            // A deadlock or serialization failure names no stream and no seq, so it cannot be
+            // a `Conflict`; nothing was written, and retrying the commit helps.
             Kind::Conflict => Self::Unavailable(format!("concurrent update: {m}")),
             Kind::NotFound | Kind::Config | Kind::Other => Self::Other(m),
         }

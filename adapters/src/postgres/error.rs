@@ -2,7 +2,8 @@
 //!
 //! The orphan rule forbids `impl From<sqlx::Error> for StoreError` here (both types are
 //! foreign), so every internal function returns [`PgError`], which converts into
-//! [`StoreError`], [`LogError`] and [`ConsumerStoreError`] with `?`. A driver error is
+//! [`StoreError`], [`LogError`], [`ConsumerStoreError`], [`ReplicaError`] and
+//! [`EventStoreError`] with `?`. A driver error is
 //! classified once, in [`PgError::from`], into the shared shape [`DbError`] (which keeps the
 //! driver's error as its source):
 //!
@@ -17,7 +18,7 @@
 //!
 //! Messages never contain the connection URL (and so never a password).
 
-use ports::{ConsumerStoreError, LogError, ReplicaError, StoreError};
+use ports::{ConsumerStoreError, EventStoreError, LogError, ReplicaError, StoreError};
 use thiserror::Error;
 
 use crate::sql_error::{DbError, Kind};
@@ -150,6 +151,15 @@ impl From<PgError> for ConsumerStoreError {
 }
 
 impl From<PgError> for ReplicaError {
+    fn from(e: PgError) -> Self {
+        match e {
+            PgError::Db(db) => db.into(),
+            other => Self::Other(message(&other)),
+        }
+    }
+}
+
+impl From<PgError> for EventStoreError {
     fn from(e: PgError) -> Self {
         match e {
             PgError::Db(db) => db.into(),

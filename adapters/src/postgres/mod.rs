@@ -1,7 +1,9 @@
 //! Postgres: the canonical store, its outbox and the consumers' state, plus the
 //! Postgres-only log (the outbox table *is* the log; no streamer needed).
 //! [`PostgresReplica`] is a secondary datastore ([`ports::Replica`]) in another database or
-//! schema (`replica.rs`).
+//! schema (`replica.rs`). [`PostgresEventStore`] ([`PostgresStore::event_store`]) is the event
+//! store ([`ports::EventStore`]) in the store's schema, staging every message in the store's
+//! outbox in the same transaction (`event_store.rs`, which also explains its global order).
 //!
 //! ```text
 //!  run_phase (key row locked)        sequencer (one at a time)          readers
@@ -90,6 +92,7 @@ pub mod baseline;
 mod config;
 mod consumer;
 mod error;
+mod event_store;
 mod log;
 mod notify;
 mod outbox;
@@ -103,6 +106,7 @@ use sqlx::postgres::PgPool;
 use sqlx::{Connection, PgConnection};
 
 pub use config::PgOptions;
+pub use event_store::PostgresEventStore;
 pub use log::PostgresLog;
 pub use replica::PostgresReplica;
 

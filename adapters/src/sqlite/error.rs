@@ -3,7 +3,8 @@
 //! Internal functions return [`Error`], which is either a driver error, classified once by
 //! [`kind`] into the shape both SQL adapters share ([`DbError`], which keeps sqlx's error as its
 //! source), or a port error decided by the adapter itself (a missing row, bad stored data).
-//! `?` works on both, and the trait methods convert once at the boundary with `.map_err(Into::into)`.
+//! `?` works on both, and the trait methods convert once at the boundary with `.map_err(Into::into)`
+//! (into [`StoreError`], [`ConsumerStoreError`], [`ReplicaError`] or [`EventStoreError`]).
 //! (A direct `impl From<sqlx::Error> for StoreError` would break the orphan rule: both types
 //! are foreign to this crate.)
 //!
@@ -14,7 +15,7 @@
 //! | `SQLITE_BUSY` (busy timeout expired), pool timeout, I/O | `Unavailable` | overloaded or unreachable: retry |
 //! | anything else (bad data, schema, bug)            | `Other`        | a retry will not help                |
 
-use ports::{ConsumerStoreError, ReplicaError, StoreError};
+use ports::{ConsumerStoreError, EventStoreError, ReplicaError, StoreError};
 
 use crate::sql_error::{DbError, Kind};
 
@@ -84,6 +85,18 @@ impl From<Error> for ConsumerStoreError {
 }
 
 impl From<Error> for ReplicaError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Db(e) => e.into(),
+            Error::Store(StoreError::Unavailable(m)) => Self::Unavailable(m),
+            Error::Store(
+                StoreError::Conflict(m) | StoreError::NotFound(m) | StoreError::Other(m),
+            ) => Self::Other(m),
+        }
+    }
+}
+
+impl From<Error> for EventStoreError {
     fn from(e: Error) -> Self {
         match e {
             Error::Db(e) => e.into(),

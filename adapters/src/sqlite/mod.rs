@@ -3,6 +3,9 @@
 //! [`SqliteStore`] implements [`ports::RideStore`], [`ports::Outbox`] and
 //! [`ports::ConsumerStore`]. It is the embedded default: `rides demo` needs no server.
 //! [`SqliteReplica`] implements [`ports::Replica`] in a database file of its own.
+//! [`SqliteEventStore`] ([`SqliteStore::event_store`]) implements [`ports::EventStore`] in the
+//! store's own file, staging every message in the store's outbox in the same transaction
+//! (`event_store.rs`).
 //!
 //! # Concurrency (DESIGN.md section 8)
 //!
@@ -50,6 +53,7 @@
 pub mod baseline;
 mod consumer;
 mod error;
+mod event_store;
 mod outbox;
 mod replica;
 mod store;
@@ -65,6 +69,7 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 use tokio::sync::Notify;
 
+pub use self::event_store::SqliteEventStore;
 pub use self::replica::SqliteReplica;
 
 use self::error::Error;
