@@ -90,6 +90,9 @@ pub struct Stores {
     pub outbox: Arc<dyn Outbox>,
     /// Its consumer state store.
     pub consumers: Arc<dyn ConsumerStore>,
+    /// Its event store (the event-sourcing layer's streams, in the same database; appended
+    /// messages are staged in this store's outbox in the same transaction).
+    pub events: Arc<dyn ports::EventStore>,
     /// The URL it was opened from.
     pub url: String,
     /// The secondary datastore kept in sync with it, when one is configured
@@ -314,6 +317,7 @@ pub async fn open_store(url: &str) -> anyhow::Result<Stores> {
             let store = Arc::new(adapters::memory::MemoryStore::new(PRODUCER));
             Ok(Stores {
                 store: store.clone(),
+                events: Arc::new(store.event_store()),
                 outbox: store,
                 consumers: Arc::new(adapters::memory::MemoryConsumerStore::new()),
                 url: url.to_owned(),
@@ -335,6 +339,7 @@ pub async fn open_store(url: &str) -> anyhow::Result<Stores> {
             );
             Ok(Stores {
                 store: store.clone(),
+                events: Arc::new(store.event_store()),
                 outbox: store.clone(),
                 consumers: store,
                 url: url.to_owned(),
@@ -358,6 +363,7 @@ pub async fn open_store(url: &str) -> anyhow::Result<Stores> {
             );
             Ok(Stores {
                 store: store.clone(),
+                events: Arc::new(store.event_store()),
                 outbox: store.clone(),
                 consumers: store.clone(),
                 url: url.to_owned(),

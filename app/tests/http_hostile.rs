@@ -47,6 +47,7 @@ impl Server {
             log: None,
             stats: None,
             allow_test_errors,
+            events: None,
         };
         let listener = app::http::bind(([127, 0, 0, 1], 0).into()).unwrap();
         let addr = listener.local_addr().unwrap();

@@ -383,6 +383,7 @@ async fn serve_answers_on_a_socket_and_shuts_down_gracefully() {
         log: None,
         stats: None,
         allow_test_errors: false,
+        events: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -353,6 +353,7 @@ mod tests {
             log: None,
             stats: None,
             allow_test_errors: false,
+            events: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let target = listener.local_addr().unwrap();

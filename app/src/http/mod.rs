@@ -83,6 +83,9 @@ pub struct AppState {
     /// Whether `raise_error=true` (the reference's test switch) is honoured; otherwise such
     /// a request is refused with a 400 before anything is stored (`--allow-test-errors`).
     pub allow_test_errors: bool,
+    /// The store's event store: with one, the router also serves ride dispatch
+    /// ([`dispatch::router`]).
+    pub events: Option<Arc<dyn ports::EventStore>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -102,7 +105,14 @@ pub fn router(state: AppState) -> Router {
         .stats
         .clone()
         .map(|p| Arc::new(stats::StatsCache::new(p, stats::STATS_MIN_INTERVAL)));
-    Router::new()
+    let dispatch = state.events.clone().map(|events| {
+        dispatch::router(dispatch::DispatchState::new(
+            events,
+            state.store.clone(),
+            Arc::new(ports::SystemClock),
+        ))
+    });
+    let mut app = Router::new()
         .route(
             "/rides",
             get(handlers::list_rides).post(handlers::create_ride),
@@ -115,7 +125,11 @@ pub fn router(state: AppState) -> Router {
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(axum::Extension(stats_cache))
-        .with_state(state)
+        .with_state(state);
+    if let Some(dispatch) = dispatch {
+        app = app.merge(dispatch);
+    }
+    app
 }
 
 /// The client's IP as text, `127.0.0.1` when the server did not record it.

@@ -248,6 +248,7 @@ impl Fleet {
                 log: Some(log.log.clone()),
                 stats: Some(stats.clone() as Arc<dyn crate::http::StatsProvider>),
                 allow_test_errors: config.allow_test_errors,
+                events: Some(stores.events.clone()),
             };
             let stop = shutdown.clone().cancelled_owned();
             let http = config.http;

@@ -175,6 +175,7 @@ pub fn build_router(
         log: None,
         stats,
         allow_test_errors: true,
+        events: None,
     })
 }
 
