@@ -128,6 +128,8 @@ pub struct RideService {
     payments: Arc<dyn PaymentGateway>,
     clock: Arc<dyn Clock>,
     config: RideServiceConfig,
+    /// Direct publishing (`--publish direct`): told after every phase that staged records.
+    publisher: Option<Arc<crate::services::publisher::DirectPublisher>>,
 }
 
 impl std::fmt::Debug for RideService {
@@ -152,7 +154,18 @@ impl RideService {
             payments,
             clock,
             config,
+            publisher: None,
         }
+    }
+
+    /// Publishes each phase's staged records right after its commit (`--publish direct`,
+    /// see [`crate::services::publisher`]).
+    pub fn with_publisher(
+        mut self,
+        publisher: Arc<crate::services::publisher::DirectPublisher>,
+    ) -> Self {
+        self.publisher = Some(publisher);
+        self
     }
 
     /// The service's settings.
@@ -288,6 +301,9 @@ impl RideService {
                 .store
                 .run_phase(record.id, expected, &phase, self.clock.now_ms())
                 .await?;
+            if let Some(publisher) = self.publisher.as_ref().filter(|_| !phase.records.is_empty()) {
+                publisher.committed();
+            }
             tracing::debug!(
                 key_id = record.id,
                 recovery_point = record.recovery_point.as_str(),
