@@ -122,7 +122,12 @@ pub struct Common {
     pub publish: String,
     /// Under `--publish direct`: how long a staged record waits before the streamer sends
     /// it (ms).
-    #[arg(long, global = true, env = "RIDES_SWEEP_DELAY_MS", default_value_t = 5000)]
+    #[arg(
+        long,
+        global = true,
+        env = "RIDES_SWEEP_DELAY_MS",
+        default_value_t = 5000
+    )]
     pub sweep_delay_ms: u64,
     /// The TTL of the leases that keep one instance of each service (each consumer name, the
     /// streamer, completer, reaper and trimmer) active per store while the others stand by

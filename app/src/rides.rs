@@ -301,7 +301,11 @@ impl RideService {
                 .store
                 .run_phase(record.id, expected, &phase, self.clock.now_ms())
                 .await?;
-            if let Some(publisher) = self.publisher.as_ref().filter(|_| !phase.records.is_empty()) {
+            if let Some(publisher) = self
+                .publisher
+                .as_ref()
+                .filter(|_| !phase.records.is_empty())
+            {
                 publisher.committed();
             }
             tracing::debug!(

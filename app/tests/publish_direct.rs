@@ -22,16 +22,27 @@ async fn post_ride(base: &str, key: &str) {
         .send()
         .await
         .expect("POST /rides");
-    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap_or_default());
+    assert_eq!(
+        res.status(),
+        201,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
 }
 
 async fn open(dir: &tempfile::TempDir) -> (Stores, OpenedLog) {
-    let stores = app::wiring::open_store(&format!("sqlite://{}", dir.path().join("rides.db").display()))
-        .await
-        .unwrap();
-    let log = app::wiring::open_log(&format!("sled://{}", dir.path().join("log").display()), &stores)
-        .await
-        .unwrap();
+    let stores = app::wiring::open_store(&format!(
+        "sqlite://{}",
+        dir.path().join("rides.db").display()
+    ))
+    .await
+    .unwrap();
+    let log = app::wiring::open_log(
+        &format!("sled://{}", dir.path().join("log").display()),
+        &stores,
+    )
+    .await
+    .unwrap();
     stores.store.ensure_user("user@example.com").await.unwrap();
     (stores, log)
 }
@@ -52,7 +63,11 @@ async fn agreed(stores: &Stores, log: &OpenedLog, rides: u64, limit: Duration) {
         if v.agree && v.truth.rides == rides {
             return;
         }
-        assert!(Instant::now() < deadline, "not agreed within {limit:?}:\n{}", v.table());
+        assert!(
+            Instant::now() < deadline,
+            "not agreed within {limit:?}:\n{}",
+            v.table()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -63,13 +78,19 @@ async fn the_api_publishes_right_after_the_commit_without_the_streamer() {
     let (stores, log) = open(&dir).await;
     // The streamer would wait ten minutes: every ride reaching the consumers sooner was
     // appended by the API.
-    let fleet = Fleet::start(&stores, &log, direct(Duration::from_secs(600))).await.unwrap();
+    let fleet = Fleet::start(&stores, &log, direct(Duration::from_secs(600)))
+        .await
+        .unwrap();
     let base = format!("http://{}", fleet.addr().unwrap());
     for i in 0..20 {
         post_ride(&base, &format!("publish-direct-test-key-{i:04}")).await;
     }
     agreed(&stores, &log, 20, Duration::from_secs(60)).await;
-    assert_eq!(stores.outbox.staged().await.unwrap(), 0, "removed once appended");
+    assert_eq!(
+        stores.outbox.staged().await.unwrap(),
+        0,
+        "removed once appended"
+    );
     fleet.stop(Duration::from_secs(5)).await;
 }
 
@@ -91,14 +112,24 @@ async fn the_sweeper_sends_what_no_api_published_but_only_after_the_delay() {
     stores.outbox.stage(&records).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     if staged_at.elapsed() < delay {
-        assert_eq!(stores.outbox.staged().await.unwrap(), 3, "not swept before the delay");
+        assert_eq!(
+            stores.outbox.staged().await.unwrap(),
+            3,
+            "not swept before the delay"
+        );
         assert_eq!(log.log.len().await.unwrap(), 0);
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while log.log.len().await.unwrap() < 3 {
-        assert!(Instant::now() < deadline, "the sweeper did not send the staged records");
+        assert!(
+            Instant::now() < deadline,
+            "the sweeper did not send the staged records"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(staged_at.elapsed() >= delay, "swept after the delay, not before");
+    assert!(
+        staged_at.elapsed() >= delay,
+        "swept after the delay, not before"
+    );
     fleet.stop(Duration::from_secs(5)).await;
 }

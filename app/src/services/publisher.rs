@@ -120,9 +120,16 @@ mod tests {
         let store = Arc::new(MemoryStore::new("p"));
         let log = Arc::new(MemoryLog::new());
         store.stage(&staged(3)).await.unwrap();
-        let p = Arc::new(DirectPublisher::new(store.clone(), log.clone(), "memory://"));
+        let p = Arc::new(DirectPublisher::new(
+            store.clone(),
+            log.clone(),
+            "memory://",
+        ));
         assert_eq!(p.round_after(0).await.unwrap(), 3);
-        let got = log.read(&Position::start(), 10, Duration::ZERO).await.unwrap();
+        let got = log
+            .read(&Position::start(), 10, Duration::ZERO)
+            .await
+            .unwrap();
         let seqs: Vec<u64> = got.deliveries.iter().map(|d| d.record.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3], "in sequence order");
         assert_eq!(store.staged().await.unwrap(), 0, "removed once appended");
@@ -132,7 +139,11 @@ mod tests {
     async fn a_commit_covered_by_a_later_round_starts_none() {
         let store = Arc::new(MemoryStore::new("p"));
         let log = Arc::new(MemoryLog::new());
-        let p = Arc::new(DirectPublisher::new(store.clone(), log.clone(), "memory://"));
+        let p = Arc::new(DirectPublisher::new(
+            store.clone(),
+            log.clone(),
+            "memory://",
+        ));
         store.stage(&staged(2)).await.unwrap();
         // Two commits saw 0 rounds; the first round covers both.
         assert_eq!(p.round_after(0).await.unwrap(), 2);
@@ -144,12 +155,20 @@ mod tests {
     async fn rounds_leave_cutovers_and_other_routes_to_the_streamer() {
         let store = Arc::new(MemoryStore::new("p"));
         let log = Arc::new(MemoryLog::new());
-        let p = Arc::new(DirectPublisher::new(store.clone(), log.clone(), "memory://"));
+        let p = Arc::new(DirectPublisher::new(
+            store.clone(),
+            log.clone(),
+            "memory://",
+        ));
         store
             .stage(&[domain::NewRecord::cutover("sled:///elsewhere", 0)])
             .await
             .unwrap();
-        assert_eq!(p.round_after(0).await.unwrap(), 0, "a cutover is the streamer's");
+        assert_eq!(
+            p.round_after(0).await.unwrap(),
+            0,
+            "a cutover is the streamer's"
+        );
         assert_eq!(store.staged().await.unwrap(), 1);
         let other = Arc::new(MemoryStore::new("q"));
         other
@@ -160,8 +179,16 @@ mod tests {
             .await
             .unwrap();
         other.stage(&staged(1)).await.unwrap();
-        let q = Arc::new(DirectPublisher::new(other.clone(), log.clone(), "memory://"));
-        assert_eq!(q.round_after(0).await.unwrap(), 0, "the route names another log");
+        let q = Arc::new(DirectPublisher::new(
+            other.clone(),
+            log.clone(),
+            "memory://",
+        ));
+        assert_eq!(
+            q.round_after(0).await.unwrap(),
+            0,
+            "the route names another log"
+        );
         assert_eq!(log.len().await.unwrap(), 0);
     }
 }
