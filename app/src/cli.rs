@@ -272,6 +272,21 @@ pub enum AdminCommand {
     },
 }
 
+/// `rides ledger …`.
+#[derive(Debug, Subcommand)]
+pub enum LedgerAction {
+    /// Every 201 of the ledger exists exactly once in `--store`, with exactly one charge, and
+    /// no charge belongs to two rides (exit 1 otherwise).
+    Check {
+        /// The ledger written by `rides simulate --ledger`.
+        #[arg(long)]
+        ledger: PathBuf,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// `rides consumer …`: looking after consumers.
 #[derive(Debug, Subcommand)]
 pub enum ConsumerAction {
@@ -419,6 +434,16 @@ pub enum Command {
         /// Concurrent clients.
         #[arg(long, env = "RIDES_CONCURRENCY", default_value_t = 4)]
         concurrency: usize,
+        /// Record each ride's final answer (user, key, status) in this file, one JSON line
+        /// each, for `rides ledger check`.
+        #[arg(long)]
+        ledger: Option<PathBuf>,
+    },
+    /// Checks a load run's client-side ledger against the store, key by key.
+    Ledger {
+        /// What to do.
+        #[command(subcommand)]
+        action: LedgerAction,
     },
     /// Creates or upgrades the store's and the log's schemas, then exits.
     Migrate,
@@ -777,10 +802,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Completer => run_fleet(common, only(|c| c.completer = true)).await,
         Command::Reaper => run_fleet(common, only(|c| c.reaper = true)).await,
         Command::Trimmer => run_fleet(common, only(|c| c.trimmer = true)).await,
+        Command::Ledger {
+            action: LedgerAction::Check { ledger, json },
+        } => {
+            wiring::require_existing("store", &common.store, "ledger check")?;
+            let stores = wiring::open_store(&common.store).await?;
+            let report = crate::ledger::check(stores.store.as_ref(), &ledger).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "ledger {}: {} answers, {} created: {} missing, {} uncharged, {} charges shared by two rides, {} repeated keys: {}",
+                    ledger.display(),
+                    report.answers,
+                    report.created,
+                    report.missing,
+                    report.uncharged,
+                    report.shared_charges,
+                    report.repeated_keys,
+                    if report.ok { "OK" } else { "FAILED" }
+                );
+                for example in &report.examples {
+                    println!("  {example}");
+                }
+            }
+            Ok(if report.ok { 0 } else { 1 })
+        }
         Command::Simulate {
             url,
             rides,
             concurrency,
+            ledger,
         } => {
             let stop = tokio_util::sync::CancellationToken::new();
             let s = stop.clone();
@@ -788,12 +840,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 signalled().await;
                 s.cancel();
             });
-            let report = simulator::simulate(
-                SimConfig::new(url, rides, concurrency, common.seed.unwrap_or(0)),
-                Arc::new(SimStats::default()),
-                stop,
-            )
-            .await?;
+            let mut config = SimConfig::new(url, rides, concurrency, common.seed.unwrap_or(0));
+            if let Some(path) = &ledger {
+                config.ledger = Some(Arc::new(crate::ledger::LedgerWriter::create(path)?));
+            }
+            let report = simulator::simulate(config, Arc::new(SimStats::default()), stop).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(0)
         }

@@ -25,6 +25,7 @@ pub mod demo;
 pub mod es;
 pub mod faults;
 pub mod http;
+pub mod ledger;
 pub mod metrics;
 pub mod rides;
 pub mod runtime;
