@@ -149,6 +149,11 @@ pub struct Common {
     /// ?base=URL&timeout_ms=N&connect_timeout_ms=N&retries=N&source=TOKEN).
     #[arg(long, global = true, env = "RIDES_PAYMENTS", default_value = "fake://")]
     pub payments: String,
+    /// Serve `GET /metrics` (Prometheus) on this address, for the processes without the API
+    /// (streamer, consumer, sync, completer, reaper, trimmer); `serve` and `api` also serve it
+    /// on `--listen`.
+    #[arg(long, global = true, env = "RIDES_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// How log lines look: text, or one JSON object per line.
     #[arg(
         long,
@@ -649,6 +654,7 @@ async fn run_fleet(common: &Common, mut config: FleetConfig) -> anyhow::Result<i
     config.consumer_policy = common.policy();
     config.consumer_expiry = common.consumer_expiry_s.map(Duration::from_secs);
     config.intervals.streamer_linger = Duration::from_millis(common.linger_ms);
+    config.metrics_listen = common.metrics_listen;
     let faults = common.faults(FaultConfig::none())?;
     config.seed = faults.seed;
     // Only the API and the completer charge (a consumer needs no Stripe key).
@@ -659,6 +665,9 @@ async fn run_fleet(common: &Common, mut config: FleetConfig) -> anyhow::Result<i
     let mut fleet = Fleet::start(&stores, &log, config).await?;
     if let Some(addr) = fleet.addr() {
         tracing::info!(%addr, store = %stores.store.describe(), log = %log.log.describe(), "listening");
+    }
+    if let Some(addr) = fleet.metrics_addr() {
+        tracing::info!(%addr, "serving GET /metrics");
     }
     let ended = tokio::select! {
         () = signalled() => None,

@@ -62,6 +62,7 @@ pub struct Streamer {
     outbox: Arc<dyn Outbox>,
     log: Arc<dyn Log>,
     faults: Arc<Faults>,
+    metrics: Arc<crate::metrics::Metrics>,
     batch: usize,
     poll: Duration,
     linger: Duration,
@@ -79,6 +80,7 @@ impl Streamer {
             outbox,
             log,
             faults,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             batch: BATCH_SIZE,
             poll: Duration::from_millis(250),
             linger: DEFAULT_LINGER,
@@ -86,6 +88,12 @@ impl Streamer {
             current: tokio::sync::Mutex::new(None),
             ahead: Mutex::new(None),
         }
+    }
+
+    /// Counts batches and records in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Follows log cutovers, starting on `log` unless the store's route names another log.
@@ -227,6 +235,7 @@ impl Streamer {
         }
         let seqs: Vec<u64> = send.iter().map(|r| r.seq).collect();
         self.outbox.remove(&seqs).await?;
+        self.metrics.streamer_batch(send.len());
         match next {
             Some(Ok(next)) => {
                 *self.ahead.lock().unwrap_or_else(PoisonError::into_inner) = Some(next);
