@@ -37,11 +37,18 @@ pub struct Cli {
     /// Flags shared by every subcommand.
     #[command(flatten)]
     pub common: Common,
+    /// Where each setting came from (filled by [`crate::config::resolve`]).
+    #[arg(skip)]
+    pub provenance: crate::config::Provenance,
 }
 
 /// Flags shared by every subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
+    /// A TOML config file: keys are the flags' names in snake case (`lease_ttl_ms = 2000`);
+    /// environment variables and flags override it (`rides config show`).
+    #[arg(long, global = true, env = "RIDES_CONFIG")]
+    pub config: Option<PathBuf>,
     /// The canonical store: memory://, sqlite://PATH, postgres://…
     #[arg(
         long,
@@ -439,6 +446,12 @@ pub enum Command {
         #[command(subcommand)]
         what: LogCommand,
     },
+    /// The configuration: `show` prints the effective settings and their sources.
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        what: crate::config::ConfigCommand,
+    },
     /// The project's own benchmarks (run them from a release build).
     Bench {
         /// Which benchmark.
@@ -831,10 +844,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             // Explicit URLs (flag or env) win over the data dir.
             let explicit =
                 |id: &str| std::env::args().any(|a| a == id || a.starts_with(&format!("{id}=")));
-            if explicit("--store") || std::env::var_os("RIDES_STORE").is_some() {
+            let from_file = |key: &str| cli.provenance.from_file(key);
+            if explicit("--store")
+                || std::env::var_os("RIDES_STORE").is_some()
+                || from_file("store")
+            {
                 opts.store = Some(common.store.clone());
             }
-            if explicit("--log") || std::env::var_os("RIDES_LOG").is_some() {
+            if explicit("--log") || std::env::var_os("RIDES_LOG").is_some() || from_file("log") {
                 opts.log = Some(common.log.clone());
             }
             if common.replica != "auto" {
@@ -854,6 +871,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
             Ok(if v.agree { 0 } else { 1 })
+        }
+        Command::Config {
+            what: crate::config::ConfigCommand::Show,
+        } => {
+            print!("{}", cli.provenance.render());
+            Ok(0)
         }
         Command::Log { what } => {
             let command = match &what {
