@@ -405,3 +405,84 @@ async fn lags_in_records_and_seconds_and_the_outbox_backlog_are_gauges() {
     assert_eq!(m.value("rides_outbox_oldest_staged_age_seconds", &[]), 0.0);
     fleet.stop(Duration::from_secs(5)).await;
 }
+
+/// A `rides consumer` process on Postgres (the Postgres-only log) serving `--metrics-listen`:
+/// its records, its lease, its lag and the held-back gauge, scraped over HTTP.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_process_serves_metrics_listen_on_postgres() {
+    use std::process::{Command, Stdio};
+
+    let base = std::env::var("RIDES_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!("this test needs Postgres: set RIDES_TEST_POSTGRES_URL (scripts/test.sh sets it)")
+    });
+    let schema = format!("metrics_{}", uuid::Uuid::new_v4().simple());
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}schema={schema}");
+    let stores = wiring::open_store(&url).await.expect("open the store");
+    let records: Vec<domain::NewRecord> = (1..=50)
+        .map(|i| domain::NewRecord {
+            id: uuid::Uuid::new_v4(),
+            stream: "rides".into(),
+            key: format!("ride:{i}"),
+            kind: "ride.created".into(),
+            payload: serde_json::json!({"ride_id": i, "user_id": 1, "distance_mm": 1_000}),
+            correlation_id: None,
+            causation_id: None,
+            recorded_at_ms: ports::Clock::now_ms(&ports::SystemClock),
+        })
+        .collect();
+    stores.outbox.stage(&records).await.unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rides"))
+        .args(["consumer", "--name", "distance-a"])
+        .args(["--store", &url, "--log", &url])
+        .args(["--metrics-listen", &addr.to_string()])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start rides consumer");
+    // The listener comes up with the process.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "no metrics listener on {addr}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let consumer = [("consumer", "distance-a")];
+    let m = scrape_until(addr, "distance-a to count and hold its lease", |s| {
+        s.has("rides_consumer_records_total", &consumer)
+            && s.value("rides_consumer_records_total", &consumer) == 50.0
+            && s.has("rides_consumer_counted_rides", &consumer)
+            && s.value("rides_consumer_counted_rides", &consumer) == 50.0
+            && s.has("rides_lease_holder", &[("scope", "consumer:distance-a")])
+    })
+    .await;
+    assert_eq!(m.value("rides_consumer_lag_records", &consumer), 0.0);
+    assert_eq!(m.value("rides_consumer_lag_seconds", &consumer), 0.0);
+    assert_eq!(
+        m.value("rides_consumer_duplicates_skipped_total", &consumer),
+        0.0
+    );
+    let held = m.value("rides_log_held_back_seconds", &[]);
+    assert!((0.0..60.0).contains(&held), "{held}");
+    // On the Postgres-only log the outbox is the log: nothing waits for a streamer.
+    assert_eq!(m.value("rides_outbox_staged", &[]), 0.0);
+    assert!(!m.has("rides_truth_rides", &[]));
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    child.wait().unwrap();
+    let _ = Command::new("psql")
+        .arg(&base)
+        .args([
+            "-qc",
+            &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"),
+        ])
+        .output();
+}
