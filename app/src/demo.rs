@@ -76,6 +76,19 @@ pub struct ConsumerView {
     pub agrees: bool,
 }
 
+/// A consumer that is not compared with the truth (the sync consumer, other kinds).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ConsumerLag {
+    /// Its name.
+    pub name: String,
+    /// Duplicates it skipped.
+    pub duplicates: u64,
+    /// Records after its position (`None` when the log could not say).
+    pub lag: Option<u64>,
+    /// The age in seconds of the oldest record after its position (0 when caught up).
+    pub lag_s: Option<f64>,
+}
+
 /// A live lease: which instance runs a service.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LeaseView {
@@ -115,8 +128,11 @@ pub struct Verdict {
     pub agree: bool,
     /// The store.
     pub truth: TruthView,
-    /// Every registered consumer.
+    /// Every registered distance consumer.
     pub consumers: Vec<ConsumerView>,
+    /// The other registered consumers (the sync consumer, consumers of other kinds): their
+    /// lags and duplicates, which are not compared with the truth.
+    pub other_consumers: Vec<ConsumerLag>,
     /// The replica, when one is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replica: Option<ReplicaView>,
@@ -365,6 +381,7 @@ async fn lag_seconds(
 /// The progress part of a verdict, and the sync consumer's lag.
 async fn progress(stores: &Stores, log: &OpenedLog) -> anyhow::Result<(Verdict, Option<u64>)> {
     let mut consumers = Vec::new();
+    let mut others = Vec::new();
     let mut replica_lag = None;
     let started_ms = ports::Clock::now_ms(&ports::SystemClock);
     for (name, cp) in stores.consumers.list().await.context("listing consumers")? {
@@ -381,16 +398,24 @@ async fn progress(stores: &Stores, log: &OpenedLog) -> anyhow::Result<(Verdict, 
             Some(lane) => on.lag_lane(lane, &cp.position).await.ok(),
             None => on.lag(&cp.position).await.ok(),
         };
-        if name == sync::DEFAULT_NAME || cp.cursor.kind.as_deref() == Some(sync::KIND) {
-            replica_lag = lag;
-            continue;
-        }
         let lag_s = match lag {
             Some(0) => Some(0.0),
             _ => lag_seconds(on, lane, &cp.position, started_ms).await,
         };
+        let other = ConsumerLag {
+            name: name.clone(),
+            duplicates: cp.cursor.duplicates,
+            lag,
+            lag_s,
+        };
+        if name == sync::DEFAULT_NAME || cp.cursor.kind.as_deref() == Some(sync::KIND) {
+            replica_lag = lag;
+            others.push(other);
+            continue;
+        }
         // Only distance consumers are compared with the truth.
         let Some(state) = consumer::result(&cp).with_context(|| format!("consumer {name}"))? else {
+            others.push(other);
             continue;
         };
         let parked = stores
@@ -461,6 +486,7 @@ async fn progress(stores: &Stores, log: &OpenedLog) -> anyhow::Result<(Verdict, 
     let verdict = Verdict {
         leases,
         consumers,
+        other_consumers: others,
         staged,
         staged_oldest_age_s,
         held_back_ms,

@@ -181,6 +181,7 @@ async fn post_ride(client: &reqwest::Client, addr: std::net::SocketAddr) -> u16 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_api_serves_metrics_that_parse_with_sane_values_after_rides() {
     let (stores, log) = memory().await;
+    let stores = stores.with_replica("memory://").await.unwrap();
     let fleet = Fleet::start(
         &stores,
         &log,
@@ -188,6 +189,7 @@ async fn the_api_serves_metrics_that_parse_with_sane_values_after_rides() {
             listen: Some(([127, 0, 0, 1], 0).into()),
             streamer: true,
             consumers: vec!["distance-a".into()],
+            sync: true,
             intervals: Intervals::demo(),
             ..FleetConfig::nothing()
         },
@@ -222,6 +224,8 @@ async fn the_api_serves_metrics_that_parse_with_sane_values_after_rides() {
             && s.value("rides_consumer_lag_records", &consumer) == 0.0
             && s.value("rides_outbox_staged", &[]) == 0.0
             && s.has("rides_lease_holder", &[("scope", "consumer:distance-a")])
+            && s.has("rides_replica_rows", &[])
+            && s.value("rides_replica_rows", &[]) == n
     })
     .await;
 
@@ -295,6 +299,15 @@ async fn the_api_serves_metrics_that_parse_with_sane_values_after_rides() {
     assert!(!holder[0].labels.get("holder").unwrap_or("").is_empty());
     assert_eq!(m.value("rides_outbox_oldest_staged_age_seconds", &[]), 0.0);
     assert_eq!(m.value("rides_log_held_back_seconds", &[]), 0.0);
+
+    // The sync consumer is a consumer too: its records, lag and lease.
+    let sync = [("consumer", "replica")];
+    assert_eq!(m.value("rides_consumer_records_total", &sync), moved);
+    assert_eq!(m.value("rides_consumer_lag_records", &sync), 0.0);
+    assert_eq!(m.value("rides_consumer_lag_seconds", &sync), 0.0);
+    assert!(m.has("rides_lease_holder", &[("scope", "consumer:replica")]));
+    assert_eq!(m.value("rides_replica_mismatches", &[]), 0.0);
+    assert_eq!(m.value("rides_replica_lag_records", &[]), 0.0);
     for kind in ["double_send", "consumer_crash", "api_crash"] {
         assert_eq!(
             m.value("rides_faults_injected_total", &[("kind", kind)]),

@@ -200,6 +200,25 @@ fn snapshot_gauges(r: &mut Registry, doc: &Value) {
             agrees.get_or_create(&l).set(agree as u8 as f64);
         }
     }
+    for c in doc
+        .get("other_consumers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(name) = c.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        let l = vec![label("consumer", name)];
+        if let Some(v) = num(c, "lag") {
+            lag.get_or_create(&l).set(v);
+        }
+        if let Some(v) = num(c, "lag_s") {
+            lag_s.get_or_create(&l).set(v);
+        }
+        dups.get_or_create(&l)
+            .set(num(c, "duplicates").unwrap_or(0.0));
+    }
     r.register(
         "consumer_lag_records",
         "Records in the log after a consumer's checkpoint",
