@@ -355,19 +355,23 @@ pub async fn collect_progress(stores: &Stores, log: &OpenedLog) -> anyhow::Resul
     Ok(progress(stores, log).await?.0)
 }
 
-/// The age in seconds of the oldest of the first records after `from` (0 when there are
-/// none, `None` when the log cannot be read).
+/// The age in seconds of the oldest of the first records after `from`, for a consumer `lag`
+/// records behind (`None` when the log cannot be read, or says it is behind and returns
+/// nothing in time).
 async fn lag_seconds(
     log: &dyn ports::Log,
     lane: Option<u32>,
     from: &ports::Position,
+    lag: Option<u64>,
     now_ms: i64,
 ) -> Option<f64> {
     // Enough records to find the oldest among a few lanes' heads.
     const PEEK: usize = 16;
+    // Logs that have records answer at once; a broker may need a fetch round trip.
+    const WAIT: Duration = Duration::from_millis(200);
     let batch = match lane {
-        Some(lane) => log.read_lane(lane, from, PEEK, Duration::ZERO).await,
-        None => log.read(from, PEEK, Duration::ZERO).await,
+        Some(lane) => log.read_lane(lane, from, PEEK, WAIT).await,
+        None => log.read(from, PEEK, WAIT).await,
     }
     .ok()?;
     let oldest = batch
@@ -375,7 +379,11 @@ async fn lag_seconds(
         .iter()
         .map(|d| d.record.recorded_at_ms)
         .min();
-    Some(oldest.map_or(0.0, |at| (now_ms - at).max(0) as f64 / 1000.0))
+    match (oldest, lag) {
+        (Some(at), _) => Some((now_ms - at).max(0) as f64 / 1000.0),
+        (None, Some(0)) => Some(0.0),
+        (None, _) => None,
+    }
 }
 
 /// The progress part of a verdict, and the sync consumer's lag.
@@ -400,7 +408,7 @@ async fn progress(stores: &Stores, log: &OpenedLog) -> anyhow::Result<(Verdict, 
         };
         let lag_s = match lag {
             Some(0) => Some(0.0),
-            _ => lag_seconds(on, lane, &cp.position, started_ms).await,
+            _ => lag_seconds(on, lane, &cp.position, lag, started_ms).await,
         };
         let other = ConsumerLag {
             name: name.clone(),
