@@ -22,6 +22,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use serde::{Deserialize, Serialize};
@@ -84,6 +85,9 @@ pub struct Metrics {
     consumer_records: Family<ConsumerLabels, Counter>,
     consumer_duplicates: Family<ConsumerLabels, Counter>,
     consumer_latency: Family<ConsumerLabels, Histogram, NewHistogram>,
+    connections_open: Gauge,
+    connections_evicted: Counter,
+    connections_refused: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -174,8 +178,29 @@ impl Metrics {
             Unit::Seconds,
             consumer_latency.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "http_connections_open",
+            "Connections the API's server holds open",
+            connections_open.clone(),
+        );
+        let connections_evicted = Counter::default();
+        registry.register(
+            "http_connections_evicted",
+            "Idle or slow connections closed at the connection cap to admit new ones",
+            connections_evicted.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "Connections refused with a 503 at the cap (every open one had a request in flight)",
+            connections_refused.clone(),
+        );
         Self {
             latencies_ms: Mutex::new(Vec::new()),
+            connections_open,
+            connections_evicted,
+            connections_refused,
             registry,
             http_requests,
             http_duration,
@@ -206,6 +231,21 @@ impl Metrics {
         self.http_duration
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
+    }
+
+    /// A connection was admitted (`+1`) or closed (`-1`).
+    pub fn connection_open(&self, delta: i64) {
+        self.connections_open.inc_by(delta);
+    }
+
+    /// A connection was evicted at the cap.
+    pub fn connection_evicted(&self) {
+        self.connections_evicted.inc();
+    }
+
+    /// A connection was refused at the cap.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 
     /// Records one atomic phase's duration.

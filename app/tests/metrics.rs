@@ -3,6 +3,8 @@
 //! values after rides are created: on the API's listener, and on `--metrics-listen` for a
 //! process without the API.
 
+mod http_common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -258,6 +260,10 @@ async fn the_api_serves_metrics_that_parse_with_sane_values_after_rides() {
         1.0
     );
 
+    // This scrape's own connection, at least, is open; nothing hit the cap.
+    assert!(m.value("rides_http_connections_open", &[]) >= 1.0);
+    assert_eq!(m.value("rides_http_connections_refused_total", &[]), 0.0);
+
     // Phases: every ride went through both commits once (`create_ride` and `stage_receipt`
     // only run for keys of older versions); no conflicts without contention.
     assert!(!m.has(
@@ -498,4 +504,69 @@ async fn a_consumer_process_serves_metrics_listen_on_postgres() {
             &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"),
         ])
         .output();
+}
+
+/// `GET /metrics` on a router without a server.
+async fn scrape_router(router: &axum::Router) -> Scraped {
+    use tower::ServiceExt as _;
+    let resp = router
+        .clone()
+        .oneshot(
+            axum::http::Request::get("/metrics")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    parse(std::str::from_utf8(&body).unwrap())
+}
+
+#[tokio::test]
+async fn conflicts_and_injected_faults_are_counted() {
+    use http_common::{FailingStore, Harness, always_crash, new_key, post_valid, send};
+
+    // A serialization conflict in the charge phase: a 409, counted under its phase.
+    let h = Harness::with(
+        Faults::none(),
+        adapters::payment::FakeProcessor::default(),
+        Some(FailingStore::conflict),
+    );
+    assert_eq!(send(&h.router, post_valid(&new_key())).await.status, 409);
+    let m = scrape_router(&h.router).await;
+    assert_eq!(
+        m.value("rides_phase_conflicts_total", &[("phase", "charge")]),
+        1.0
+    );
+    assert!(!m.has("rides_phase_conflicts_total", &[("phase", "begin")]));
+    assert_eq!(
+        m.value(
+            "rides_http_requests_total",
+            &[("route", "/rides"), ("method", "POST"), ("status", "409")]
+        ),
+        1.0
+    );
+    // No stats provider: no store-wide gauges, the process's own series only.
+    assert!(!m.has("rides_stats_up", &[]));
+    assert!(!m.has("rides_outbox_staged", &[]));
+
+    // An injected API crash.
+    let h = Harness::with(
+        always_crash(),
+        adapters::payment::FakeProcessor::default(),
+        None,
+    );
+    assert_eq!(send(&h.router, post_valid(&new_key())).await.status, 500);
+    let m = scrape_router(&h.router).await;
+    assert_eq!(
+        m.value("rides_faults_injected_total", &[("kind", "api_crash")]),
+        1.0
+    );
+    assert_eq!(
+        m.value("rides_faults_injected_total", &[("kind", "double_send")]),
+        0.0
+    );
 }
