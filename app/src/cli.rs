@@ -122,6 +122,20 @@ pub struct Common {
     /// Kafka's linger.ms: fewer, fuller appends under load, for at most this much latency.
     #[arg(long, global = true, env = "RIDES_LINGER_MS", default_value_t = 5)]
     pub linger_ms: u64,
+    /// How records reach the log: `streamer` (the streamer sends what phases staged), or
+    /// `direct` (the API appends them right after each commit, and the streamer only sweeps
+    /// records still staged after `--sweep-delay-ms`, e.g. after a crash).
+    #[arg(long, global = true, env = "RIDES_PUBLISH", default_value = "streamer", value_parser = ["streamer", "direct"])]
+    pub publish: String,
+    /// Under `--publish direct`: how long a staged record waits before the streamer sends
+    /// it (ms).
+    #[arg(
+        long,
+        global = true,
+        env = "RIDES_SWEEP_DELAY_MS",
+        default_value_t = 5000
+    )]
+    pub sweep_delay_ms: u64,
     /// The TTL of the leases that keep one instance of each service (each consumer name, the
     /// streamer, completer, reaper and trimmer) active per store while the others stand by
     /// (ms; 0 runs without leases).
@@ -205,6 +219,11 @@ impl Common {
             }
             url => Some(url.to_owned()),
         }
+    }
+
+    /// The sweep delay under `--publish direct` (`None`: publishing through the streamer).
+    pub fn publish_direct(&self) -> Option<Duration> {
+        (self.publish == "direct").then(|| Duration::from_millis(self.sweep_delay_ms))
     }
 
     /// The lease TTL (`None`: no leases).
@@ -668,6 +687,7 @@ async fn run_fleet(common: &Common, mut config: FleetConfig) -> anyhow::Result<i
     config.consumer_expiry = common.consumer_expiry_s.map(Duration::from_secs);
     config.intervals.streamer_linger = Duration::from_millis(common.linger_ms);
     config.metrics_listen = common.metrics_listen;
+    config.publish_direct = common.publish_direct();
     let faults = common.faults(FaultConfig::none())?;
     config.seed = faults.seed;
     // Only the API and the completer charge (a consumer needs no Stripe key).
@@ -962,6 +982,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 let mut opts = FleetBenchOptions::new(bench_urls(common));
                 opts.rate = rate;
                 opts.seconds = seconds;
+                opts.publish_direct = common.publish_direct();
                 let report = bench::bench_fleet(opts).await?;
                 print_report(&report.table(), &report, json)?;
                 Ok(if report.failed == 0 && report.settled && report.agree {

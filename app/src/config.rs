@@ -82,6 +82,10 @@ pub struct FileConfig {
     pub seed: Option<u64>,
     /// `--linger-ms`.
     pub linger_ms: Option<u64>,
+    /// `--publish` (`streamer` or `direct`).
+    pub publish: Option<String>,
+    /// `--sweep-delay-ms`.
+    pub sweep_delay_ms: Option<u64>,
     /// `--lease-ttl-ms`.
     pub lease_ttl_ms: Option<u64>,
     /// `--on-failure` (`stop` or `park`).
@@ -509,6 +513,21 @@ impl Resolver<'_> {
         );
         self.take_opt("seed", &mut c.seed, f.seed, |v| plain(v));
         self.take("linger_ms", &mut c.linger_ms, f.linger_ms, |v| plain(v));
+        if let Some(p) = f.publish.as_deref()
+            && !["streamer", "direct"].contains(&p)
+        {
+            return Err(bad(
+                "publish",
+                format!("{p:?}: expected \"streamer\" or \"direct\""),
+            ));
+        }
+        self.take("publish", &mut c.publish, f.publish.clone(), text);
+        self.take(
+            "sweep_delay_ms",
+            &mut c.sweep_delay_ms,
+            f.sweep_delay_ms,
+            |v| plain(v),
+        );
         self.take("lease_ttl_ms", &mut c.lease_ttl_ms, f.lease_ttl_ms, |v| {
             plain(v)
         });
@@ -651,7 +670,8 @@ mod tests {
         let (_dir, path) = write(
             "store = \"memory://\"\nlease_ttl_ms = 1234\nlinger_ms = 9\n\
              consumers = [\"x\", \"y\"]\nheader_timeout_ms = 777\non_failure = \"park\"\n\
-             log_format = \"json\"\nseed = 5\nmetrics_listen = \"127.0.0.1:9100\"\n",
+             log_format = \"json\"\nseed = 5\nmetrics_listen = \"127.0.0.1:9100\"\n\
+             publish = \"direct\"\nsweep_delay_ms = 250\n",
         );
         let p = path.to_str().unwrap();
         let c = cli(&["rides", "--config", p, "serve", "--linger-ms", "3"]);
@@ -668,6 +688,12 @@ mod tests {
             assert_eq!(c.common.on_failure, crate::runtime::OnFailure::Park);
             assert_eq!(c.common.log_format, crate::telemetry::LogFormat::Json);
             assert_eq!(c.common.seed, Some(5));
+        }
+        if unset("publish") && unset("sweep_delay_ms") {
+            assert_eq!(
+                c.common.publish_direct(),
+                Some(std::time::Duration::from_millis(250))
+            );
         }
         if unset("metrics_listen") {
             assert_eq!(
@@ -714,6 +740,10 @@ mod tests {
             e.contains("on_failure") && e.contains("stop or park"),
             "{e}"
         );
+
+        let (_dir, path) = write("publish = \"sideways\"\n");
+        let e = config_error(&["rides", "--config", path.to_str().unwrap(), "serve"]);
+        assert!(e.contains("publish") && e.contains("direct"), "{e}");
 
         let (_dir, path) = write("store = \n");
         let e = config_error(&["rides", "--config", path.to_str().unwrap(), "serve"]);

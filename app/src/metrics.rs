@@ -82,6 +82,8 @@ pub struct Metrics {
     phase_conflicts: Family<PhaseLabels, Counter>,
     streamer_batches: Counter,
     streamer_records: Counter,
+    published_batches: Counter,
+    published_records: Counter,
     consumer_records: Family<ConsumerLabels, Counter>,
     consumer_duplicates: Family<ConsumerLabels, Counter>,
     consumer_latency: Family<ConsumerLabels, Histogram, NewHistogram>,
@@ -158,6 +160,18 @@ impl Metrics {
             "Records the streamer moved from the outbox to the log",
             streamer_records.clone(),
         );
+        let published_batches = Counter::default();
+        registry.register(
+            "direct_publish_batches",
+            "Batches the API appended to the log right after its commits (--publish direct)",
+            published_batches.clone(),
+        );
+        let published_records = Counter::default();
+        registry.register(
+            "direct_publish_records",
+            "Records the API appended to the log right after its commits (--publish direct)",
+            published_records.clone(),
+        );
         let consumer_records = Family::<ConsumerLabels, Counter>::default();
         registry.register(
             "consumer_records",
@@ -208,6 +222,8 @@ impl Metrics {
             phase_conflicts,
             streamer_batches,
             streamer_records,
+            published_batches,
+            published_records,
             consumer_records,
             consumer_duplicates,
             consumer_latency,
@@ -270,6 +286,12 @@ impl Metrics {
     pub fn streamer_batch(&self, records: usize) {
         self.streamer_batches.inc();
         self.streamer_records.inc_by(records as u64);
+    }
+
+    /// Counts one batch of `records` appended by direct publishing.
+    pub fn published_batch(&self, records: usize) {
+        self.published_batches.inc();
+        self.published_records.inc_by(records as u64);
     }
 
     /// Counts a consumer's committed batch: `records` handled, `duplicates` skipped.

@@ -129,6 +129,8 @@ pub struct RideService {
     clock: Arc<dyn Clock>,
     config: RideServiceConfig,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Direct publishing (`--publish direct`): told after every phase that staged records.
+    publisher: Option<Arc<crate::services::publisher::DirectPublisher>>,
 }
 
 impl std::fmt::Debug for RideService {
@@ -154,6 +156,7 @@ impl RideService {
             clock,
             config,
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            publisher: None,
         }
     }
 
@@ -167,6 +170,16 @@ impl RideService {
     /// The metrics this service records in.
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.metrics
+    }
+
+    /// Publishes each phase's staged records right after its commit (`--publish direct`,
+    /// see [`crate::services::publisher`]).
+    pub fn with_publisher(
+        mut self,
+        publisher: Arc<crate::services::publisher::DirectPublisher>,
+    ) -> Self {
+        self.publisher = Some(publisher);
+        self
     }
 
     /// The service's settings.
@@ -323,6 +336,13 @@ impl RideService {
                 }
                 Failure::from(e)
             })?;
+            if let Some(publisher) = self
+                .publisher
+                .as_ref()
+                .filter(|_| !phase.records.is_empty())
+            {
+                publisher.committed();
+            }
             tracing::debug!(
                 key_id = record.id,
                 recovery_point = record.recovery_point.as_str(),

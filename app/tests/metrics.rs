@@ -570,3 +570,43 @@ async fn conflicts_and_injected_faults_are_counted() {
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn direct_publishing_is_counted_apart_from_the_streamer() {
+    let (stores, log) = memory().await;
+    let fleet = Fleet::start(
+        &stores,
+        &log,
+        FleetConfig {
+            listen: Some(([127, 0, 0, 1], 0).into()),
+            streamer: true,
+            publish_direct: Some(Duration::from_secs(30)),
+            consumers: vec!["distance-a".into()],
+            intervals: Intervals::demo(),
+            ..FleetConfig::nothing()
+        },
+    )
+    .await
+    .unwrap();
+    let addr = fleet.addr().unwrap();
+    let client = reqwest::Client::new();
+    for _ in 0..4 {
+        assert_eq!(post_ride(&client, addr).await, 201);
+    }
+    let consumer = [("consumer", "distance-a")];
+    let m = scrape_until(addr, "distance-a to count the rides", |s| {
+        s.has("rides_consumer_counted_rides", &consumer)
+            && s.value("rides_consumer_counted_rides", &consumer) == 4.0
+    })
+    .await;
+    let published = m.value("rides_direct_publish_records_total", &[]);
+    assert!(published >= 4.0, "{published}");
+    assert!(m.value("rides_direct_publish_batches_total", &[]) >= 1.0);
+    // The sweeper waits 30 s: everything went directly.
+    assert_eq!(m.value("rides_streamer_records_total", &[]), 0.0);
+    assert_eq!(
+        m.value("rides_consumer_records_total", &consumer),
+        published
+    );
+    fleet.stop(Duration::from_secs(5)).await;
+}

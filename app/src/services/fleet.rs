@@ -81,6 +81,10 @@ pub struct FleetConfig {
     pub streamer: bool,
     /// The distance consumers to run, by name.
     pub consumers: Vec<String>,
+    /// Direct publishing (`--publish direct`): the API appends what each phase staged right
+    /// after its commit, and the streamer only sweeps records staged longer ago than this
+    /// delay (see [`super::publisher`]); `None` publishes through the streamer alone.
+    pub publish_direct: Option<Duration>,
     /// Run each distance consumer per lane (`NAME/lane-k`, one lease per lane, lanes
     /// shared with the other instances): for logs with several lanes (Kafka partitions).
     pub per_lane: bool,
@@ -128,6 +132,7 @@ impl FleetConfig {
             streamer: true,
             consumers: vec!["distance-a".into(), "distance-b".into()],
             per_lane: false,
+            publish_direct: None,
             sync: true,
             completer: true,
             reaper: true,
@@ -247,18 +252,29 @@ impl Fleet {
             .payments
             .clone()
             .unwrap_or_else(|| crate::wiring::Payments::fake(config.seed));
-        let rides = Arc::new(
-            RideService::new(
-                stores.store.clone(),
-                payments.gateway,
-                clock.clone(),
-                RideServiceConfig {
-                    thresholds: config.thresholds,
-                    faults: config.faults.clone(),
-                },
-            )
-            .with_metrics(metrics.clone()),
-        );
+        let mut service = RideService::new(
+            stores.store.clone(),
+            payments.gateway,
+            clock.clone(),
+            RideServiceConfig {
+                thresholds: config.thresholds,
+                faults: config.faults.clone(),
+            },
+        )
+        .with_metrics(metrics.clone());
+        // Direct publishing needs a log that is not the outbox itself.
+        let direct = config.publish_direct.filter(|_| log.needs_streamer);
+        if direct.is_some() {
+            service = service.with_publisher(Arc::new(
+                super::publisher::DirectPublisher::new(
+                    stores.outbox.clone(),
+                    log.log.clone(),
+                    log.url.clone(),
+                )
+                .with_metrics(metrics.clone()),
+            ));
+        }
+        let rides = Arc::new(service);
         let stats = Arc::new(FleetStats {
             stores: stores.clone(),
             log: log.clone(),
@@ -337,6 +353,10 @@ impl Fleet {
             .with_metrics(metrics.clone())
             .with_poll(i.streamer_poll)
             .with_linger(i.streamer_linger);
+            let s = match direct {
+                Some(delay) => s.sweeping(delay),
+                None => s,
+            };
             tasks.push((
                 "streamer".to_owned(),
                 tokio::spawn(run_service(s, lease("streamer".into()), shutdown.clone())),
