@@ -708,6 +708,24 @@ mod tests {
             assert_eq!(consumers, &["x", "y"]);
             assert_eq!(http.header_timeout_ms, 777);
         }
+        // A global flag before the subcommand wins too.
+        let c = cli(&[
+            "rides",
+            "--linger-ms",
+            "4",
+            "--config",
+            p,
+            "consumer",
+            "list",
+        ]);
+        assert_eq!(c.common.linger_ms, 4);
+        assert_eq!(c.provenance.get("linger_ms").unwrap().source, Source::Flag);
+        if unset("lease_ttl_ms") {
+            assert_eq!(
+                c.common.lease_ttl_ms, 1234,
+                "nested subcommands read the file"
+            );
+        }
         // Without a file, clap's defaults.
         let c = cli(&["rides", "serve"]);
         if unset("lease_ttl_ms") && unset("config") {
