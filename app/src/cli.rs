@@ -37,11 +37,18 @@ pub struct Cli {
     /// Flags shared by every subcommand.
     #[command(flatten)]
     pub common: Common,
+    /// Where each setting came from (filled by [`crate::config::resolve`]).
+    #[arg(skip)]
+    pub provenance: crate::config::Provenance,
 }
 
 /// Flags shared by every subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
+    /// A TOML config file: keys are the flags' names in snake case (`lease_ttl_ms = 2000`);
+    /// environment variables and flags override it (`rides config show`).
+    #[arg(long, global = true, env = "RIDES_CONFIG")]
+    pub config: Option<PathBuf>,
     /// The canonical store: memory://, sqlite://PATH, postgres://…
     #[arg(
         long,
@@ -163,6 +170,11 @@ pub struct Common {
     /// ?base=URL&timeout_ms=N&connect_timeout_ms=N&retries=N&source=TOKEN).
     #[arg(long, global = true, env = "RIDES_PAYMENTS", default_value = "fake://")]
     pub payments: String,
+    /// Serve `GET /metrics` (Prometheus) on this address, for the processes without the API
+    /// (streamer, consumer, sync, completer, reaper, trimmer); `serve` and `api` also serve it
+    /// on `--listen`.
+    #[arg(long, global = true, env = "RIDES_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// How log lines look: text, or one JSON object per line.
     #[arg(
         long,
@@ -478,6 +490,12 @@ pub enum Command {
         #[command(subcommand)]
         what: LogCommand,
     },
+    /// The configuration: `show` prints the effective settings and their sources.
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        what: crate::config::ConfigCommand,
+    },
     /// The project's own benchmarks (run them from a release build).
     Bench {
         /// Which benchmark.
@@ -693,6 +711,7 @@ async fn run_fleet(common: &Common, mut config: FleetConfig) -> anyhow::Result<i
     config.consumer_policy = common.policy();
     config.consumer_expiry = common.consumer_expiry_s.map(Duration::from_secs);
     config.intervals.streamer_linger = Duration::from_millis(common.linger_ms);
+    config.metrics_listen = common.metrics_listen;
     config.publish_direct = common.publish_direct();
     let faults = common.faults(FaultConfig::none())?;
     config.seed = faults.seed;
@@ -704,6 +723,9 @@ async fn run_fleet(common: &Common, mut config: FleetConfig) -> anyhow::Result<i
     let mut fleet = Fleet::start(&stores, &log, config).await?;
     if let Some(addr) = fleet.addr() {
         tracing::info!(%addr, store = %stores.store.describe(), log = %log.log.describe(), "listening");
+    }
+    if let Some(addr) = fleet.metrics_addr() {
+        tracing::info!(%addr, "serving GET /metrics");
     }
     let ended = tokio::select! {
         () = signalled() => None,
@@ -893,10 +915,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             // Explicit URLs (flag or env) win over the data dir.
             let explicit =
                 |id: &str| std::env::args().any(|a| a == id || a.starts_with(&format!("{id}=")));
-            if explicit("--store") || std::env::var_os("RIDES_STORE").is_some() {
+            let from_file = |key: &str| cli.provenance.from_file(key);
+            if explicit("--store")
+                || std::env::var_os("RIDES_STORE").is_some()
+                || from_file("store")
+            {
                 opts.store = Some(common.store.clone());
             }
-            if explicit("--log") || std::env::var_os("RIDES_LOG").is_some() {
+            if explicit("--log") || std::env::var_os("RIDES_LOG").is_some() || from_file("log") {
                 opts.log = Some(common.log.clone());
             }
             if common.replica != "auto" {
@@ -916,6 +942,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
             Ok(if v.agree { 0 } else { 1 })
+        }
+        Command::Config {
+            what: crate::config::ConfigCommand::Show,
+        } => {
+            print!("{}", cli.provenance.render());
+            Ok(0)
         }
         Command::Log { what } => {
             let command = match &what {

@@ -118,6 +118,9 @@ pub struct FleetConfig {
     pub http: crate::http::ServeOptions,
     /// Whether the API honours `raise_error=true` (the demo and the tests).
     pub allow_test_errors: bool,
+    /// Where to serve `GET /metrics` on a listener of its own (`--metrics-listen`, for
+    /// processes without the API; the API serves it on its own listener too).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl FleetConfig {
@@ -144,6 +147,7 @@ impl FleetConfig {
             payments: None,
             http: crate::http::ServeOptions::default(),
             allow_test_errors: false,
+            metrics_listen: None,
         }
     }
 
@@ -169,6 +173,7 @@ pub struct Fleet {
     addr: Option<SocketAddr>,
     stats: Arc<FleetStats>,
     rides: Arc<RideService>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -208,6 +213,28 @@ impl crate::http::StatsProvider for FleetStats {
     }
 }
 
+/// The stats of a process without the API, for its `GET /metrics`: consumers, lags, leases,
+/// outbox and held-back time, without the store's truth and the replica's row-by-row
+/// comparison (full scans that only `GET /stats` and `rides verify` need).
+struct LightStats(Arc<FleetStats>);
+
+#[async_trait]
+impl crate::http::StatsProvider for LightStats {
+    async fn stats(&self) -> anyhow::Result<serde_json::Value> {
+        let s = &self.0;
+        let mut v = crate::demo::collect_progress(&s.stores, &s.log).await?;
+        v.faults = s.faults.counts();
+        v.uptime_s = s.started.elapsed().as_secs_f64();
+        let mut doc = serde_json::to_value(&v)?;
+        if let Some(map) = doc.as_object_mut() {
+            // Not computed: left out rather than reported as zero.
+            map.remove("truth");
+            map.remove("agree");
+        }
+        Ok(doc)
+    }
+}
+
 impl Fleet {
     /// Starts the configured services on `stores` and `log`.
     ///
@@ -233,15 +260,19 @@ impl Fleet {
                 thresholds: config.thresholds,
                 faults: config.faults.clone(),
             },
-        );
+        )
+        .with_metrics(metrics.clone());
         // Direct publishing needs a log that is not the outbox itself.
         let direct = config.publish_direct.filter(|_| log.needs_streamer);
         if direct.is_some() {
-            service = service.with_publisher(Arc::new(super::publisher::DirectPublisher::new(
-                stores.outbox.clone(),
-                log.log.clone(),
-                log.url.clone(),
-            )));
+            service = service.with_publisher(Arc::new(
+                super::publisher::DirectPublisher::new(
+                    stores.outbox.clone(),
+                    log.log.clone(),
+                    log.url.clone(),
+                )
+                .with_metrics(metrics.clone()),
+            ));
         }
         let rides = Arc::new(service);
         let stats = Arc::new(FleetStats {
@@ -276,6 +307,28 @@ impl Fleet {
                 }),
             ));
         }
+        let mut metrics_addr = None;
+        if let Some(listen) = config.metrics_listen {
+            let listener = crate::http::bind(listen)
+                .map_err(|e| anyhow::anyhow!("binding the metrics listener to {listen}: {e}"))?;
+            metrics_addr = Some(listener.local_addr()?);
+            let source = crate::http::metrics::MetricsSource::new(
+                metrics.clone(),
+                config.faults.clone(),
+                Some(Arc::new(LightStats(stats.clone())) as Arc<dyn crate::http::StatsProvider>),
+            );
+            let stop = shutdown.clone().cancelled_owned();
+            tasks.push((
+                "metrics".to_owned(),
+                tokio::spawn(async move {
+                    if let Err(e) =
+                        crate::http::metrics::serve_metrics(listener, source, stop).await
+                    {
+                        tracing::error!(error = %e, "the metrics listener stopped");
+                    }
+                }),
+            ));
+        }
         let i = config.intervals;
         let holder = holder_id();
         let lease = |scope: String| {
@@ -297,6 +350,7 @@ impl Fleet {
                 config.faults.clone(),
             )
             .following(log.clone())
+            .with_metrics(metrics.clone())
             .with_poll(i.streamer_poll)
             .with_linger(i.streamer_linger);
             let s = match direct {
@@ -357,7 +411,8 @@ impl Fleet {
             .following(log.clone())
             .with_wait(i.consumer_wait)
             .with_policy(config.consumer_policy)
-            .with_faults(config.faults.clone());
+            .with_faults(config.faults.clone())
+            .with_metrics(metrics.clone());
             if let Some(keeper) = lease(format!("consumer:{name}")) {
                 c = c.with_lease(keeper);
             }
@@ -408,12 +463,18 @@ impl Fleet {
             addr,
             stats,
             rides,
+            metrics_addr,
         })
     }
 
     /// The API's address, when it runs.
     pub fn addr(&self) -> Option<SocketAddr> {
         self.addr
+    }
+
+    /// The metrics listener's address, when it runs (`--metrics-listen`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The stats shared with `GET /stats`.

@@ -42,6 +42,8 @@ pub struct DirectPublisher {
     gate: tokio::sync::Mutex<()>,
     /// Rounds started so far.
     started: AtomicU64,
+    /// Counts the batches and records appended.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl DirectPublisher {
@@ -53,7 +55,14 @@ impl DirectPublisher {
             log_url: log_url.into(),
             gate: tokio::sync::Mutex::new(()),
             started: AtomicU64::new(0),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         }
+    }
+
+    /// Counts the batches and records it appends in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Called right after a phase that staged records committed: publishes them (and
@@ -94,6 +103,7 @@ impl DirectPublisher {
             self.log.append(&records).await?;
             let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
             self.outbox.remove(&seqs).await?;
+            self.metrics.published_batch(records.len());
             sent += records.len() as u64;
             if records.len() < BATCH_SIZE {
                 return Ok(sent);

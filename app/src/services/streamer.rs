@@ -62,6 +62,7 @@ pub struct Streamer {
     outbox: Arc<dyn Outbox>,
     log: Arc<dyn Log>,
     faults: Arc<Faults>,
+    metrics: Arc<crate::metrics::Metrics>,
     batch: usize,
     poll: Duration,
     linger: Duration,
@@ -82,6 +83,7 @@ impl Streamer {
             outbox,
             log,
             faults,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             batch: BATCH_SIZE,
             poll: Duration::from_millis(250),
             linger: DEFAULT_LINGER,
@@ -90,6 +92,12 @@ impl Streamer {
             ahead: Mutex::new(None),
             sweep: None,
         }
+    }
+
+    /// Counts batches and records in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Sweep mode, for direct publishing (`--publish direct`, see [`super::publisher`]):
@@ -255,6 +263,7 @@ impl Streamer {
         }
         let seqs: Vec<u64> = send.iter().map(|r| r.seq).collect();
         self.outbox.remove(&seqs).await?;
+        self.metrics.streamer_batch(send.len());
         match next {
             Some(Ok(next)) => {
                 *self.ahead.lock().unwrap_or_else(PoisonError::into_inner) = Some(next);
