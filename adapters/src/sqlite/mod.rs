@@ -81,6 +81,9 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections of the read pool (the write pool always has exactly one).
 const READ_CONNECTIONS: u32 = 4;
 
+/// Attempts at migrating after the first failure (see [`SqliteStore::migrate`]).
+const MIGRATE_ATTEMPTS: u32 = 5;
+
 /// The embedded schema, from `adapters/migrations/sqlite/`.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -170,12 +173,24 @@ pub(crate) async fn open_pools(
         return Ok((pool.clone(), pool));
     }
     let connect = connect.journal_mode(SqliteJournalMode::Wal);
-    // The writer connects first, so WAL mode is set before any reader opens the file.
-    let writer = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(connect.clone())
-        .await
-        .map_err(unavailable)?;
+    // The writer connects first, so WAL mode is set before any reader opens the file. On a
+    // new file opened by several processes at once, switching it to WAL can meet a lock
+    // that the busy timeout does not wait for (SQLITE_BUSY at once): try again shortly.
+    let mut attempt = 0u64;
+    let writer = loop {
+        match SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(connect.clone())
+            .await
+        {
+            Ok(pool) => break pool,
+            Err(e) if attempt < 10 && e.to_string().contains("database is locked") => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+    };
     let reader = SqlitePoolOptions::new()
         .max_connections(READ_CONNECTIONS)
         .connect_with(connect)
@@ -235,14 +250,29 @@ impl SqliteStore {
     /// [`StoreError::Other`] when a migration fails or the database was migrated by a newer
     /// version; [`StoreError::Unavailable`] when the database cannot be reached.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.inner.writer).await.map_err(|e| {
-            let context = format!("cannot migrate SQLite database {}", self.inner.url);
-            StoreError::from(crate::sql_error::DbError::migration(
-                crate::sql_error::Kind::Other,
-                context,
-                e,
-            ))
-        })?;
+        // Two processes started at once on a new file (`rides serve` and `rides api`) both
+        // see a migration as not applied; the second one's fails on what the first one's
+        // created, and rolls back. Once the first is done nothing is left to apply: retry.
+        let mut attempt = 0u32;
+        loop {
+            match MIGRATOR.run(&self.inner.writer).await {
+                Ok(()) => break,
+                Err(e) if attempt >= MIGRATE_ATTEMPTS => {
+                    let context = format!("cannot migrate SQLite database {}", self.inner.url);
+                    return Err(StoreError::from(crate::sql_error::DbError::migration(
+                        crate::sql_error::Kind::Other,
+                        context,
+                        e,
+                    )));
+                }
+                Err(e) => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "migration failed; another process may be migrating: retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt)))
+                        .await;
+                }
+            }
+        }
         self.load_producer().await.map_err(Into::into)
     }
 

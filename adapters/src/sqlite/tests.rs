@@ -298,3 +298,24 @@ async fn in_memory_and_deferred_migrations_work() {
     assert_eq!(u.id, 2);
     assert!(store.producer().starts_with("sqlite-"));
 }
+
+/// Two processes started at once on a new file (`rides serve` beside `rides api`) both
+/// migrate it: neither fails on the other's half-applied schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_connects_on_a_new_file_both_migrate() {
+    for _ in 0..10 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("rides.db").display());
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { SqliteStore::connect(&url).await.map(|_| ()) })
+            })
+            .collect();
+        for open in opens {
+            open.await
+                .expect("the task ran")
+                .unwrap_or_else(|e| panic!("a concurrent first connect failed: {e}"));
+        }
+    }
+}
