@@ -1,0 +1,181 @@
+//! Records a log lost: the consumer side of DESIGN invariant 8 ("loss is loud").
+//!
+//! A producer's sequence is gap-free: every record it stages gets the next number. On a log
+//! whose lanes carry every record of a producer (every single-lane log), a record whose
+//! sequence jumps over its (producer, lane) mark ([`crate::Seen::New`] with `skipped > 0`)
+//! therefore proves that the log lost the records in between. A consumer notes each such
+//! [`Gap`] in its checkpoint instead of skipping it silently, goes on with what the log still
+//! holds, and keeps reporting the gap until the missing records arrive (re-staged by a
+//! repair under their original producer and sequence: [`fill`]) or an operator acknowledges
+//! them.
+//!
+//! A gap can also be *open-ended*: when a log no longer holds the position a consumer read up
+//! to (a volatile Redis restarted empty, a log directory restored from an older backup), the
+//! records after the consumer's marks are missing up to whatever the producer staged since.
+//! The next record of that producer closes it ([`close_open`]): at the record's sequence,
+//! the gap is known.
+
+use serde::{Deserialize, Serialize};
+
+/// A range of one producer's sequences that a consumer's log lost, on one lane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// The producer whose records are missing.
+    pub producer: String,
+    /// The lane the consumer read (0 on a single-lane log).
+    pub lane: u32,
+    /// The first missing sequence.
+    pub from_seq: u64,
+    /// The last missing sequence; `None` while the gap is open-ended (the log lost everything
+    /// after the consumer's position, and no later record of the producer was read yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_seq: Option<u64>,
+    /// When it was detected (ms since the Unix epoch).
+    pub detected_at_ms: i64,
+}
+
+impl Gap {
+    /// How many sequences are missing, when known.
+    pub fn missing(&self) -> Option<u64> {
+        self.to_seq.map(|to| to - self.from_seq + 1)
+    }
+
+    /// Whether `seq` of `producer` on `lane` falls in this gap.
+    pub fn holds(&self, producer: &str, lane: u32, seq: u64) -> bool {
+        self.producer == producer
+            && self.lane == lane
+            && seq >= self.from_seq
+            && self.to_seq.is_none_or(|to| seq <= to)
+    }
+}
+
+impl std::fmt::Display for Gap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.to_seq {
+            Some(to) => write!(
+                f,
+                "{} lane {} seq {}..={}",
+                self.producer, self.lane, self.from_seq, to
+            ),
+            None => write!(
+                f,
+                "{} lane {} seq {}.. (open)",
+                self.producer, self.lane, self.from_seq
+            ),
+        }
+    }
+}
+
+/// Notes the gap `from_seq..=to_seq` (nothing when empty), merged with nothing: gaps of one
+/// (producer, lane) never overlap, since each is found above the lane's mark.
+pub fn note(
+    gaps: &mut Vec<Gap>,
+    producer: &str,
+    lane: u32,
+    from_seq: u64,
+    to_seq: u64,
+    now_ms: i64,
+) {
+    if from_seq <= to_seq {
+        gaps.push(Gap {
+            producer: producer.to_owned(),
+            lane,
+            from_seq,
+            to_seq: Some(to_seq),
+            detected_at_ms: now_ms,
+        });
+    }
+}
+
+/// A record that the duplicate rule calls a duplicate (its sequence is at or below the mark)
+/// but that falls in a gap is a repaired record: takes it out of the gap (splitting it when
+/// it lies inside) and returns `true`, so it is handled as new exactly once.
+pub fn fill(gaps: &mut Vec<Gap>, producer: &str, lane: u32, seq: u64) -> bool {
+    let Some(i) = gaps.iter().position(|g| g.holds(producer, lane, seq)) else {
+        return false;
+    };
+    let gap = gaps.remove(i);
+    if seq > gap.from_seq {
+        gaps.insert(
+            i,
+            Gap {
+                to_seq: Some(seq - 1),
+                ..gap.clone()
+            },
+        );
+    }
+    if gap.to_seq.is_none_or(|to| seq < to) {
+        gaps.push(Gap {
+            from_seq: seq + 1,
+            ..gap
+        });
+    }
+    true
+}
+
+/// A new record `seq` of `producer` on `lane` (above the mark) closes that lane's open gap of
+/// the producer: the missing records end just before it. A gap that turns out empty (the
+/// log had lost nothing of this producer) is dropped. Returns whether there was one (it
+/// covers the jump from the mark to `seq`, which is then not a gap of its own).
+pub fn close_open(gaps: &mut Vec<Gap>, producer: &str, lane: u32, seq: u64) -> bool {
+    let mut found = false;
+    gaps.retain_mut(|g| {
+        if g.producer != producer || g.lane != lane || g.to_seq.is_some() {
+            return true;
+        }
+        found = true;
+        if seq <= g.from_seq {
+            return false;
+        }
+        g.to_seq = Some(seq - 1);
+        true
+    });
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed(from: u64, to: u64) -> Gap {
+        Gap {
+            producer: "p".into(),
+            lane: 0,
+            from_seq: from,
+            to_seq: Some(to),
+            detected_at_ms: 7,
+        }
+    }
+
+    #[test]
+    fn a_filled_sequence_leaves_the_gap_once() {
+        let mut gaps = Vec::new();
+        note(&mut gaps, "p", 0, 3, 6, 7);
+        note(&mut gaps, "p", 0, 9, 8, 7);
+        assert_eq!(gaps, vec![closed(3, 6)]);
+        assert!(fill(&mut gaps, "p", 0, 4));
+        assert!(!fill(&mut gaps, "p", 0, 4), "a second copy is a duplicate");
+        assert!(!fill(&mut gaps, "q", 0, 5), "other producers are not in it");
+        assert_eq!(gaps, vec![closed(3, 3), closed(5, 6)]);
+        for s in [3, 5, 6] {
+            assert!(fill(&mut gaps, "p", 0, s));
+        }
+        assert!(gaps.is_empty());
+    }
+
+    #[test]
+    fn an_open_gap_closes_at_the_next_record_or_vanishes() {
+        let open = Gap {
+            to_seq: None,
+            ..closed(11, 0)
+        };
+        let mut gaps = vec![open.clone()];
+        assert!(!close_open(&mut gaps, "q", 0, 21));
+        assert!(close_open(&mut gaps, "p", 0, 21));
+        assert_eq!(gaps, vec![closed(11, 20)]);
+        assert_eq!(gaps[0].missing(), Some(10));
+        let mut nothing_lost = vec![open];
+        close_open(&mut nothing_lost, "p", 0, 11);
+        assert!(nothing_lost.is_empty());
+    }
+}
