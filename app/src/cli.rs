@@ -872,6 +872,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     for (name, on) in s.consumers {
                         println!("consumer {name} reads {on}");
                     }
+                    for (name, gap) in &s.gaps {
+                        println!(
+                            "LOST RECORDS: consumer {name} is missing {gap} (detected at {} ms): run `rides log repair`",
+                            gap.detected_at_ms
+                        );
+                    }
+                    if !s.gaps.is_empty() {
+                        return Ok(3);
+                    }
                 }
             }
             Ok(0)

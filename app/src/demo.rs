@@ -69,7 +69,10 @@ pub struct ConsumerView {
     pub lag: Option<u64>,
     /// Records in its dead-letter list.
     pub parked: usize,
-    /// Whether it equals the truth.
+    /// Records its log lost (see [`domain::gaps`]), until repaired or acknowledged: a
+    /// consumer with a gap does not agree, whatever its counts.
+    pub gaps: Vec<domain::Gap>,
+    /// Whether it equals the truth (and reports no gap).
     pub agrees: bool,
 }
 
@@ -182,6 +185,14 @@ impl Verdict {
                 if c.agrees { "agrees" } else { "DISAGREES" }
             ));
         }
+        for c in &self.consumers {
+            for g in &c.gaps {
+                out.push_str(&format!(
+                    "LOST RECORDS: {} is missing {g} (run `rides log repair`)\n",
+                    c.name
+                ));
+            }
+        }
         if let Some(r) = &self.replica {
             out.push_str(&format!(
                 "{:<16} {:>8} {:>16} {:>8} {:>10}  {}\n",
@@ -267,6 +278,7 @@ fn merge_lanes(views: Vec<ConsumerView>, log: &dyn ports::Log) -> Vec<ConsumerVi
             whole.distance_mm += v.distance_mm;
             whole.duplicates += v.duplicates;
             whole.parked += v.parked;
+            whole.gaps.extend(v.gaps);
             whole.lag = whole.lag.zip(v.lag).map(|(a, b)| a + b);
         }
         whole.distance_m = whole.distance_mm as f64 / 1000.0;
@@ -320,6 +332,7 @@ pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result
             distance_mm: state.distance_mm,
             duplicates: cp.cursor.duplicates,
             position: cp.position.to_string(),
+            gaps: cp.cursor.gaps.clone(),
             lag,
         });
     }
@@ -362,7 +375,8 @@ pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result
         .await
         .context("reading the store's truth")?;
     for c in &mut consumers {
-        c.agrees = c.rides == truth.rides && c.distance_mm == truth.distance_mm;
+        c.agrees =
+            c.rides == truth.rides && c.distance_mm == truth.distance_mm && c.gaps.is_empty();
     }
     let replica = match &stores.replica {
         Some(r) => {
