@@ -328,6 +328,19 @@ impl Outbox for TinyStore {
         }
         Ok(())
     }
+    async fn published(
+        &self,
+        _producer: &str,
+        _from_seq: u64,
+        _to_seq: u64,
+    ) -> Result<Vec<crate::Published>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn restage(&self, _records: &[LogRecord]) -> Result<(), StoreError> {
+        Err(StoreError::Other(
+            "the self-check store cannot re-stage".into(),
+        ))
+    }
     async fn route(&self) -> Result<Option<Route>, StoreError> {
         Ok(lock(&self.state).route.clone())
     }
