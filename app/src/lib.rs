@@ -26,6 +26,7 @@ pub mod es;
 pub mod faults;
 pub mod http;
 pub mod metrics;
+pub mod repair;
 pub mod rides;
 pub mod runtime;
 pub mod services;

@@ -17,6 +17,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::record::{RecordDraft, kinds};
+use crate::ride::RideEvent;
+
 /// A range of one producer's sequences that a consumer's log lost, on one lane.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Gap {
@@ -133,6 +136,77 @@ pub fn close_open(gaps: &mut Vec<Gap>, producer: &str, lane: u32, seq: u64) -> b
     found
 }
 
+/// What the canonical store still holds of a ride, for [`rebuild`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RideFacts {
+    /// The ride's id.
+    pub ride_id: i64,
+    /// Its user.
+    pub user_id: i64,
+    /// Its distance (final at creation).
+    pub distance_mm: u64,
+    /// The processor's charge id, once charged.
+    pub charge_id: Option<String>,
+}
+
+/// Rebuilds the draft of a lost record of `kind` about a ride from what the canonical store
+/// holds of it (`None`: the ride no longer exists), or says why it cannot be rebuilt.
+///
+/// | kind | rebuilt from | when it cannot be |
+/// |---|---|---|
+/// | `ride.created` | the ride's user and distance | the ride was deleted since |
+/// | `ride.charged` | the ride's charge id | the ride was deleted since |
+/// | `receipt.requested` | the ride's user (amount and currency are fixed) | the ride was deleted since |
+/// | `ride.declined` | - | never: the processor's message is not kept |
+/// | `ride.deleted` | - | never: the deleted ride's distance is gone |
+/// | `log.cutover` and any other kind | - | never |
+///
+/// A rebuilt record has a new record id and no correlation id (neither is kept).
+///
+/// # Errors
+/// Why the record cannot be rebuilt.
+pub fn rebuild(kind: &str, ride: Option<&RideFacts>) -> Result<RecordDraft, String> {
+    let needs_ride = || {
+        ride.ok_or_else(|| {
+            format!("{kind}: the ride no longer exists in the store (deleted since)")
+        })
+    };
+    match kind {
+        kinds::RIDE_CREATED => {
+            let r = needs_ride()?;
+            Ok(RecordDraft::from_event(
+                &RideEvent::Requested {
+                    user_id: r.user_id,
+                    distance_mm: r.distance_mm,
+                },
+                None,
+            ))
+        }
+        kinds::RIDE_CHARGED => {
+            let r = needs_ride()?;
+            let charge_id = r
+                .charge_id
+                .clone()
+                .ok_or_else(|| format!("{kind}: the ride has no charge in the store"))?;
+            Ok(RecordDraft::from_event(
+                &RideEvent::Charged { charge_id },
+                None,
+            ))
+        }
+        kinds::RECEIPT_REQUESTED => Ok(crate::idempotency::receipt_draft(
+            needs_ride()?.user_id,
+            None,
+        )),
+        kinds::RIDE_DECLINED => Err(format!(
+            "{kind}: the processor's message is not kept in the store"
+        )),
+        kinds::RIDE_DELETED => Err(format!(
+            "{kind}: the deleted ride (its user and distance) is gone from the store"
+        )),
+        other => Err(format!("{other}: not rebuildable from the store")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +235,42 @@ mod tests {
             assert!(fill(&mut gaps, "p", 0, s));
         }
         assert!(gaps.is_empty());
+    }
+
+    #[test]
+    fn rides_rebuild_their_records_and_the_rest_is_refused() {
+        let ride = RideFacts {
+            ride_id: 42,
+            user_id: 7,
+            distance_mm: 1234,
+            charge_id: Some("ch_1".into()),
+        };
+        let created = rebuild(kinds::RIDE_CREATED, Some(&ride))
+            .unwrap()
+            .build(42, 0);
+        assert_eq!(
+            created.payload,
+            serde_json::json!({"ride_id": 42, "user_id": 7, "distance_mm": 1234})
+        );
+        assert_eq!(
+            (created.kind.as_str(), created.key.as_str()),
+            ("ride.created", "ride:42")
+        );
+        let charged = rebuild(kinds::RIDE_CHARGED, Some(&ride))
+            .unwrap()
+            .build(42, 0);
+        assert_eq!(
+            charged.payload,
+            serde_json::json!({"ride_id": 42, "charge_id": "ch_1"})
+        );
+        let receipt = rebuild(kinds::RECEIPT_REQUESTED, Some(&ride))
+            .unwrap()
+            .build(42, 0);
+        assert_eq!(receipt.payload["user_id"], 7);
+        assert!(rebuild(kinds::RIDE_CREATED, None).is_err());
+        assert!(rebuild(kinds::RIDE_DECLINED, Some(&ride)).is_err());
+        assert!(rebuild(kinds::RIDE_DELETED, Some(&ride)).is_err());
+        assert!(rebuild(kinds::LOG_CUTOVER, None).is_err());
     }
 
     #[test]
