@@ -240,3 +240,114 @@ async fn new_entries_below_a_saved_position_are_not_waited_for() {
     assert_eq!(v.consumers[0].rides, 5);
     assert!(v.consumers[0].gaps.is_empty(), "nothing was lost");
 }
+
+/// Opens the sled log at `path`, waiting for a dropped handle's directory lock to go.
+async fn open_sled(path: &std::path::Path) -> Arc<dyn ports::Log> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match adapters::sled::SledLog::open(path) {
+            Ok(log) => return Arc::new(log),
+            Err(e) if Instant::now() > deadline => panic!("reopen: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A sled consumer's rides and gaps, from its checkpoint.
+async fn counted(stores: &Stores, name: &str) -> (u64, Vec<domain::Gap>) {
+    let cp = stores.consumers.load(name).await.unwrap().unwrap();
+    let state = app::services::consumer::result(&cp).unwrap().unwrap();
+    (state.rides, cp.cursor.gaps)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sled_log_restored_from_an_older_backup_is_noticed_and_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = format!("sqlite://{}", dir.path().join("rides.db").display());
+    let stores = wiring::open_store(&store_url).await.unwrap();
+    let path = dir.path().join("log");
+    let backup = dir.path().join("log-backup");
+    let sled_consumer = |log: &Arc<dyn ports::Log>, name: &str| {
+        distance_consumer(
+            name,
+            log.clone(),
+            stores.consumers.clone(),
+            Arc::new(SystemClock),
+            Arc::new(Faults::none()),
+            Arc::new(Metrics::new()),
+        )
+        .with_wait(Duration::from_millis(20))
+    };
+    let stream_to = |log: &Arc<dyn ports::Log>| {
+        Streamer::new(stores.outbox.clone(), log.clone(), Arc::new(Faults::none()))
+            .with_linger(Duration::ZERO)
+    };
+
+    let log = open_sled(&path).await;
+    create_rides(&stores, 0, 2).await;
+    let s = stream_to(&log);
+    while s.step().await.unwrap() != Outcome::Idle {}
+    let (a, b) = (sled_consumer(&log, "a"), sled_consumer(&log, "b"));
+    consume(&[a, b]).await;
+    // The backup: 2 rides (6 records), taken while the log is idle (every append flushed).
+    copy_dir(&path, &backup);
+
+    // 3 more rides: consumer a reads them, b is stopped.
+    create_rides(&stores, 2, 3).await;
+    while s.step().await.unwrap() != Outcome::Idle {}
+    consume(&[sled_consumer(&log, "a")]).await;
+    drop(s);
+    drop(log);
+
+    // The log is restored from the backup (opened where the backup lies: the same as
+    // copying it back): it lost offsets 7..=15.
+    let log = open_sled(&backup).await;
+    let (a, b) = (sled_consumer(&log, "a"), sled_consumer(&log, "b"));
+    // a's position lies beyond the restored log's end (the log refuses it); b's does not.
+    consume(&[a, b]).await;
+    create_rides(&stores, 5, 1).await;
+    let s = stream_to(&log);
+    while s.step().await.unwrap() != Outcome::Idle {}
+    let (a, b) = (sled_consumer(&log, "a"), sled_consumer(&log, "b"));
+    consume(&[a, b]).await;
+    let (rides_a, gaps_a) = counted(&stores, "a").await;
+    assert_eq!(
+        (rides_a, gaps_a.len()),
+        (6, 0),
+        "a had read what was lost: {gaps_a:?}"
+    );
+    let (rides_b, gaps_b) = counted(&stores, "b").await;
+    assert_eq!(rides_b, 3, "b misses the 3 lost rides");
+    assert_eq!(gaps_b.len(), 1);
+    assert_eq!((gaps_b[0].from_seq, gaps_b[0].to_seq), (7, Some(15)));
+
+    let report = app::repair::repair(&stores, false, 0).await.unwrap();
+    assert_eq!(report.restaged_total(), 9, "{}", report.table());
+    while s.step().await.unwrap() != Outcome::Idle {}
+    let (a, b) = (sled_consumer(&log, "a"), sled_consumer(&log, "b"));
+    consume(&[a, b]).await;
+    assert_eq!(
+        counted(&stores, "a").await,
+        (6, Vec::new()),
+        "a skipped the copies"
+    );
+    assert_eq!(
+        counted(&stores, "b").await,
+        (6, Vec::new()),
+        "b filled its gap"
+    );
+    assert_eq!(stores.store.truth().await.unwrap().rides, 6);
+}
