@@ -192,9 +192,30 @@ pub async fn repair(
         }
     }
 
+    // Records at or below the route's cutover were published on an earlier log: re-staged,
+    // they would never be published again.
+    let cutover_at = stores
+        .outbox
+        .route()
+        .await
+        .context("reading the route")?
+        .map_or(0, |r| r.after_seq);
+    let own = stores.outbox.producer();
     let mut rebuilt = Vec::new();
     let mut lost: Vec<Unrecoverable> = Vec::new();
     for ((producer, seq), entry) in &missing {
+        if *producer == own && *seq <= cutover_at {
+            lost.push(Unrecoverable {
+                producer: producer.clone(),
+                seq: *seq,
+                kind: entry.as_ref().map(|p| p.kind.clone()),
+                key: entry.as_ref().map(|p| p.key.clone()),
+                why: format!(
+                    "published on an earlier log (before the cutover at seq {cutover_at})"
+                ),
+            });
+            continue;
+        }
         let Some(p) = entry else {
             lost.push(Unrecoverable {
                 producer: producer.clone(),

@@ -136,6 +136,31 @@ pub fn close_open(gaps: &mut Vec<Gap>, producer: &str, lane: u32, seq: u64) -> b
     found
 }
 
+/// The lowest sequence of `producer` that a consumer with these marks and gaps may still
+/// report missing: its lowest gap of the producer, else the sequence after its lowest lane
+/// mark (gaps are only ever found above a mark). The store's `published` index must keep
+/// every entry from there on; 1 (everything) when the consumer has no mark of the producer.
+pub fn index_needed_from(marks: &crate::Marks, gaps: &[Gap], producer: &str) -> u64 {
+    let lowest_gap = gaps
+        .iter()
+        .filter(|g| g.producer == producer)
+        .map(|g| g.from_seq)
+        .min();
+    let prefix = format!("{producer}/");
+    let lowest_mark = marks
+        .high_water
+        .iter()
+        .filter(|(k, _)| {
+            k.strip_prefix(&prefix)
+                .is_some_and(|lane| lane.parse::<u32>().is_ok())
+        })
+        .map(|(_, hw)| *hw)
+        .min()
+        .or_else(|| marks.floors.get(producer).copied())
+        .unwrap_or(0);
+    lowest_gap.map_or(lowest_mark + 1, |g| g.min(lowest_mark + 1))
+}
+
 /// What the canonical store still holds of a ride, for [`rebuild`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RideFacts {
@@ -271,6 +296,19 @@ mod tests {
         assert!(rebuild(kinds::RIDE_DECLINED, Some(&ride)).is_err());
         assert!(rebuild(kinds::RIDE_DELETED, Some(&ride)).is_err());
         assert!(rebuild(kinds::LOG_CUTOVER, None).is_err());
+    }
+
+    #[test]
+    fn the_index_is_needed_from_the_lowest_gap_or_mark() {
+        let mut marks = crate::Marks::default();
+        assert_eq!(index_needed_from(&marks, &[], "p"), 1);
+        marks.high_water.insert("p/0".into(), 40);
+        marks.high_water.insert("p/1".into(), 30);
+        marks.high_water.insert("q/0".into(), 5);
+        assert_eq!(index_needed_from(&marks, &[], "p"), 31);
+        assert_eq!(index_needed_from(&marks, &[closed(3, 6)], "p"), 3);
+        assert_eq!(index_needed_from(&marks, &[closed(3, 6)], "q"), 6);
+        assert_eq!(index_needed_from(&marks, &[], "r"), 1);
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub struct Published {
 ///   each removed record's (producer, seq, kind, key) in the `published` index, in the same
 ///   transaction.
 /// - `published(p, from, to)` returns the index entries of producer `p` in `from..=to`, in
-///   sequence order.
+///   sequence order; `forget_published(p, s)` removes exactly those below `s`.
 /// - `restage` stages records that keep their producer and sequence; `peek` returns them
 ///   (with that producer and sequence) like any staged record, and `remove` removes them by
 ///   that sequence.
@@ -119,6 +119,13 @@ pub trait Outbox: Send + Sync + 'static {
         from_seq: u64,
         to_seq: u64,
     ) -> Result<Vec<Published>, StoreError>;
+
+    /// Forgets the `published` index entries of `producer` below `below_seq` (no consumer
+    /// can miss them any more: see [`domain::gaps::index_needed_from`]); returns how many.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the store cannot be reached.
+    async fn forget_published(&self, producer: &str, below_seq: u64) -> Result<u64, StoreError>;
 
     /// Stages records that keep their producer and sequence (a repair re-stages what a log
     /// lost, rebuilt from the canonical data), in one transaction. A record whose sequence

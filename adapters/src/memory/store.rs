@@ -557,6 +557,16 @@ impl Outbox for MemoryStore {
             .collect())
     }
 
+    async fn forget_published(&self, producer: &str, below_seq: u64) -> Result<u64, StoreError> {
+        if producer != self.producer {
+            return Ok(0);
+        }
+        let mut inner = lock(&self.inner);
+        let kept = inner.published.split_off(&below_seq);
+        let gone = std::mem::replace(&mut inner.published, kept);
+        Ok(gone.len() as u64)
+    }
+
     async fn restage(&self, records: &[LogRecord]) -> Result<(), StoreError> {
         if let Some(r) = records.iter().find(|r| r.producer != self.producer) {
             return Err(StoreError::Other(format!(

@@ -520,6 +520,17 @@ impl Outbox for PostgresStore {
             .collect())
     }
 
+    async fn forget_published(&self, producer: &str, below_seq: u64) -> Result<u64, StoreError> {
+        let below = i64::try_from(below_seq).unwrap_or(i64::MAX);
+        let done = sqlx::query("DELETE FROM outbox_published WHERE producer = $1 AND seq < $2")
+            .bind(producer)
+            .bind(below)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(PgError::from)?;
+        Ok(done.rows_affected())
+    }
+
     /// Inserted like records appended from another store: they keep their producer and
     /// producer seq (which `peek` hands out and `remove` names), ordered by the store's own.
     async fn restage(&self, records: &[LogRecord]) -> Result<(), StoreError> {

@@ -268,6 +268,21 @@ impl Outbox for SqliteStore {
             .map_err(Into::into)
     }
 
+    async fn forget_published(&self, producer: &str, below_seq: u64) -> Result<u64, StoreError> {
+        if producer != self.producer() {
+            return Ok(0);
+        }
+        let below = i64::try_from(below_seq).unwrap_or(i64::MAX);
+        let mut tx = self.write().await?;
+        let done = sqlx::query("DELETE FROM published_records WHERE seq < ?")
+            .bind(below)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::from)?;
+        tx.commit().await.map_err(Error::from)?;
+        Ok(done.rows_affected())
+    }
+
     async fn restage(&self, records: &[LogRecord]) -> Result<(), StoreError> {
         let own = self.producer();
         if let Some(r) = records.iter().find(|r| r.producer != own) {

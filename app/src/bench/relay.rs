@@ -273,6 +273,9 @@ impl Outbox for Counting {
     ) -> Result<Vec<ports::Published>, StoreError> {
         self.inner.published(producer, from_seq, to_seq).await
     }
+    async fn forget_published(&self, producer: &str, below_seq: u64) -> Result<u64, StoreError> {
+        self.inner.forget_published(producer, below_seq).await
+    }
     async fn restage(&self, records: &[LogRecord]) -> Result<(), StoreError> {
         self.inner.restage(records).await
     }

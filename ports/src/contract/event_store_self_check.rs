@@ -336,6 +336,9 @@ impl Outbox for TinyStore {
     ) -> Result<Vec<crate::Published>, StoreError> {
         Ok(Vec::new())
     }
+    async fn forget_published(&self, _producer: &str, _below: u64) -> Result<u64, StoreError> {
+        Ok(0)
+    }
     async fn restage(&self, _records: &[LogRecord]) -> Result<(), StoreError> {
         Err(StoreError::Other(
             "the self-check store cannot re-stage".into(),

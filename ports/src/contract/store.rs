@@ -1168,6 +1168,21 @@ pub async fn removed_records_are_indexed_and_restage_keeps_their_sequence(f: &dy
         .await
         .expect("published");
     assert_eq!(one, want[1..].to_vec(), "a range returns only its records");
+    assert_eq!(
+        sut.outbox
+            .forget_published(&producer, seqs[1])
+            .await
+            .expect("forget_published"),
+        1,
+        "forget_published removes exactly the entries below the sequence"
+    );
+    assert_eq!(
+        sut.outbox
+            .published(&producer, 0, u64::MAX)
+            .await
+            .expect("published"),
+        want[1..].to_vec()
+    );
     assert!(
         sut.outbox
             .published("another-producer", 0, u64::MAX)
