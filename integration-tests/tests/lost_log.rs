@@ -351,3 +351,33 @@ async fn a_sled_log_restored_from_an_older_backup_is_noticed_and_repaired() {
     );
     assert_eq!(stores.store.truth().await.unwrap().rides, 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_tells_a_position_beyond_what_the_stream_ever_held() {
+    let (_dir, stores, log, redis, stream_key) = setup("rides_beyond").await;
+    let log = log.log;
+    let start = ports::Position::start();
+    assert!(!log.beyond_end(&start).await.unwrap(), "the start never is");
+    assert!(
+        log.beyond_end(&ports::Position::new("5-0")).await.unwrap(),
+        "no stream yet: any other position is beyond it"
+    );
+    create_rides(&stores, 0, 1).await;
+    let streamer = Streamer::new(stores.outbox.clone(), log.clone(), Arc::new(Faults::none()))
+        .with_linger(Duration::ZERO);
+    while streamer.step().await.unwrap() != Outcome::Idle {}
+    let batch = log.read(&start, 10, Duration::ZERO).await.unwrap();
+    let last = batch.next;
+    assert!(!log.beyond_end(&last).await.unwrap(), "the last id is held");
+    // A trim keeps the stream's last-generated-id: reading there is fine.
+    assert_eq!(log.trim(std::slice::from_ref(&last)).await.unwrap(), 3);
+    assert!(!log.beyond_end(&last).await.unwrap(), "trimmed, not lost");
+    let (ms, _) = last.as_str().split_once('-').unwrap();
+    let later = ports::Position::new(format!("{}-0", ms.parse::<u64>().unwrap() + 1));
+    assert!(
+        log.beyond_end(&later).await.unwrap(),
+        "an id it never generated"
+    );
+    del_stream(&redis, &stream_key).await;
+    assert!(log.beyond_end(&last).await.unwrap(), "the stream is gone");
+}
