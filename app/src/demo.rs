@@ -104,6 +104,9 @@ pub struct ReplicaView {
     /// Records after the sync consumer's position (`None` when it has not registered or the
     /// log could not say).
     pub lag: Option<u64>,
+    /// Records the sync consumer's log lost (see [`domain::gaps`]), until repaired or
+    /// acknowledged.
+    pub gaps: Vec<domain::Gap>,
     /// Whether it equals the store: every row, no more, no less.
     pub agrees: bool,
 }
@@ -185,13 +188,16 @@ impl Verdict {
                 if c.agrees { "agrees" } else { "DISAGREES" }
             ));
         }
-        for c in &self.consumers {
-            for g in &c.gaps {
-                out.push_str(&format!(
-                    "LOST RECORDS: {} is missing {g} (run `rides log repair`)\n",
-                    c.name
-                ));
-            }
+        let replica_gaps = self.replica.iter().flat_map(|r| &r.gaps);
+        let named = self
+            .consumers
+            .iter()
+            .flat_map(|c| c.gaps.iter().map(|g| (c.name.as_str(), g)))
+            .chain(replica_gaps.map(|g| ("replica", g)));
+        for (name, g) in named {
+            out.push_str(&format!(
+                "LOST RECORDS: {name} is missing {g} (run `rides log repair`)\n"
+            ));
         }
         if let Some(r) = &self.replica {
             out.push_str(&format!(
@@ -302,6 +308,7 @@ pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result
     // Consumers first, the truth after: a snapshot never shows a consumer ahead of the truth.
     let mut consumers = Vec::new();
     let mut replica_lag = None;
+    let mut replica_gaps = Vec::new();
     for (name, cp) in stores.consumers.list().await.context("listing consumers")? {
         let lane = crate::runtime::lanes::split_lane(&name).map(|(_, lane)| lane);
         let lag = match (&cp.cursor.log_url, lane) {
@@ -311,6 +318,7 @@ pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result
         };
         if name == sync::DEFAULT_NAME || cp.cursor.kind.as_deref() == Some(sync::KIND) {
             replica_lag = lag;
+            replica_gaps.extend(cp.cursor.gaps.iter().cloned());
             continue;
         }
         // Only distance consumers are compared with the truth.
@@ -382,6 +390,8 @@ pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result
         Some(r) => {
             let mut view = compare_replica(stores.store.as_ref(), r, truth.rides).await?;
             view.lag = replica_lag;
+            view.agrees = view.agrees && replica_gaps.is_empty();
+            view.gaps = replica_gaps;
             Some(view)
         }
         None => None,
