@@ -295,12 +295,9 @@ impl Log for LaneLog {
     async fn len(&self) -> Result<u64, LogError> {
         self.inner.len().await
     }
+    /// A lane's position is one of the whole log's kind (Kafka: offsets of that partition).
     async fn beyond_end(&self, from: &Position) -> Result<bool, LogError> {
-        if self.inner.lanes() == 1 {
-            self.inner.beyond_end(from).await
-        } else {
-            Ok(false)
-        }
+        self.inner.beyond_end(from).await
     }
     fn gap_free_lanes(&self) -> bool {
         self.inner.gap_free_lanes()
