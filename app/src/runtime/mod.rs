@@ -466,6 +466,7 @@ impl<H: Handler> Consumer<H> {
         let (mut at, mut park) = (Vec::new(), Vec::new());
         for (i, d) in deliveries.iter().enumerate() {
             let r = &d.record;
+            let mut filled = false;
             match cursor.marks.see(d.lane, r) {
                 Seen::Duplicate => {
                     // At or below the mark, but missing: a repaired record fills its gap.
@@ -473,6 +474,7 @@ impl<H: Handler> Consumer<H> {
                         cursor.duplicates += 1;
                         continue;
                     }
+                    filled = true;
                     if log_gaps {
                         tracing::info!(consumer = %self.name, producer = %r.producer, seq = r.seq,
                             lane = d.lane, "a record of a gap arrived (repaired)");
@@ -506,8 +508,10 @@ impl<H: Handler> Consumer<H> {
                 }
             }
             // A seal is a seal only the first time: a cutover record that the duplicate rule
-            // has seen before names a log this consumer has already moved past.
+            // has seen before names a log this consumer has already moved past (and one that
+            // arrives late, in a gap, is older than where the consumer reads).
             if let Some(target) = d.record.cutover_target()
+                && !filled
                 && cursor.sealed_to.is_none()
                 && self.current_url(&cursor) != Some(target)
             {
