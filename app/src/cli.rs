@@ -37,11 +37,18 @@ pub struct Cli {
     /// Flags shared by every subcommand.
     #[command(flatten)]
     pub common: Common,
+    /// Where each setting came from (filled by [`crate::config::resolve`]).
+    #[arg(skip)]
+    pub provenance: crate::config::Provenance,
 }
 
 /// Flags shared by every subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
+    /// A TOML config file: keys are the flags' names in snake case (`lease_ttl_ms = 2000`);
+    /// environment variables and flags override it (`rides config show`).
+    #[arg(long, global = true, env = "RIDES_CONFIG")]
+    pub config: Option<PathBuf>,
     /// The canonical store: memory://, sqlite://PATH, postgres://…
     #[arg(
         long,
@@ -115,6 +122,20 @@ pub struct Common {
     /// Kafka's linger.ms: fewer, fuller appends under load, for at most this much latency.
     #[arg(long, global = true, env = "RIDES_LINGER_MS", default_value_t = 5)]
     pub linger_ms: u64,
+    /// How records reach the log: `streamer` (the streamer sends what phases staged), or
+    /// `direct` (the API appends them right after each commit, and the streamer only sweeps
+    /// records still staged after `--sweep-delay-ms`, e.g. after a crash).
+    #[arg(long, global = true, env = "RIDES_PUBLISH", default_value = "streamer", value_parser = ["streamer", "direct"])]
+    pub publish: String,
+    /// Under `--publish direct`: how long a staged record waits before the streamer sends
+    /// it (ms).
+    #[arg(
+        long,
+        global = true,
+        env = "RIDES_SWEEP_DELAY_MS",
+        default_value_t = 5000
+    )]
+    pub sweep_delay_ms: u64,
     /// The TTL of the leases that keep one instance of each service (each consumer name, the
     /// streamer, completer, reaper and trimmer) active per store while the others stand by
     /// (ms; 0 runs without leases).
@@ -149,6 +170,11 @@ pub struct Common {
     /// ?base=URL&timeout_ms=N&connect_timeout_ms=N&retries=N&source=TOKEN).
     #[arg(long, global = true, env = "RIDES_PAYMENTS", default_value = "fake://")]
     pub payments: String,
+    /// Serve `GET /metrics` (Prometheus) on this address, for the processes without the API
+    /// (streamer, consumer, sync, completer, reaper, trimmer); `serve` and `api` also serve it
+    /// on `--listen`.
+    #[arg(long, global = true, env = "RIDES_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// How log lines look: text, or one JSON object per line.
     #[arg(
         long,
@@ -193,6 +219,11 @@ impl Common {
             }
             url => Some(url.to_owned()),
         }
+    }
+
+    /// The sweep delay under `--publish direct` (`None`: publishing through the streamer).
+    pub fn publish_direct(&self) -> Option<Duration> {
+        (self.publish == "direct").then(|| Duration::from_millis(self.sweep_delay_ms))
     }
 
     /// The lease TTL (`None`: no leases).
@@ -250,6 +281,21 @@ pub enum AdminCommand {
     ForgetUser {
         /// The user's email.
         email: String,
+    },
+}
+
+/// `rides ledger …`.
+#[derive(Debug, Subcommand)]
+pub enum LedgerAction {
+    /// Every 201 of the ledger exists exactly once in `--store`, with exactly one charge, and
+    /// no charge belongs to two rides (exit 1 otherwise).
+    Check {
+        /// The ledger written by `rides simulate --ledger`.
+        #[arg(long)]
+        ledger: PathBuf,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -400,6 +446,16 @@ pub enum Command {
         /// Concurrent clients.
         #[arg(long, env = "RIDES_CONCURRENCY", default_value_t = 4)]
         concurrency: usize,
+        /// Record each ride's final answer (user, key, status) in this file, one JSON line
+        /// each, for `rides ledger check`.
+        #[arg(long)]
+        ledger: Option<PathBuf>,
+    },
+    /// Checks a load run's client-side ledger against the store, key by key.
+    Ledger {
+        /// What to do.
+        #[command(subcommand)]
+        action: LedgerAction,
     },
     /// Creates or upgrades the store's and the log's schemas, then exits.
     Migrate,
@@ -433,6 +489,12 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         what: LogCommand,
+    },
+    /// The configuration: `show` prints the effective settings and their sources.
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        what: crate::config::ConfigCommand,
     },
     /// The project's own benchmarks (run them from a release build).
     Bench {
@@ -661,6 +723,8 @@ async fn run_fleet(common: &Common, mut config: FleetConfig) -> anyhow::Result<i
     config.consumer_policy = common.policy();
     config.consumer_expiry = common.consumer_expiry_s.map(Duration::from_secs);
     config.intervals.streamer_linger = Duration::from_millis(common.linger_ms);
+    config.metrics_listen = common.metrics_listen;
+    config.publish_direct = common.publish_direct();
     let faults = common.faults(FaultConfig::none())?;
     config.seed = faults.seed;
     // Only the API and the completer charge (a consumer needs no Stripe key).
@@ -671,6 +735,9 @@ async fn run_fleet(common: &Common, mut config: FleetConfig) -> anyhow::Result<i
     let mut fleet = Fleet::start(&stores, &log, config).await?;
     if let Some(addr) = fleet.addr() {
         tracing::info!(%addr, store = %stores.store.describe(), log = %log.log.describe(), "listening");
+    }
+    if let Some(addr) = fleet.metrics_addr() {
+        tracing::info!(%addr, "serving GET /metrics");
     }
     let ended = tokio::select! {
         () = signalled() => None,
@@ -769,10 +836,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Completer => run_fleet(common, only(|c| c.completer = true)).await,
         Command::Reaper => run_fleet(common, only(|c| c.reaper = true)).await,
         Command::Trimmer => run_fleet(common, only(|c| c.trimmer = true)).await,
+        Command::Ledger {
+            action: LedgerAction::Check { ledger, json },
+        } => {
+            wiring::require_existing("store", &common.store, "ledger check")?;
+            let stores = wiring::open_store(&common.store).await?;
+            let report = crate::ledger::check(stores.store.as_ref(), &ledger).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "ledger {}: {} answers, {} created: {} missing, {} uncharged, {} charges shared by two rides, {} repeated keys: {}",
+                    ledger.display(),
+                    report.answers,
+                    report.created,
+                    report.missing,
+                    report.uncharged,
+                    report.shared_charges,
+                    report.repeated_keys,
+                    if report.ok { "OK" } else { "FAILED" }
+                );
+                for example in &report.examples {
+                    println!("  {example}");
+                }
+            }
+            Ok(if report.ok { 0 } else { 1 })
+        }
         Command::Simulate {
             url,
             rides,
             concurrency,
+            ledger,
         } => {
             let stop = tokio_util::sync::CancellationToken::new();
             let s = stop.clone();
@@ -780,12 +874,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 signalled().await;
                 s.cancel();
             });
-            let report = simulator::simulate(
-                SimConfig::new(url, rides, concurrency, common.seed.unwrap_or(0)),
-                Arc::new(SimStats::default()),
-                stop,
-            )
-            .await?;
+            let mut config = SimConfig::new(url, rides, concurrency, common.seed.unwrap_or(0));
+            if let Some(path) = &ledger {
+                config.ledger = Some(Arc::new(crate::ledger::LedgerWriter::create(path)?));
+            }
+            let report = simulator::simulate(config, Arc::new(SimStats::default()), stop).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(0)
         }
@@ -834,10 +927,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             // Explicit URLs (flag or env) win over the data dir.
             let explicit =
                 |id: &str| std::env::args().any(|a| a == id || a.starts_with(&format!("{id}=")));
-            if explicit("--store") || std::env::var_os("RIDES_STORE").is_some() {
+            let from_file = |key: &str| cli.provenance.from_file(key);
+            if explicit("--store")
+                || std::env::var_os("RIDES_STORE").is_some()
+                || from_file("store")
+            {
                 opts.store = Some(common.store.clone());
             }
-            if explicit("--log") || std::env::var_os("RIDES_LOG").is_some() {
+            if explicit("--log") || std::env::var_os("RIDES_LOG").is_some() || from_file("log") {
                 opts.log = Some(common.log.clone());
             }
             if common.replica != "auto" {
@@ -857,6 +954,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
             Ok(if v.agree { 0 } else { 1 })
+        }
+        Command::Config {
+            what: crate::config::ConfigCommand::Show,
+        } => {
+            print!("{}", cli.provenance.render());
+            Ok(0)
         }
         Command::Log { what } => {
             let command = match &what {
@@ -965,6 +1068,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 let mut opts = FleetBenchOptions::new(bench_urls(common));
                 opts.rate = rate;
                 opts.seconds = seconds;
+                opts.publish_direct = common.publish_direct();
                 let report = bench::bench_fleet(opts).await?;
                 print_report(&report.table(), &report, json)?;
                 Ok(if report.failed == 0 && report.settled && report.agree {

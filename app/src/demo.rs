@@ -67,6 +67,9 @@ pub struct ConsumerView {
     pub position: String,
     /// Records after its position (`None` when the log could not say).
     pub lag: Option<u64>,
+    /// The age in seconds of the oldest record after its position (0 when it is caught up;
+    /// `None` when the log could not say).
+    pub lag_s: Option<f64>,
     /// Records in its dead-letter list.
     pub parked: usize,
     /// Records its log lost (see [`domain::gaps`]), until repaired or acknowledged: a
@@ -74,6 +77,21 @@ pub struct ConsumerView {
     pub gaps: Vec<domain::Gap>,
     /// Whether it equals the truth (and reports no gap).
     pub agrees: bool,
+}
+
+/// A consumer that is not compared with the truth (the sync consumer, other kinds).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ConsumerLag {
+    /// Its name.
+    pub name: String,
+    /// Duplicates it skipped.
+    pub duplicates: u64,
+    /// Records after its position (`None` when the log could not say).
+    pub lag: Option<u64>,
+    /// The age in seconds of the oldest record after its position (0 when caught up).
+    pub lag_s: Option<f64>,
+    /// Records its log lost (see [`domain::gaps`]), until repaired or acknowledged.
+    pub gaps: Vec<domain::Gap>,
 }
 
 /// A live lease: which instance runs a service.
@@ -118,8 +136,11 @@ pub struct Verdict {
     pub agree: bool,
     /// The store.
     pub truth: TruthView,
-    /// Every registered consumer.
+    /// Every registered distance consumer.
     pub consumers: Vec<ConsumerView>,
+    /// The other registered consumers (the sync consumer, consumers of other kinds): their
+    /// lags and duplicates, which are not compared with the truth.
+    pub other_consumers: Vec<ConsumerLag>,
     /// The replica, when one is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replica: Option<ReplicaView>,
@@ -127,6 +148,8 @@ pub struct Verdict {
     pub leases: Vec<LeaseView>,
     /// Records still in the outbox.
     pub staged: u64,
+    /// The age in seconds of the oldest record in the outbox (`None` when it is empty).
+    pub staged_oldest_age_s: Option<f64>,
     /// How long the current log is held back by an in-flight transaction (Postgres-only log;
     /// `None` when nothing is held back).
     pub held_back_ms: Option<u64>,
@@ -277,6 +300,7 @@ fn merge_lanes(views: Vec<ConsumerView>, log: &dyn ports::Log) -> Vec<ConsumerVi
             name,
             position,
             lag: Some(0),
+            lag_s: None,
             ..ConsumerView::default()
         };
         for (_, v) in parts {
@@ -286,6 +310,10 @@ fn merge_lanes(views: Vec<ConsumerView>, log: &dyn ports::Log) -> Vec<ConsumerVi
             whole.parked += v.parked;
             whole.gaps.extend(v.gaps);
             whole.lag = whole.lag.zip(v.lag).map(|(a, b)| a + b);
+            whole.lag_s = match (whole.lag_s, v.lag_s) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
         }
         whole.distance_m = whole.distance_mm as f64 / 1000.0;
         out.push(whole);
@@ -306,23 +334,125 @@ fn merge_lanes(views: Vec<ConsumerView>, log: &dyn ports::Log) -> Vec<ConsumerVi
 /// distance state.
 pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result<Verdict> {
     // Consumers first, the truth after: a snapshot never shows a consumer ahead of the truth.
+    let (mut verdict, replica_lag, replica_gaps) = progress(stores, log).await?;
+    let truth = stores
+        .store
+        .truth()
+        .await
+        .context("reading the store's truth")?;
+    for c in &mut verdict.consumers {
+        c.agrees =
+            c.rides == truth.rides && c.distance_mm == truth.distance_mm && c.gaps.is_empty();
+    }
+    let replica = match &stores.replica {
+        Some(r) => {
+            let mut view = compare_replica(stores.store.as_ref(), r, truth.rides).await?;
+            view.lag = replica_lag;
+            view.agrees = view.agrees && replica_gaps.is_empty();
+            view.gaps = replica_gaps;
+            Some(view)
+        }
+        None => None,
+    };
+    verdict.agree = !verdict.consumers.is_empty()
+        && verdict.consumers.iter().all(|c| c.agrees)
+        && replica.as_ref().is_none_or(|r| r.agrees);
+    verdict.replica = replica;
+    verdict.truth = TruthView {
+        rides: truth.rides,
+        distance_m: truth.distance_mm as f64 / 1000.0,
+        distance_mm: truth.distance_mm,
+        unfinished_keys: truth.unfinished_keys,
+    };
+    Ok(verdict)
+}
+
+/// What [`collect_verdict`] reads before the truth, without the full scans (the store's
+/// truth, the replica row by row): each consumer's position, totals and lags, the leases,
+/// the outbox and the held-back time. The truth is left at zero, no consumer `agrees`, and
+/// there is no replica view. `GET /metrics` of the processes without the API reads this.
+///
+/// # Errors
+/// As [`collect_verdict`].
+pub async fn collect_progress(stores: &Stores, log: &OpenedLog) -> anyhow::Result<Verdict> {
+    Ok(progress(stores, log).await?.0)
+}
+
+/// The age in seconds of the oldest of the first records after `from`, for a consumer `lag`
+/// records behind (`None` when the log cannot be read, or says it is behind and returns
+/// nothing in time).
+async fn lag_seconds(
+    log: &dyn ports::Log,
+    lane: Option<u32>,
+    from: &ports::Position,
+    lag: Option<u64>,
+    now_ms: i64,
+) -> Option<f64> {
+    // Enough records to find the oldest among a few lanes' heads.
+    const PEEK: usize = 16;
+    // Logs that have records answer at once; a broker may need a fetch round trip.
+    const WAIT: Duration = Duration::from_millis(200);
+    let batch = match lane {
+        Some(lane) => log.read_lane(lane, from, PEEK, WAIT).await,
+        None => log.read(from, PEEK, WAIT).await,
+    }
+    .ok()?;
+    let oldest = batch
+        .deliveries
+        .iter()
+        .map(|d| d.record.recorded_at_ms)
+        .min();
+    match (oldest, lag) {
+        (Some(at), _) => Some((now_ms - at).max(0) as f64 / 1000.0),
+        (None, Some(0)) => Some(0.0),
+        (None, _) => None,
+    }
+}
+
+/// The progress part of a verdict, and the sync consumer's lag and gaps.
+async fn progress(
+    stores: &Stores,
+    log: &OpenedLog,
+) -> anyhow::Result<(Verdict, Option<u64>, Vec<domain::Gap>)> {
     let mut consumers = Vec::new();
+    let mut others = Vec::new();
     let mut replica_lag = None;
     let mut replica_gaps = Vec::new();
+    let started_ms = ports::Clock::now_ms(&ports::SystemClock);
     for (name, cp) in stores.consumers.list().await.context("listing consumers")? {
         let lane = crate::runtime::lanes::split_lane(&name).map(|(_, lane)| lane);
-        let lag = match (&cp.cursor.log_url, lane) {
-            (Some(url), _) => log.follow(url).await?.log.lag(&cp.position).await.ok(),
-            (None, Some(lane)) => log.log.lag_lane(lane, &cp.position).await.ok(),
-            (None, None) => log.log.lag(&cp.position).await.ok(),
+        let followed = match &cp.cursor.log_url {
+            Some(url) => Some(log.follow(url).await?),
+            None => None,
+        };
+        let (on, lane) = match &followed {
+            Some(f) => (f.log.as_ref(), None),
+            None => (log.log.as_ref(), lane),
+        };
+        let lag = match lane {
+            Some(lane) => on.lag_lane(lane, &cp.position).await.ok(),
+            None => on.lag(&cp.position).await.ok(),
+        };
+        let lag_s = match lag {
+            Some(0) => Some(0.0),
+            _ => lag_seconds(on, lane, &cp.position, lag, started_ms).await,
+        };
+        let other = ConsumerLag {
+            name: name.clone(),
+            duplicates: cp.cursor.duplicates,
+            lag,
+            lag_s,
+            gaps: cp.cursor.gaps.clone(),
         };
         if name == sync::DEFAULT_NAME || cp.cursor.kind.as_deref() == Some(sync::KIND) {
             replica_lag = lag;
             replica_gaps.extend(cp.cursor.gaps.iter().cloned());
+            others.push(other);
             continue;
         }
         // Only distance consumers are compared with the truth.
         let Some(state) = consumer::result(&cp).with_context(|| format!("consumer {name}"))? else {
+            others.push(other);
             continue;
         };
         let parked = stores
@@ -342,9 +472,10 @@ pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result
             position: cp.position.to_string(),
             gaps: cp.cursor.gaps.clone(),
             lag,
+            lag_s,
         });
     }
-    let mut consumers = merge_lanes(consumers, log.log.as_ref());
+    let consumers = merge_lanes(consumers, log.log.as_ref());
     let now_ms = ports::Clock::now_ms(&ports::SystemClock);
     let leases = stores
         .consumers
@@ -372,47 +503,34 @@ pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result
         .ok()
         .flatten()
         .map(|d| d.as_millis() as u64);
-    let staged = if current.needs_streamer {
-        stores.outbox.staged().await.context("reading the outbox")?
+    let (staged, staged_oldest_age_s) = if current.needs_streamer {
+        let staged = stores.outbox.staged().await.context("reading the outbox")?;
+        let oldest = if staged > 0 {
+            let now_ms = ports::Clock::now_ms(&ports::SystemClock);
+            stores
+                .outbox
+                .peek(1)
+                .await
+                .context("reading the outbox")?
+                .first()
+                .map(|r| (now_ms - r.recorded_at_ms).max(0) as f64 / 1000.0)
+        } else {
+            None
+        };
+        (staged, oldest)
     } else {
-        0
+        (0, None)
     };
-    let truth = stores
-        .store
-        .truth()
-        .await
-        .context("reading the store's truth")?;
-    for c in &mut consumers {
-        c.agrees =
-            c.rides == truth.rides && c.distance_mm == truth.distance_mm && c.gaps.is_empty();
-    }
-    let replica = match &stores.replica {
-        Some(r) => {
-            let mut view = compare_replica(stores.store.as_ref(), r, truth.rides).await?;
-            view.lag = replica_lag;
-            view.agrees = view.agrees && replica_gaps.is_empty();
-            view.gaps = replica_gaps;
-            Some(view)
-        }
-        None => None,
-    };
-    Ok(Verdict {
-        agree: !consumers.is_empty()
-            && consumers.iter().all(|c| c.agrees)
-            && replica.as_ref().is_none_or(|r| r.agrees),
-        replica,
+    let verdict = Verdict {
         leases,
-        truth: TruthView {
-            rides: truth.rides,
-            distance_m: truth.distance_mm as f64 / 1000.0,
-            distance_mm: truth.distance_mm,
-            unfinished_keys: truth.unfinished_keys,
-        },
         consumers,
+        other_consumers: others,
         staged,
+        staged_oldest_age_s,
         held_back_ms,
         ..Verdict::default()
-    })
+    };
+    Ok((verdict, replica_lag, replica_gaps))
 }
 
 /// Compares the replica with the store row by row: every replica row against the store's

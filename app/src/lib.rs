@@ -16,15 +16,19 @@
 //! - [`simulator`], [`demo`], [`cli`]: the load generator, the one-command demo, the CLI.
 //! - [`bench`]: the project's own benchmarks (`rides bench log|store|relay|fleet`).
 //! - [`telemetry`]: log format and destination (the demo logs to a file).
+//! - [`config`]: the TOML config file under the environment and the flags, `rides config show`.
+//! - [`metrics`]: the process's Prometheus registry and latency samples (`GET /metrics`).
 
 pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod consumers;
 pub mod cutover;
 pub mod demo;
 pub mod es;
 pub mod faults;
 pub mod http;
+pub mod ledger;
 pub mod metrics;
 pub mod repair;
 pub mod rides;

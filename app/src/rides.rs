@@ -128,6 +128,9 @@ pub struct RideService {
     payments: Arc<dyn PaymentGateway>,
     clock: Arc<dyn Clock>,
     config: RideServiceConfig,
+    metrics: Arc<crate::metrics::Metrics>,
+    /// Direct publishing (`--publish direct`): told after every phase that staged records.
+    publisher: Option<Arc<crate::services::publisher::DirectPublisher>>,
 }
 
 impl std::fmt::Debug for RideService {
@@ -152,7 +155,31 @@ impl RideService {
             payments,
             clock,
             config,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            publisher: None,
         }
+    }
+
+    /// Records phase durations and conflicts in `metrics` (the process's shared metrics; the
+    /// API's `GET /metrics` encodes the ride service's).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics this service records in.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// Publishes each phase's staged records right after its commit (`--publish direct`,
+    /// see [`crate::services::publisher`]).
+    pub fn with_publisher(
+        mut self,
+        publisher: Arc<crate::services::publisher::DirectPublisher>,
+    ) -> Self {
+        self.publisher = Some(publisher);
+        self
     }
 
     /// The service's settings.
@@ -188,7 +215,13 @@ impl RideService {
             origin_ip: origin_ip.to_owned(),
             correlation: Some(correlation),
         };
-        let record = match self.store.begin(&begin).await {
+        let started = std::time::Instant::now();
+        let begun = self.store.begin(&begin).await;
+        self.metrics.phase("begin", started.elapsed());
+        if matches!(begun, Err(StoreError::Conflict(_))) {
+            self.metrics.phase_conflict("begin");
+        }
+        let record = match begun {
             Ok(Begun::Proceed(record)) => record,
             Ok(Begun::Replay(resp)) => {
                 tracing::debug!(status = resp.status, "replaying a finished key");
@@ -264,7 +297,15 @@ impl RideService {
         // gets through (a resumed key's `last_run_at` is later than its creation).
         let first_run = record.last_run_at_ms == record.created_at_ms;
         loop {
-            let phase = match record.next_phase() {
+            let next = record.next_phase();
+            let name = match &next {
+                NextPhase::Respond(_) => "respond",
+                NextPhase::CreateRide => "create_ride",
+                NextPhase::Charge => "charge",
+                NextPhase::StageReceipt => "stage_receipt",
+            };
+            let started = std::time::Instant::now();
+            let phase = match next {
                 NextPhase::Respond(resp) => return Ok(resp),
                 NextPhase::CreateRide => Phase::create_ride(&record, origin_ip, corr)
                     .map_err(|e| Failure::Internal(format!("Bug! {e}")))?,
@@ -284,10 +325,24 @@ impl RideService {
                 }
             };
             let expected = record.recovery_point;
-            record = self
+            let ran = self
                 .store
                 .run_phase(record.id, expected, &phase, self.clock.now_ms())
-                .await?;
+                .await;
+            self.metrics.phase(name, started.elapsed());
+            record = ran.map_err(|e| {
+                if matches!(e, StoreError::Conflict(_)) {
+                    self.metrics.phase_conflict(name);
+                }
+                Failure::from(e)
+            })?;
+            if let Some(publisher) = self
+                .publisher
+                .as_ref()
+                .filter(|_| !phase.records.is_empty())
+            {
+                publisher.committed();
+            }
             tracing::debug!(
                 key_id = record.id,
                 recovery_point = record.recovery_point.as_str(),

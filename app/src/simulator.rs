@@ -48,6 +48,9 @@ pub struct SimConfig {
     pub attempts: u32,
     /// Back-off before the n-th retry is `n * backoff`.
     pub backoff: Duration,
+    /// Where each ride's final answer is recorded (user, key, status), for `rides ledger
+    /// check`.
+    pub ledger: Option<Arc<crate::ledger::LedgerWriter>>,
 }
 
 impl SimConfig {
@@ -61,6 +64,7 @@ impl SimConfig {
             bad_source_rate: 0.05,
             attempts: 5,
             backoff: Duration::from_millis(100),
+            ledger: None,
         }
     }
 }
@@ -156,7 +160,15 @@ pub async fn simulate(
                 // Ride `i` draws from its own generator, so the same seed makes the same rides
                 // whichever worker happens to make them.
                 let mut rng = ride_rng(config.seed, i);
-                let outcome = one_ride(&client, &config, &mut rng, &stats, &shutdown).await;
+                let (user, key, outcome) =
+                    one_ride(&client, &config, &mut rng, &stats, &shutdown).await;
+                if let Some(ledger) = &config.ledger {
+                    ledger.record(&crate::ledger::Entry {
+                        user: user.to_owned(),
+                        key,
+                        status: outcome.clone(),
+                    });
+                }
                 if outcome == "201" {
                     stats.created.fetch_add(1, Ordering::Relaxed);
                 }
@@ -167,6 +179,9 @@ pub async fn simulate(
     }
     for w in workers {
         w.await?;
+    }
+    if let Some(ledger) = &config.ledger {
+        ledger.flush()?;
     }
     let outcomes = stats
         .finals
@@ -186,14 +201,15 @@ fn ride_rng(seed: u64, i: u64) -> StdRng {
     StdRng::seed_from_u64(seed ^ i.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
-/// Requests one ride, retrying with the same key; returns the final outcome.
+/// Requests one ride, retrying with the same key; returns the user, the key and the final
+/// outcome.
 async fn one_ride(
     client: &reqwest::Client,
     config: &SimConfig,
     rng: &mut StdRng,
     stats: &SimStats,
     shutdown: &CancellationToken,
-) -> String {
+) -> (&'static str, String, String) {
     let user = if rng.random_bool(config.bad_source_rate.clamp(0.0, 1.0)) {
         BAD_SOURCE_USER
     } else {
@@ -209,7 +225,7 @@ async fn one_ride(
         if attempt > 0 {
             stats.retries.fetch_add(1, Ordering::Relaxed);
             tokio::select! {
-                () = shutdown.cancelled() => return outcome,
+                () = shutdown.cancelled() => return (user, key, outcome),
                 () = tokio::time::sleep(config.backoff * attempt) => {}
             }
         }
@@ -228,7 +244,7 @@ async fn one_ride(
                 tracing::debug!(%key, status, attempt, "response");
                 outcome = status.to_string();
                 if !(status >= 500 || status == 409) {
-                    return outcome;
+                    return (user, key, outcome);
                 }
             }
             Err(e) => {
@@ -237,7 +253,7 @@ async fn one_ride(
             }
         }
     }
-    outcome
+    (user, key, outcome)
 }
 
 #[cfg(test)]

@@ -54,6 +54,9 @@ pub struct FleetBenchOptions {
     pub settle_timeout: Duration,
     /// Seed of the rides' coordinates.
     pub seed: u64,
+    /// Direct publishing with this sweep delay (`--publish direct`), or `None` for the
+    /// streamer alone.
+    pub publish_direct: Option<Duration>,
 }
 
 impl FleetBenchOptions {
@@ -65,6 +68,7 @@ impl FleetBenchOptions {
             seconds: 10.0,
             settle_timeout: Duration::from_secs(60),
             seed: 7,
+            publish_direct: None,
         }
     }
 }
@@ -211,7 +215,8 @@ async fn run_fleet_bench(
     let stores = wiring::open_store(&store_url).await?;
     let log = wiring::open_log(&log_url, &stores).await?;
     stores.store.ensure_user(GOOD_USER).await?;
-    let config = FleetConfig::everything(Some(SocketAddr::from(([127, 0, 0, 1], 0))));
+    let mut config = FleetConfig::everything(Some(SocketAddr::from(([127, 0, 0, 1], 0))));
+    config.publish_direct = opts.publish_direct;
     let consumers = config.consumers.len() as u64;
     let mut fleet = Fleet::start(&stores, &log, config).await?;
     let addr = fleet

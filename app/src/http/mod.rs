@@ -10,6 +10,7 @@
 //! | `GET /healthz/ready` | 200 when the store answers, else 503 (readiness), with each dependency's state |
 //! | `POST /dispatch/commands`, `GET /dispatch/streams/{id}` | ride dispatch on the event-sourcing layer: a separate router, [`dispatch::router`], merged in by whoever has an event store |
 //! | `GET /stats` | consumers' positions, totals and lags: a snapshot of a [`StatsProvider`] computed at most once a second (see [`stats`]) |
+//! | `GET /metrics` | the Prometheus text format: the process's counters and histograms, and gauges from the same snapshot (see [`metrics`]) |
 //!
 //! # Design choices
 //!
@@ -36,6 +37,7 @@ pub mod dispatch;
 mod error;
 pub mod framing;
 mod handlers;
+pub mod metrics;
 pub mod server;
 pub mod stats;
 
@@ -112,6 +114,12 @@ pub fn router(state: AppState) -> Router {
             Arc::new(ports::SystemClock),
         ))
     });
+    let source = metrics::MetricsSource {
+        metrics: state.rides.metrics().clone(),
+        faults: state.rides.config().faults.clone(),
+        stats: stats_cache.clone(),
+    };
+    let tracked = state.rides.metrics().clone();
     let mut app = Router::new()
         .route(
             "/rides",
@@ -122,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz/live", get(handlers::live))
         .route("/healthz/ready", get(handlers::ready))
         .route("/stats", get(handlers::stats))
+        .route("/metrics", get(metrics::metrics).with_state(source))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(axum::Extension(stats_cache))
@@ -129,7 +138,10 @@ pub fn router(state: AppState) -> Router {
     if let Some(dispatch) = dispatch {
         app = app.merge(dispatch);
     }
-    app
+    app.layer(axum::middleware::from_fn_with_state(
+        tracked,
+        metrics::track,
+    ))
 }
 
 /// The client's IP as text, `127.0.0.1` when the server did not record it.

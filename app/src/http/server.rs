@@ -148,8 +148,9 @@ pub async fn serve_with(
             "API listening"
         );
     }
+    let metrics = state.rides.metrics().clone();
     let app = router(state);
-    let registry = Arc::new(Registry::new(max));
+    let registry = Arc::new(Registry::new(max, metrics));
     let stop = CancellationToken::new();
     let mut connections = JoinSet::new();
     let accept_errors = Throttle::default();
@@ -259,6 +260,7 @@ const EVICTION_SCAN: usize = 256;
 /// The open connections, oldest first, and the cap.
 struct Registry {
     max: usize,
+    metrics: Arc<crate::metrics::Metrics>,
     open: AtomicUsize,
     order: Mutex<VecDeque<Weak<ConnShared>>>,
     evictions: Throttle,
@@ -271,13 +273,15 @@ struct Slot(Arc<Registry>);
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.metrics.connection_open(-1);
     }
 }
 
 impl Registry {
-    fn new(max: usize) -> Self {
+    fn new(max: usize, metrics: Arc<crate::metrics::Metrics>) -> Self {
         Self {
             max,
+            metrics,
             open: AtomicUsize::new(0),
             order: Mutex::new(VecDeque::new()),
             evictions: Throttle::default(),
@@ -291,6 +295,7 @@ impl Registry {
         let mut order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         if self.open.load(Ordering::SeqCst) >= self.max {
             if Self::evict_one(&mut order) {
+                self.metrics.connection_evicted();
                 self.evictions.note(|n| {
                     tracing::warn!(
                         max_connections = self.max,
@@ -300,6 +305,7 @@ impl Registry {
                 });
             } else {
                 drop(order);
+                self.metrics.connection_refused();
                 self.refusals.note(|n| {
                     tracing::warn!(
                         max_connections = self.max,
@@ -311,6 +317,7 @@ impl Registry {
             }
         }
         let open = self.open.fetch_add(1, Ordering::SeqCst) + 1;
+        self.metrics.connection_open(1);
         order.push_back(Arc::downgrade(conn));
         if order.len() > 2 * open + 1024 {
             order.retain(|c| c.strong_count() > 0);

@@ -103,7 +103,7 @@ impl Snapshot {
 }
 
 /// The snapshot behind `GET /stats` and its single refresher.
-pub(super) struct StatsCache {
+pub(crate) struct StatsCache {
     provider: Arc<dyn StatsProvider>,
     min_interval: Duration,
     slot: Mutex<Slot>,
@@ -113,7 +113,7 @@ pub(super) struct StatsCache {
 
 impl StatsCache {
     /// A cache over `provider` that computes at most once per `min_interval`.
-    pub(super) fn new(provider: Arc<dyn StatsProvider>, min_interval: Duration) -> Self {
+    pub(crate) fn new(provider: Arc<dyn StatsProvider>, min_interval: Duration) -> Self {
         Self {
             provider,
             min_interval,
@@ -167,6 +167,22 @@ impl StatsCache {
                 _ => return current.render(),
             }
         }
+    }
+
+    /// The latest snapshot's document and age for `GET /metrics`: no once-per-client rule
+    /// (a scrape never waits for the next snapshot), a refresh started when one is due, and
+    /// only the process's first call waits for a computation. `None` when the latest
+    /// computation failed or none came in time.
+    pub(crate) async fn current(self: &Arc<Self>) -> Option<(Arc<Value>, Duration)> {
+        let mut refreshed = self.refreshed.subscribe();
+        let latest = match self.latest_or_refresh() {
+            Some(latest) => latest,
+            None => {
+                let _ = tokio::time::timeout(FIRST_WAIT, refreshed.changed()).await;
+                self.slot().latest.clone()?
+            }
+        };
+        Some((latest.doc?, latest.started.elapsed()))
     }
 
     /// The latest snapshot; starts a refresh first when the snapshot is due and none runs.

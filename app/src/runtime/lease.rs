@@ -217,8 +217,21 @@ impl<S: crate::services::Step> crate::services::Step for Leased<S> {
     async fn idle(&self) {
         if self.keeper.current().is_none() {
             tokio::time::sleep(self.keeper.standby_poll()).await;
-        } else {
-            self.inner.idle().await;
+            return;
+        }
+        // A service may idle longer than the lease lives (the reaper's interval, say): keep
+        // renewing meanwhile, so that the lease never lapses between two steps.
+        let idle = self.inner.idle();
+        tokio::pin!(idle);
+        loop {
+            tokio::select! {
+                () = &mut idle => return,
+                () = tokio::time::sleep(RENEW_EVERY) => {
+                    if !matches!(self.keeper.hold().await, Ok(Some(_))) {
+                        return;
+                    }
+                }
+            }
         }
     }
     fn stops_on(&self, error: &anyhow::Error) -> bool {
@@ -300,5 +313,52 @@ mod tests {
             ),
             (4, 1)
         );
+    }
+
+    /// A service that idles for longer than its lease lives (the reaper's interval against a
+    /// short TTL) keeps its lease through the idle: same epoch, no lapse a standby could use.
+    #[tokio::test(start_paused = true)]
+    async fn a_long_idle_keeps_renewing_the_lease() {
+        /// Time as tokio's (paused) clock sees it.
+        struct TokioClock(tokio::time::Instant);
+        impl Clock for TokioClock {
+            fn now_ms(&self) -> i64 {
+                1_000 + i64::try_from(self.0.elapsed().as_millis()).unwrap_or(i64::MAX)
+            }
+        }
+        struct Slow;
+        #[async_trait::async_trait]
+        impl Step for Slow {
+            fn name(&self) -> String {
+                "slow".into()
+            }
+            async fn step(&self) -> anyhow::Result<Outcome> {
+                Ok(Outcome::Idle)
+            }
+            async fn idle(&self) {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        }
+        let store = Arc::new(MemoryConsumerStore::new());
+        let clock = Arc::new(TokioClock(tokio::time::Instant::now()));
+        let keeper = LeaseKeeper::new(
+            store.clone(),
+            clock.clone(),
+            "reaper",
+            "a",
+            Duration::from_secs(2),
+        );
+        let service = Leased::new(Slow, keeper);
+        service.step().await.unwrap();
+        let epoch = service.keeper.current().expect("held").epoch;
+        for _ in 0..3 {
+            service.idle().await;
+            service.step().await.unwrap();
+        }
+        let lease = service.keeper.current().expect("still held");
+        assert_eq!(lease.epoch, epoch, "renewed, never lapsed and taken again");
+        // A standby never got it during the idles.
+        let standby = LeaseKeeper::new(store, clock, "reaper", "b", Duration::from_secs(2));
+        assert!(standby.hold().await.unwrap().is_none());
     }
 }

@@ -754,9 +754,16 @@ impl<H: Handler> Consumer<H> {
         .await?;
         self.forget_attempts();
         let now = self.clock.now_ms();
+        let duplicates = sorted
+            .cursor
+            .duplicates
+            .saturating_sub(cp.cursor.duplicates);
+        self.metrics
+            .consumer_batch(&self.name, fresh.len(), duplicates);
         for d in fresh.iter() {
             if self.measured.is_none_or(|k| d.record.kind == k) {
-                self.metrics.record_latency(now - d.record.recorded_at_ms);
+                self.metrics
+                    .consumed(&self.name, now - d.record.recorded_at_ms);
             }
         }
         Ok(Outcome::Worked(batch.deliveries.len() as u64))

@@ -81,6 +81,10 @@ pub struct FleetConfig {
     pub streamer: bool,
     /// The distance consumers to run, by name.
     pub consumers: Vec<String>,
+    /// Direct publishing (`--publish direct`): the API appends what each phase staged right
+    /// after its commit, and the streamer only sweeps records staged longer ago than this
+    /// delay (see [`super::publisher`]); `None` publishes through the streamer alone.
+    pub publish_direct: Option<Duration>,
     /// Run each distance consumer per lane (`NAME/lane-k`, one lease per lane, lanes
     /// shared with the other instances): for logs with several lanes (Kafka partitions).
     pub per_lane: bool,
@@ -114,6 +118,9 @@ pub struct FleetConfig {
     pub http: crate::http::ServeOptions,
     /// Whether the API honours `raise_error=true` (the demo and the tests).
     pub allow_test_errors: bool,
+    /// Where to serve `GET /metrics` on a listener of its own (`--metrics-listen`, for
+    /// processes without the API; the API serves it on its own listener too).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl FleetConfig {
@@ -125,6 +132,7 @@ impl FleetConfig {
             streamer: true,
             consumers: vec!["distance-a".into(), "distance-b".into()],
             per_lane: false,
+            publish_direct: None,
             sync: true,
             completer: true,
             reaper: true,
@@ -139,6 +147,7 @@ impl FleetConfig {
             payments: None,
             http: crate::http::ServeOptions::default(),
             allow_test_errors: false,
+            metrics_listen: None,
         }
     }
 
@@ -164,6 +173,7 @@ pub struct Fleet {
     addr: Option<SocketAddr>,
     stats: Arc<FleetStats>,
     rides: Arc<RideService>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -203,6 +213,28 @@ impl crate::http::StatsProvider for FleetStats {
     }
 }
 
+/// The stats of a process without the API, for its `GET /metrics`: consumers, lags, leases,
+/// outbox and held-back time, without the store's truth and the replica's row-by-row
+/// comparison (full scans that only `GET /stats` and `rides verify` need).
+struct LightStats(Arc<FleetStats>);
+
+#[async_trait]
+impl crate::http::StatsProvider for LightStats {
+    async fn stats(&self) -> anyhow::Result<serde_json::Value> {
+        let s = &self.0;
+        let mut v = crate::demo::collect_progress(&s.stores, &s.log).await?;
+        v.faults = s.faults.counts();
+        v.uptime_s = s.started.elapsed().as_secs_f64();
+        let mut doc = serde_json::to_value(&v)?;
+        if let Some(map) = doc.as_object_mut() {
+            // Not computed: left out rather than reported as zero.
+            map.remove("truth");
+            map.remove("agree");
+        }
+        Ok(doc)
+    }
+}
+
 impl Fleet {
     /// Starts the configured services on `stores` and `log`.
     ///
@@ -220,7 +252,7 @@ impl Fleet {
             .payments
             .clone()
             .unwrap_or_else(|| crate::wiring::Payments::fake(config.seed));
-        let rides = Arc::new(RideService::new(
+        let mut service = RideService::new(
             stores.store.clone(),
             payments.gateway,
             clock.clone(),
@@ -228,7 +260,21 @@ impl Fleet {
                 thresholds: config.thresholds,
                 faults: config.faults.clone(),
             },
-        ));
+        )
+        .with_metrics(metrics.clone());
+        // Direct publishing needs a log that is not the outbox itself.
+        let direct = config.publish_direct.filter(|_| log.needs_streamer);
+        if direct.is_some() {
+            service = service.with_publisher(Arc::new(
+                super::publisher::DirectPublisher::new(
+                    stores.outbox.clone(),
+                    log.log.clone(),
+                    log.url.clone(),
+                )
+                .with_metrics(metrics.clone()),
+            ));
+        }
+        let rides = Arc::new(service);
         let stats = Arc::new(FleetStats {
             stores: stores.clone(),
             log: log.clone(),
@@ -261,6 +307,28 @@ impl Fleet {
                 }),
             ));
         }
+        let mut metrics_addr = None;
+        if let Some(listen) = config.metrics_listen {
+            let listener = crate::http::bind(listen)
+                .map_err(|e| anyhow::anyhow!("binding the metrics listener to {listen}: {e}"))?;
+            metrics_addr = Some(listener.local_addr()?);
+            let source = crate::http::metrics::MetricsSource::new(
+                metrics.clone(),
+                config.faults.clone(),
+                Some(Arc::new(LightStats(stats.clone())) as Arc<dyn crate::http::StatsProvider>),
+            );
+            let stop = shutdown.clone().cancelled_owned();
+            tasks.push((
+                "metrics".to_owned(),
+                tokio::spawn(async move {
+                    if let Err(e) =
+                        crate::http::metrics::serve_metrics(listener, source, stop).await
+                    {
+                        tracing::error!(error = %e, "the metrics listener stopped");
+                    }
+                }),
+            ));
+        }
         let i = config.intervals;
         let holder = holder_id();
         let lease = |scope: String| {
@@ -282,8 +350,13 @@ impl Fleet {
                 config.faults.clone(),
             )
             .following(log.clone())
+            .with_metrics(metrics.clone())
             .with_poll(i.streamer_poll)
             .with_linger(i.streamer_linger);
+            let s = match direct {
+                Some(delay) => s.sweeping(delay),
+                None => s,
+            };
             tasks.push((
                 "streamer".to_owned(),
                 tokio::spawn(run_service(s, lease("streamer".into()), shutdown.clone())),
@@ -338,7 +411,8 @@ impl Fleet {
             .following(log.clone())
             .with_wait(i.consumer_wait)
             .with_policy(config.consumer_policy)
-            .with_faults(config.faults.clone());
+            .with_faults(config.faults.clone())
+            .with_metrics(metrics.clone());
             if let Some(keeper) = lease(format!("consumer:{name}")) {
                 c = c.with_lease(keeper);
             }
@@ -390,12 +464,18 @@ impl Fleet {
             addr,
             stats,
             rides,
+            metrics_addr,
         })
     }
 
     /// The API's address, when it runs.
     pub fn addr(&self) -> Option<SocketAddr> {
         self.addr
+    }
+
+    /// The metrics listener's address, when it runs (`--metrics-listen`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The stats shared with `GET /stats`.

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 pub mod completer;
 pub mod consumer;
 pub mod fleet;
+pub mod publisher;
 pub mod reaper;
 pub mod streamer;
 pub mod sync;

@@ -62,6 +62,7 @@ pub struct Streamer {
     outbox: Arc<dyn Outbox>,
     log: Arc<dyn Log>,
     faults: Arc<Faults>,
+    metrics: Arc<crate::metrics::Metrics>,
     batch: usize,
     poll: Duration,
     linger: Duration,
@@ -70,6 +71,9 @@ pub struct Streamer {
     /// The next batch, peeked while the previous (full) one was appended; the next step
     /// sends it instead of peeking. Set only by a step that succeeded.
     ahead: Mutex<Option<Vec<LogRecord>>>,
+    /// Under direct publishing ([`super::publisher`]): only records staged at least this
+    /// long ago are sent, checked every tenth of it.
+    sweep: Option<Duration>,
 }
 
 impl Streamer {
@@ -79,13 +83,39 @@ impl Streamer {
             outbox,
             log,
             faults,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             batch: BATCH_SIZE,
             poll: Duration::from_millis(250),
             linger: DEFAULT_LINGER,
             following: None,
             current: tokio::sync::Mutex::new(None),
             ahead: Mutex::new(None),
+            sweep: None,
         }
+    }
+
+    /// Counts batches and records in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Sweep mode, for direct publishing (`--publish direct`, see [`super::publisher`]):
+    /// the API appends what it commits, and the streamer only sends records still staged
+    /// `delay` after they were staged (a crash between a commit and its append, a commit of
+    /// a process without direct publishing), looking every tenth of the delay.
+    pub fn sweeping(mut self, delay: Duration) -> Self {
+        self.sweep = Some(delay);
+        self
+    }
+
+    /// Whether a freshly peeked batch is too young to sweep.
+    fn too_young(&self, records: &[LogRecord]) -> bool {
+        let (Some(delay), Some(first)) = (self.sweep, records.first()) else {
+            return false;
+        };
+        let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        first.recorded_at_ms > ports::Clock::now_ms(&ports::SystemClock) - delay_ms
     }
 
     /// Follows log cutovers, starting on `log` unless the store's route names another log.
@@ -161,7 +191,13 @@ impl Streamer {
         let current = self.current().await?;
         let records = match ahead {
             Some(records) => records,
-            None => self.outbox.peek(self.batch).await?,
+            None => {
+                let records = self.outbox.peek(self.batch).await?;
+                if self.too_young(&records) {
+                    return Ok(Outcome::Idle);
+                }
+                records
+            }
         };
         let Some(last) = records.last() else {
             return Ok(Outcome::Idle);
@@ -227,6 +263,7 @@ impl Streamer {
         }
         let seqs: Vec<u64> = send.iter().map(|r| r.seq).collect();
         self.outbox.remove(&seqs).await?;
+        self.metrics.streamer_batch(send.len());
         match next {
             Some(Ok(next)) => {
                 *self.ahead.lock().unwrap_or_else(PoisonError::into_inner) = Some(next);
@@ -253,6 +290,10 @@ impl Step for Streamer {
         Streamer::step(self).await
     }
     async fn idle(&self) {
+        if let Some(delay) = self.sweep {
+            tokio::time::sleep((delay / 10).max(Duration::from_millis(10))).await;
+            return;
+        }
         self.outbox.wait_staged(self.poll).await;
         // Woken (or polled): give what is being staged right now a moment to join the batch.
         if !self.linger.is_zero() {
