@@ -20,6 +20,13 @@
 //!   runtime notes it, reads the old log to its end (every lane), then moves to the start of
 //!   the new log with its marks collapsed into per-producer floors, in one save. This is the
 //!   only place that follows a cutover on the consuming side.
+//! - **Lost records** ([`domain::gaps`]): on a log whose lanes carry every record of a
+//!   producer ([`Log::gap_free_lanes`]), a jump in a producer's sequence is a gap the log
+//!   lost: noted in the cursor, logged at `ERROR`, reported until records fill it (a record at
+//!   or below the mark that lies in a gap is handled, once) or it is acknowledged; the consumer
+//!   goes on meanwhile. A position the log no longer holds ([`Log::beyond_end`], asked after a
+//!   read that found nothing) makes the consumer read the log again from its start, with an
+//!   open-ended gap after each mark that the producer's next record closes.
 //! - **Retries**: a record the handler fails on is retried with exponential back-off (the
 //!   service loop's), up to [`Policy::max_attempts`] attempts. The records before it in the
 //!   batch are saved as handled, so a retry starts at the failing record.
