@@ -515,8 +515,20 @@ pub enum LogCommand {
         #[arg(long, env = "RIDES_CUTOVER_TO")]
         to: String,
     },
-    /// Where records are published now, and which log each consumer reads.
+    /// Where records are published now, which log each consumer reads, and the records
+    /// consumers found lost (exit code 3 when there are any).
     Status,
+    /// Re-stages, from the canonical store, the records consumers found lost, under their
+    /// original producer and sequence; reports what cannot be rebuilt (exit code 3 while
+    /// such records are not acknowledged).
+    Repair {
+        /// Also accept the loss of what cannot be rebuilt: consumers stop reporting it.
+        #[arg(long)]
+        acknowledge: bool,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The benchmarks of `rides bench`.
@@ -953,8 +965,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let command = match &what {
                 LogCommand::Cutover { .. } => "log cutover",
                 LogCommand::Status => "log status",
+                LogCommand::Repair { .. } => "log repair",
             };
             wiring::require_existing("store", &common.store, command)?;
+            if let LogCommand::Repair { acknowledge, json } = what {
+                // Only the store: the log it repairs need not be reachable.
+                let stores = wiring::open_store(&common.store).await?;
+                let now = ports::Clock::now_ms(&ports::SystemClock);
+                let report = crate::repair::repair(&stores, acknowledge, now).await?;
+                print_report(&report.table(), &report, json)?;
+                return Ok(if report.unrecoverable > 0 && !report.acknowledged {
+                    3
+                } else {
+                    0
+                });
+            }
             wiring::require_existing("log", &common.log, command)?;
             let stores = wiring::open_store(&common.store).await?;
             let log = wiring::open_log(&common.log, &stores).await?;
@@ -975,7 +1000,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     for (name, on) in s.consumers {
                         println!("consumer {name} reads {on}");
                     }
+                    for (name, gap) in &s.gaps {
+                        println!(
+                            "LOST RECORDS: consumer {name} is missing {gap} (detected at {} ms): run `rides log repair`",
+                            gap.detected_at_ms
+                        );
+                    }
+                    if !s.gaps.is_empty() {
+                        return Ok(3);
+                    }
                 }
+                LogCommand::Repair { .. } => unreachable!("handled above"),
             }
             Ok(0)
         }

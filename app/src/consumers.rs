@@ -35,6 +35,8 @@ pub struct ConsumerInfo {
     pub parked: usize,
     /// Who holds its lease now, if anyone.
     pub lease_holder: Option<String>,
+    /// Records its log lost (see [`domain::gaps`]), until repaired or acknowledged.
+    pub gaps: Vec<domain::Gap>,
 }
 
 /// Every registered consumer, with its lease holder and dead-letter count.
@@ -60,6 +62,7 @@ pub async fn list(stores: &wiring::Stores, now_ms: i64) -> anyhow::Result<Vec<Co
             duplicates: cp.cursor.duplicates,
             parked,
             lease_holder,
+            gaps: cp.cursor.gaps.clone(),
             name,
         });
     }
@@ -78,7 +81,7 @@ pub async fn run(common: &Common, action: ConsumerAction) -> anyhow::Result<i32>
         ConsumerAction::List => {
             for c in list(&stores, clock.now_ms()).await? {
                 println!(
-                    "{}\tkind={}\tlog={}\tposition={}\tduplicates={}\tparked={}\tactive={}",
+                    "{}\tkind={}\tlog={}\tposition={}\tduplicates={}\tparked={}\tactive={}\tgaps={}",
                     c.name,
                     c.kind.as_deref().unwrap_or("-"),
                     c.log.as_deref().unwrap_or("(start log)"),
@@ -86,7 +89,11 @@ pub async fn run(common: &Common, action: ConsumerAction) -> anyhow::Result<i32>
                     c.duplicates,
                     c.parked,
                     c.lease_holder.as_deref().unwrap_or("-"),
+                    c.gaps.len(),
                 );
+                for g in &c.gaps {
+                    println!("  LOST RECORDS\t{g}\tdetected at {} ms", g.detected_at_ms);
+                }
             }
             Ok(0)
         }

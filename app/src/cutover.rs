@@ -34,6 +34,9 @@ pub struct LogStatus {
     pub after_seq: u64,
     /// Each consumer and the log it reads.
     pub consumers: Vec<(String, String)>,
+    /// Records the consumers' logs lost (see [`domain::gaps`]): consumer name and gap, until
+    /// repaired or acknowledged.
+    pub gaps: Vec<(String, domain::Gap)>,
 }
 
 /// Where records are published now: the store's route, else the log the process was started on.
@@ -84,7 +87,9 @@ pub async fn request(
 pub async fn status(stores: &Stores, log: &OpenedLog) -> anyhow::Result<LogStatus> {
     let (publishing_on, after_seq) = current(stores, log).await?;
     let mut consumers = Vec::new();
+    let mut gaps = Vec::new();
     for (name, cp) in stores.consumers.list().await.context("listing consumers")? {
+        gaps.extend(cp.cursor.gaps.into_iter().map(|g| (name.clone(), g)));
         let on = cp.cursor.log_url.unwrap_or_else(|| log.url.clone());
         consumers.push((name, on));
     }
@@ -92,5 +97,6 @@ pub async fn status(stores: &Stores, log: &OpenedLog) -> anyhow::Result<LogStatu
         publishing_on,
         after_seq,
         consumers,
+        gaps,
     })
 }

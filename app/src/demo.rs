@@ -72,7 +72,10 @@ pub struct ConsumerView {
     pub lag_s: Option<f64>,
     /// Records in its dead-letter list.
     pub parked: usize,
-    /// Whether it equals the truth.
+    /// Records its log lost (see [`domain::gaps`]), until repaired or acknowledged: a
+    /// consumer with a gap does not agree, whatever its counts.
+    pub gaps: Vec<domain::Gap>,
+    /// Whether it equals the truth (and reports no gap).
     pub agrees: bool,
 }
 
@@ -87,6 +90,8 @@ pub struct ConsumerLag {
     pub lag: Option<u64>,
     /// The age in seconds of the oldest record after its position (0 when caught up).
     pub lag_s: Option<f64>,
+    /// Records its log lost (see [`domain::gaps`]), until repaired or acknowledged.
+    pub gaps: Vec<domain::Gap>,
 }
 
 /// A live lease: which instance runs a service.
@@ -117,6 +122,9 @@ pub struct ReplicaView {
     /// Records after the sync consumer's position (`None` when it has not registered or the
     /// log could not say).
     pub lag: Option<u64>,
+    /// Records the sync consumer's log lost (see [`domain::gaps`]), until repaired or
+    /// acknowledged.
+    pub gaps: Vec<domain::Gap>,
     /// Whether it equals the store: every row, no more, no less.
     pub agrees: bool,
 }
@@ -201,6 +209,17 @@ impl Verdict {
                 c.lag.map_or("?".to_owned(), |l| l.to_string()),
                 c.duplicates,
                 if c.agrees { "agrees" } else { "DISAGREES" }
+            ));
+        }
+        let replica_gaps = self.replica.iter().flat_map(|r| &r.gaps);
+        let named = self
+            .consumers
+            .iter()
+            .flat_map(|c| c.gaps.iter().map(|g| (c.name.as_str(), g)))
+            .chain(replica_gaps.map(|g| ("replica", g)));
+        for (name, g) in named {
+            out.push_str(&format!(
+                "LOST RECORDS: {name} is missing {g} (run `rides log repair`)\n"
             ));
         }
         if let Some(r) = &self.replica {
@@ -289,6 +308,7 @@ fn merge_lanes(views: Vec<ConsumerView>, log: &dyn ports::Log) -> Vec<ConsumerVi
             whole.distance_mm += v.distance_mm;
             whole.duplicates += v.duplicates;
             whole.parked += v.parked;
+            whole.gaps.extend(v.gaps);
             whole.lag = whole.lag.zip(v.lag).map(|(a, b)| a + b);
             whole.lag_s = match (whole.lag_s, v.lag_s) {
                 (Some(a), Some(b)) => Some(a.max(b)),
@@ -314,19 +334,22 @@ fn merge_lanes(views: Vec<ConsumerView>, log: &dyn ports::Log) -> Vec<ConsumerVi
 /// distance state.
 pub async fn collect_verdict(stores: &Stores, log: &OpenedLog) -> anyhow::Result<Verdict> {
     // Consumers first, the truth after: a snapshot never shows a consumer ahead of the truth.
-    let (mut verdict, replica_lag) = progress(stores, log).await?;
+    let (mut verdict, replica_lag, replica_gaps) = progress(stores, log).await?;
     let truth = stores
         .store
         .truth()
         .await
         .context("reading the store's truth")?;
     for c in &mut verdict.consumers {
-        c.agrees = c.rides == truth.rides && c.distance_mm == truth.distance_mm;
+        c.agrees =
+            c.rides == truth.rides && c.distance_mm == truth.distance_mm && c.gaps.is_empty();
     }
     let replica = match &stores.replica {
         Some(r) => {
             let mut view = compare_replica(stores.store.as_ref(), r, truth.rides).await?;
             view.lag = replica_lag;
+            view.agrees = view.agrees && replica_gaps.is_empty();
+            view.gaps = replica_gaps;
             Some(view)
         }
         None => None,
@@ -386,11 +409,15 @@ async fn lag_seconds(
     }
 }
 
-/// The progress part of a verdict, and the sync consumer's lag.
-async fn progress(stores: &Stores, log: &OpenedLog) -> anyhow::Result<(Verdict, Option<u64>)> {
+/// The progress part of a verdict, and the sync consumer's lag and gaps.
+async fn progress(
+    stores: &Stores,
+    log: &OpenedLog,
+) -> anyhow::Result<(Verdict, Option<u64>, Vec<domain::Gap>)> {
     let mut consumers = Vec::new();
     let mut others = Vec::new();
     let mut replica_lag = None;
+    let mut replica_gaps = Vec::new();
     let started_ms = ports::Clock::now_ms(&ports::SystemClock);
     for (name, cp) in stores.consumers.list().await.context("listing consumers")? {
         let lane = crate::runtime::lanes::split_lane(&name).map(|(_, lane)| lane);
@@ -415,9 +442,11 @@ async fn progress(stores: &Stores, log: &OpenedLog) -> anyhow::Result<(Verdict, 
             duplicates: cp.cursor.duplicates,
             lag,
             lag_s,
+            gaps: cp.cursor.gaps.clone(),
         };
         if name == sync::DEFAULT_NAME || cp.cursor.kind.as_deref() == Some(sync::KIND) {
             replica_lag = lag;
+            replica_gaps.extend(cp.cursor.gaps.iter().cloned());
             others.push(other);
             continue;
         }
@@ -441,6 +470,7 @@ async fn progress(stores: &Stores, log: &OpenedLog) -> anyhow::Result<(Verdict, 
             distance_mm: state.distance_mm,
             duplicates: cp.cursor.duplicates,
             position: cp.position.to_string(),
+            gaps: cp.cursor.gaps.clone(),
             lag,
             lag_s,
         });
@@ -500,7 +530,7 @@ async fn progress(stores: &Stores, log: &OpenedLog) -> anyhow::Result<(Verdict, 
         held_back_ms,
         ..Verdict::default()
     };
-    Ok((verdict, replica_lag))
+    Ok((verdict, replica_lag, replica_gaps))
 }
 
 /// Compares the replica with the store row by row: every replica row against the store's

@@ -30,6 +30,7 @@ pub mod faults;
 pub mod http;
 pub mod ledger;
 pub mod metrics;
+pub mod repair;
 pub mod rides;
 pub mod runtime;
 pub mod services;

@@ -661,6 +661,13 @@ impl Log for LazyLog {
     async fn len(&self) -> Result<u64, LogError> {
         self.get().await?.len().await
     }
+    async fn beyond_end(&self, from: &ports::Position) -> Result<bool, LogError> {
+        self.get().await?.beyond_end(from).await
+    }
+    /// Whether the log's lanes are gap-free once it is open (`true` before, like its lanes).
+    fn gap_free_lanes(&self) -> bool {
+        self.inner.get().is_none_or(|l| l.gap_free_lanes())
+    }
     /// The lanes of the log once it is open (1 before: ping it first to know).
     fn lanes(&self) -> u32 {
         self.inner.get().map_or(1, |l| l.lanes())

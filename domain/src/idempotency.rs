@@ -645,7 +645,7 @@ impl Phase {
 }
 
 /// The reference's `send_ride_receipt` job, as a record.
-fn receipt_draft(user_id: i64, correlation: Option<uuid::Uuid>) -> RecordDraft {
+pub(crate) fn receipt_draft(user_id: i64, correlation: Option<uuid::Uuid>) -> RecordDraft {
     let mut payload = serde_json::Map::new();
     payload.insert("amount".into(), RIDE_CHARGE_CENTS.into());
     payload.insert("currency".into(), RIDE_CHARGE_CURRENCY.into());

@@ -12,17 +12,20 @@
 //! - [`record`]: the log record envelope staged in the outbox and carried by every log.
 //! - [`marks`]: the duplicate rule every consumer follows, based on the producer's sequence
 //!   (never on log offsets or timing).
+//! - [`gaps`]: records a log lost, found from the producers' gap-free sequences.
 //! - [`distance`]: the distance consumer's fold.
 //! - [`es`]: event sourcing (sourced's core): messages, actors, decisions, a test kit.
 
 pub mod distance;
 pub mod es;
+pub mod gaps;
 pub mod idempotency;
 pub mod marks;
 pub mod record;
 pub mod ride;
 
 pub use distance::{Applied, DistanceState};
+pub use gaps::Gap;
 pub use idempotency::{
     AuditDraft, BeginRequest, Begun, CompletableBounds, IdempotencyKey, KeyError, KeyMoved,
     KeyRecord, KeyTransition, NextPhase, Phase, RecoveryPoint, RideWrite, StoredResponse,

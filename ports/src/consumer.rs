@@ -13,7 +13,7 @@
 //! epoch) is still the stored one, checked in the save's transaction.
 
 use async_trait::async_trait;
-use domain::{LogRecord, Marks};
+use domain::{Gap, LogRecord, Marks};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConsumerStoreError;
@@ -40,6 +40,12 @@ pub struct Cursor {
     /// Records skipped as duplicates so far.
     #[serde(default)]
     pub duplicates: u64,
+    /// Records the log lost, found by the runtime ([`domain::gaps`]): reported (`GET
+    /// /stats`, `rides log status`, `rides consumer list`, `rides verify`) until repaired
+    /// records fill them or an operator acknowledges them. Empty in checkpoints saved before
+    /// gaps were tracked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gaps: Vec<Gap>,
 }
 
 /// A consumer's saved checkpoint and result.

@@ -41,7 +41,7 @@ pub use event_store::{
     Append, Commit, EventStore, EventStoreStats, ExpectedSeq, StoredMessage, StreamInfo,
 };
 pub use log::{Batch, Delivery, LaneLog, Log, Position};
-pub use outbox::{Outbox, Route};
+pub use outbox::{Outbox, Published, Route};
 pub use payment::{Charge, ChargeRequest, PaymentGateway};
 pub use replica::Replica;
 pub use store::{BeginRequest, Begun, Forgotten, RideRow, RideStore, Truth, User};

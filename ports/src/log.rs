@@ -156,6 +156,30 @@ pub trait Log: Send + Sync + 'static {
     /// [`LogError::Unavailable`] when the backend cannot be reached.
     async fn len(&self) -> Result<u64, LogError>;
 
+    /// Whether `from` lies beyond everything this log ever appended: the log lost its end
+    /// (a volatile Redis restarted, a directory restored from an older backup), so a reader
+    /// waiting there would wait for records that may never come, or skip new ones. The
+    /// consumer runtime asks when a read found nothing (or refused the position), and then
+    /// starts again from the start of the log with the loss reported. A log that cannot tell
+    /// keeps the default, `false`.
+    ///
+    /// # Errors
+    /// [`LogError::InvalidPosition`] when `from` was not produced by this kind of log;
+    /// [`LogError::Unavailable`] when the backend cannot be reached.
+    async fn beyond_end(&self, from: &Position) -> Result<bool, LogError> {
+        let _ = from;
+        Ok(false)
+    }
+
+    /// Whether every lane carries every record of each producer in sequence order, so that a
+    /// jump in a producer's sequence on a lane proves that records were lost (DESIGN
+    /// invariant 8). True for single-lane logs; false for a partitioned log (Kafka with more
+    /// than one partition), where a producer's records are spread over the lanes and
+    /// per-lane jumps are normal.
+    fn gap_free_lanes(&self) -> bool {
+        self.lanes() == 1
+    }
+
     /// How many lanes the log has: 1 unless it partitions (Kafka: the topic's partitions).
     /// Order holds within a lane; lanes can be read separately, each by its own owner
     /// ([`Log::read_lane`]), which is how one consumer scales out.
@@ -270,6 +294,13 @@ impl Log for LaneLog {
     }
     async fn len(&self) -> Result<u64, LogError> {
         self.inner.len().await
+    }
+    /// A lane's position is one of the whole log's kind (Kafka: offsets of that partition).
+    async fn beyond_end(&self, from: &Position) -> Result<bool, LogError> {
+        self.inner.beyond_end(from).await
+    }
+    fn gap_free_lanes(&self) -> bool {
+        self.inner.gap_free_lanes()
     }
 }
 

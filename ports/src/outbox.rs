@@ -23,6 +23,22 @@ pub struct Route {
     pub after_seq: u64,
 }
 
+/// What a store remembers of a record after the streamer removed it from the outbox (it
+/// reached the log): enough to tell which entity a sequence was about, so that `rides log
+/// repair` can rebuild a record the log lost from the canonical data, under its original
+/// producer and sequence. Kept in the store's `published` index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// The record's producer.
+    pub producer: String,
+    /// Its producer sequence.
+    pub seq: u64,
+    /// Its kind (`ride.created`...).
+    pub kind: String,
+    /// Its entity key (`ride:42`).
+    pub key: String,
+}
+
 /// Staged records waiting to be moved to the log.
 ///
 /// Records are staged only by [`crate::RideStore::run_phase`], in the phase's transaction,
@@ -35,7 +51,14 @@ pub struct Route {
 /// - `peek_after(s, max)` returns what `peek` would, without the records at or below `s`.
 /// - `stage` sequences its records exactly like a phase's, in a transaction of its own.
 /// - `set_route` then `route` returns the same route, also after a restart.
-/// - `remove` removes exactly the given sequences (never "everything up to n").
+/// - `remove` removes exactly the given sequences (never "everything up to n"), and notes
+///   each removed record's (producer, seq, kind, key) in the `published` index, in the same
+///   transaction.
+/// - `published(p, from, to)` returns the index entries of producer `p` in `from..=to`, in
+///   sequence order; `forget_published(p, s)` removes exactly those below `s`.
+/// - `restage` stages records that keep their producer and sequence; `peek` returns them
+///   (with that producer and sequence) like any staged record, and `remove` removes them by
+///   that sequence.
 /// - `wait_staged` returns early when a phase staged records (in this process, or in any
 ///   process where the backend supports it), and otherwise after `timeout`.
 #[cfg_attr(feature = "test-util", mockall::automock)]
@@ -84,6 +107,34 @@ pub trait Outbox: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Unavailable`] when the store cannot be reached.
     async fn stage(&self, records: &[NewRecord]) -> Result<(), StoreError>;
+
+    /// The `published` index (see [`Published`]) of `producer` for the sequences
+    /// `from_seq..=to_seq`, lowest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the store cannot be reached.
+    async fn published(
+        &self,
+        producer: &str,
+        from_seq: u64,
+        to_seq: u64,
+    ) -> Result<Vec<Published>, StoreError>;
+
+    /// Forgets the `published` index entries of `producer` below `below_seq` (no consumer
+    /// can miss them any more: see [`domain::gaps::index_needed_from`]); returns how many.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the store cannot be reached.
+    async fn forget_published(&self, producer: &str, below_seq: u64) -> Result<u64, StoreError>;
+
+    /// Stages records that keep their producer and sequence (a repair re-stages what a log
+    /// lost, rebuilt from the canonical data), in one transaction. A record whose sequence
+    /// is still staged is left as it is.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the store cannot be reached; [`StoreError::Other`]
+    /// for a record of another producer where the store cannot keep one.
+    async fn restage(&self, records: &[LogRecord]) -> Result<(), StoreError>;
 
     /// The streamer's current route, if a cutover ever set one.
     ///

@@ -508,6 +508,20 @@ impl Log for KafkaLog {
         u32::try_from(self.partitions).unwrap_or(1)
     }
 
+    /// A saved offset above its partition's high watermark: the topic was deleted and
+    /// recreated (its offsets start again at 0) since the position was read. One watermark
+    /// request per partition, asked only after a read found nothing.
+    async fn beyond_end(&self, from: &Position) -> Result<bool, LogError> {
+        let from = decode(from, self.partitions)?;
+        if from.is_empty() {
+            return Ok(false);
+        }
+        let marks = self.watermarks().await?;
+        Ok((0i32..)
+            .zip(marks)
+            .any(|(p, (_, high))| from.get(&p).is_some_and(|next| *next > high)))
+    }
+
     async fn read_lane(
         &self,
         lane: u32,

@@ -156,6 +156,10 @@ impl Log for MemoryLog {
         Ok(n as u64)
     }
 
+    async fn beyond_end(&self, from: &Position) -> Result<bool, LogError> {
+        Ok(offset(from)? > lock(&self.inner).head)
+    }
+
     async fn len(&self) -> Result<u64, LogError> {
         Ok(lock(&self.inner).records.len() as u64)
     }

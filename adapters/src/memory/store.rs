@@ -47,6 +47,8 @@ pub(super) struct Inner {
     audit: Vec<AuditRecord>,
     /// Staged records by sequence.
     staged: BTreeMap<u64, LogRecord>,
+    /// The `published` index: (kind, key) of removed records, by sequence.
+    published: BTreeMap<u64, (String, String)>,
     next_user_id: i64,
     next_ride_id: i64,
     next_key_id: i64,
@@ -81,6 +83,7 @@ impl Inner {
             key_index: HashMap::new(),
             audit: Vec::new(),
             staged: BTreeMap::new(),
+            published: BTreeMap::new(),
             next_user_id: REFERENCE_USERS.len() as i64 + 1,
             next_ride_id: 1,
             next_key_id: 1,
@@ -523,10 +526,62 @@ impl Outbox for MemoryStore {
 
     async fn remove(&self, seqs: &[u64]) -> Result<u64, StoreError> {
         let mut inner = lock(&self.inner);
-        Ok(seqs
-            .iter()
-            .filter(|s| inner.staged.remove(s).is_some())
-            .count() as u64)
+        let mut n = 0;
+        for s in seqs {
+            if let Some(r) = inner.staged.remove(s) {
+                inner.published.insert(*s, (r.kind, r.key));
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn published(
+        &self,
+        producer: &str,
+        from_seq: u64,
+        to_seq: u64,
+    ) -> Result<Vec<ports::Published>, StoreError> {
+        if producer != self.producer || from_seq > to_seq {
+            return Ok(Vec::new());
+        }
+        Ok(lock(&self.inner)
+            .published
+            .range(from_seq..=to_seq)
+            .map(|(seq, (kind, key))| ports::Published {
+                producer: producer.to_owned(),
+                seq: *seq,
+                kind: kind.clone(),
+                key: key.clone(),
+            })
+            .collect())
+    }
+
+    async fn forget_published(&self, producer: &str, below_seq: u64) -> Result<u64, StoreError> {
+        if producer != self.producer {
+            return Ok(0);
+        }
+        let mut inner = lock(&self.inner);
+        let kept = inner.published.split_off(&below_seq);
+        let gone = std::mem::replace(&mut inner.published, kept);
+        Ok(gone.len() as u64)
+    }
+
+    async fn restage(&self, records: &[LogRecord]) -> Result<(), StoreError> {
+        if let Some(r) = records.iter().find(|r| r.producer != self.producer) {
+            return Err(StoreError::Other(format!(
+                "cannot re-stage a record of producer {} in the store of {}",
+                r.producer, self.producer
+            )));
+        }
+        {
+            let mut inner = lock(&self.inner);
+            for r in records {
+                inner.staged.entry(r.seq).or_insert_with(|| r.clone());
+            }
+        }
+        self.staged_wakeup.notify_one();
+        Ok(())
     }
 
     async fn staged(&self) -> Result<u64, StoreError> {

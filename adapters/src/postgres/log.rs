@@ -144,6 +144,15 @@ impl Log for PostgresLog {
         self.store.inner.describe.clone()
     }
 
+    /// Not gap-free per producer: records appended to this log (another store's, or a
+    /// relay's second send) take store sequences from the same counter as this store's own
+    /// records, whose producer sequence is that store sequence, so this store's own
+    /// sequence skips them. A jump here is not a loss (and the log is the store's own table:
+    /// it loses records only with the store).
+    fn gap_free_lanes(&self) -> bool {
+        false
+    }
+
     async fn ping(&self) -> Result<(), LogError> {
         sqlx::query("SELECT 1")
             .execute(self.store.pool())

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{LogRecord, NewRecord};
-use ports::{Outbox, Route, StoreError};
+use ports::{Outbox, Published, Route, StoreError};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
@@ -99,22 +99,32 @@ static PEEK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 /// [`Outbox::remove`]: exactly the records whose handed-out sequence is in `$1`, rows
 /// sequenced in place and rows of claimed batches, in one statement. Only the batches that
 /// can hold a named seq are joined: those overlapping the named range, and those holding
-/// records appended from another store (named by their producer seq).
+/// records appended from another store (named by their producer seq). Each removed record
+/// is noted in the `published` index (`outbox_published`, migration 0012; `$2` = this
+/// store's producer name, for its own records) by the same statement.
 static REMOVE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH named AS (SELECT DISTINCT s AS seq FROM unnest($1::bigint[]) s), \
          gone AS ( \
            DELETE FROM outbox WHERE seq IS NOT NULL \
-           AND ((producer_seq IS NULL AND seq = ANY($1)) OR producer_seq = ANY($1)) RETURNING 1), \
+           AND ((producer_seq IS NULL AND seq = ANY($1)) OR producer_seq = ANY($1)) \
+           RETURNING coalesce(producer, $2) AS producer, coalesce(producer_seq, seq) AS seq, \
+                     kind, key), \
          gone_claimed AS ( \
            DELETE FROM outbox o2 USING ( \
-             SELECT c.first_seq, o.id FROM {CLAIMED_ROWS} \
+             SELECT c.first_seq, o.id, n.seq AS pseq FROM {CLAIMED_ROWS} \
              JOIN named n ON n.seq = coalesce(o.producer_seq, {CLAIMED_SEQ}) \
              WHERE c.foreign \
                 OR (c.last_seq >= (SELECT min(seq) FROM named) \
                     AND c.first_seq <= (SELECT max(seq) FROM named))) h \
-           WHERE o2.id = h.id RETURNING h.first_seq), \
-         {} \
+           WHERE o2.id = h.id \
+           RETURNING h.first_seq, coalesce(o2.producer, $2) AS producer, h.pseq, o2.kind, o2.key), \
+         {}, \
+         noted AS ( \
+           INSERT INTO outbox_published (producer, seq, kind, key) \
+           SELECT producer, seq, kind, key FROM gone \
+           UNION ALL SELECT producer, pseq, kind, key FROM gone_claimed \
+           ON CONFLICT (producer, seq) DO NOTHING RETURNING 1) \
          SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM gone_claimed)",
         claimed_countdown("gone_claimed")
     )
@@ -475,10 +485,96 @@ impl Outbox for PostgresStore {
         let seqs: Vec<i64> = seqs.iter().filter_map(|s| i64::try_from(*s).ok()).collect();
         let done: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(REMOVE_SQL.as_str()))
             .bind(&seqs)
+            .bind(&self.inner.producer)
             .fetch_one(&self.inner.pool)
             .await
             .map_err(PgError::from)?;
         Ok(u64::try_from(done).unwrap_or_default())
+    }
+
+    async fn published(
+        &self,
+        producer: &str,
+        from_seq: u64,
+        to_seq: u64,
+    ) -> Result<Vec<Published>, StoreError> {
+        let clamp = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT seq, kind, key FROM outbox_published \
+             WHERE producer = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq",
+        )
+        .bind(producer)
+        .bind(clamp(from_seq))
+        .bind(clamp(to_seq))
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(PgError::from)?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, kind, key)| Published {
+                producer: producer.to_owned(),
+                seq: u64::try_from(seq).unwrap_or_default(),
+                kind,
+                key,
+            })
+            .collect())
+    }
+
+    async fn forget_published(&self, producer: &str, below_seq: u64) -> Result<u64, StoreError> {
+        let below = i64::try_from(below_seq).unwrap_or(i64::MAX);
+        let done = sqlx::query("DELETE FROM outbox_published WHERE producer = $1 AND seq < $2")
+            .bind(producer)
+            .bind(below)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(PgError::from)?;
+        Ok(done.rows_affected())
+    }
+
+    /// Inserted like records appended from another store: they keep their producer and
+    /// producer seq (which `peek` hands out and `remove` names), ordered by the store's own.
+    async fn restage(&self, records: &[LogRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let seqs: Vec<i64> = records
+            .iter()
+            .filter_map(|r| i64::try_from(r.seq).ok())
+            .collect();
+        let producers: Vec<&str> = records.iter().map(|r| r.producer.as_str()).collect();
+        // A record still staged (same producer and producer seq, or this store's own seq)
+        // stays as it is.
+        let staged: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT coalesce(producer, $3), coalesce(producer_seq, seq) FROM outbox \
+             WHERE coalesce(producer_seq, seq) = ANY($1) AND coalesce(producer, $3) = ANY($2) \
+             UNION ALL \
+             SELECT coalesce(o.producer, $3), coalesce(o.producer_seq, c.first_seq + u.ord - 1) \
+             FROM outbox_claimed c CROSS JOIN LATERAL unnest(c.ids) WITH ORDINALITY AS u(id, ord) \
+             JOIN outbox o ON o.id = u.id \
+             WHERE coalesce(o.producer_seq, c.first_seq + u.ord - 1) = ANY($1)",
+        )
+        .bind(&seqs)
+        .bind(&producers)
+        .bind(&self.inner.producer)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(PgError::from)?;
+        let fresh: Vec<&LogRecord> = records
+            .iter()
+            .filter(|r| {
+                !staged
+                    .iter()
+                    .any(|(p, s)| p == &r.producer && u64::try_from(*s).ok() == Some(r.seq))
+            })
+            .collect();
+        insert(
+            &self.inner.pool,
+            fresh.into_iter().map(Staged::appended),
+            Some(self.inner.wake.channel()),
+        )
+        .await?;
+        self.inner.wake.bump();
+        Ok(())
     }
 
     async fn staged(&self) -> Result<u64, StoreError> {

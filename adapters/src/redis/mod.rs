@@ -130,6 +130,17 @@ fn estimate_after(at: EntryId, first: EntryId, last: EntryId, len: u64, bound: u
     estimate.clamp(low, high)
 }
 
+/// The stream's `last-generated-id` (from `XINFO STREAM`, which survives trims), or `''`
+/// when the stream key does not exist: `KEYS[1]` the stream.
+const LAST_ID_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return '' end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then return info[i + 1] end
+end
+return ''
+";
+
 /// What [`RedisLog::connect`] found out about the server's persistence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Persistence {
@@ -231,6 +242,7 @@ pub struct RedisLog {
     described: String,
     persistence: Persistence,
     lag_script: Script,
+    last_id_script: Script,
 }
 
 impl fmt::Debug for RedisLog {
@@ -346,6 +358,7 @@ impl RedisLog {
             described,
             persistence,
             lag_script: Script::new(LAG_SCRIPT),
+            last_id_script: Script::new(LAST_ID_SCRIPT),
         })
     }
 
@@ -546,6 +559,35 @@ impl Log for RedisLog {
             .query_async(&mut conn)
             .await
             .map_err(log_error)
+    }
+
+    /// Beyond the stream's `last-generated-id` (kept by trims, lost by a restart without
+    /// persistence, a `DEL` or `FLUSHALL`), or any position but the start when the stream
+    /// key is gone. New entries after such a loss get ids from the server's clock, which can
+    /// lie below the position (a server whose clock is behind the old one's): a reader must
+    /// not wait there.
+    async fn beyond_end(&self, from: &Position) -> Result<bool, LogError> {
+        let at = EntryId::from_position(from)?;
+        if at == EntryId::ZERO {
+            return Ok(false);
+        }
+        let mut conn = self.shared.clone();
+        let last: String = self
+            .last_id_script
+            .key(&self.stream)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(log_error)?;
+        if last.is_empty() {
+            return Ok(true);
+        }
+        let last = EntryId::parse(&last).ok_or_else(|| {
+            LogError::Other(format!(
+                "{}: XINFO STREAM returned last-generated-id {last:?}",
+                self.described
+            ))
+        })?;
+        Ok(at > last)
     }
 }
 

@@ -363,6 +363,12 @@ impl Log for SledLog {
         let head = *self.head.borrow();
         Ok(head.saturating_sub(self.low()))
     }
+
+    /// A position above the head: the directory was restored from a backup older than the
+    /// reader's checkpoint (reads refuse such a position).
+    async fn beyond_end(&self, from: &Position) -> Result<bool, LogError> {
+        Ok(parse_position(from)? > *self.head.borrow())
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{LogRecord, NewRecord};
-use ports::{Outbox, Route, StoreError};
+use ports::{Outbox, Published, Route, StoreError};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
@@ -144,6 +144,14 @@ impl SqliteStore {
         // dynamic SQL, no limit on bound variables.
         let list = serde_json::to_string(seqs)?;
         let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT OR REPLACE INTO published_records (seq, kind, key) \
+             SELECT seq, kind, key FROM staged_records \
+             WHERE seq IN (SELECT value FROM json_each(?))",
+        )
+        .bind(&list)
+        .execute(&mut *tx)
+        .await?;
         let done =
             sqlx::query("DELETE FROM staged_records WHERE seq IN (SELECT value FROM json_each(?))")
                 .bind(list)
@@ -151,6 +159,53 @@ impl SqliteStore {
                 .await?;
         tx.commit().await?;
         Ok(done.rows_affected())
+    }
+
+    async fn published_tx(&self, from_seq: u64, to_seq: u64) -> Result<Vec<Published>, Error> {
+        let clamp = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT seq, kind, key FROM published_records WHERE seq BETWEEN ? AND ? ORDER BY seq",
+        )
+        .bind(clamp(from_seq))
+        .bind(clamp(to_seq))
+        .fetch_all(self.reader())
+        .await?;
+        let producer = self.producer();
+        Ok(rows
+            .into_iter()
+            .map(|(seq, kind, key)| Published {
+                producer: producer.clone(),
+                seq: u64::try_from(seq).unwrap_or_default(),
+                kind,
+                key,
+            })
+            .collect())
+    }
+
+    /// Inserts records under their own sequences (`INSERT OR IGNORE`: one still staged stays).
+    async fn restage_tx(&self, records: &[LogRecord]) -> Result<(), Error> {
+        let mut tx = self.write().await?;
+        for r in records {
+            let seq = i64::try_from(r.seq)
+                .map_err(|_| corrupt(format!("sequence {} out of range", r.seq)))?;
+            sqlx::query(
+                "INSERT OR IGNORE INTO staged_records (seq, id, stream, key, kind, payload, \
+                 correlation_id, causation_id, recorded_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(seq)
+            .bind(r.id.to_string())
+            .bind(&r.stream)
+            .bind(&r.key)
+            .bind(&r.kind)
+            .bind(serde_json::to_string(&r.payload)?)
+            .bind(r.correlation_id.map(|u| u.to_string()))
+            .bind(r.causation_id.map(|u| u.to_string()))
+            .bind(r.recorded_at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }
 
@@ -195,6 +250,51 @@ impl Outbox for SqliteStore {
             return Ok(());
         }
         self.stage_tx(records).await?;
+        self.inner.staged.notify_one();
+        Ok(())
+    }
+
+    async fn published(
+        &self,
+        producer: &str,
+        from_seq: u64,
+        to_seq: u64,
+    ) -> Result<Vec<Published>, StoreError> {
+        if producer != self.producer() || from_seq > to_seq {
+            return Ok(Vec::new());
+        }
+        self.published_tx(from_seq, to_seq)
+            .await
+            .map_err(Into::into)
+    }
+
+    async fn forget_published(&self, producer: &str, below_seq: u64) -> Result<u64, StoreError> {
+        if producer != self.producer() {
+            return Ok(0);
+        }
+        let below = i64::try_from(below_seq).unwrap_or(i64::MAX);
+        let mut tx = self.write().await?;
+        let done = sqlx::query("DELETE FROM published_records WHERE seq < ?")
+            .bind(below)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::from)?;
+        tx.commit().await.map_err(Error::from)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn restage(&self, records: &[LogRecord]) -> Result<(), StoreError> {
+        let own = self.producer();
+        if let Some(r) = records.iter().find(|r| r.producer != own) {
+            return Err(StoreError::Other(format!(
+                "cannot re-stage a record of producer {} in the store of {own}",
+                r.producer
+            )));
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.restage_tx(records).await?;
         self.inner.staged.notify_one();
         Ok(())
     }

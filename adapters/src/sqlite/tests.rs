@@ -148,6 +148,7 @@ async fn the_consumer_runtime_migration_moves_old_states_into_cursors() {
             sealed_to: None,
             marks: marks(&[("pg-1/0", 7), ("pg-1/2", 5)], &[("pg-0", 3)]),
             duplicates: 2,
+            gaps: Vec::new(),
         }
     );
     assert_eq!(
@@ -164,6 +165,7 @@ async fn the_consumer_runtime_migration_moves_old_states_into_cursors() {
             sealed_to: Some("redis://r/0".into()),
             marks: marks(&[("pg-1/0", 1)], &[]),
             duplicates: 0,
+            gaps: Vec::new(),
         }
     );
     let registered = store.load("registered").await.expect("load").expect("kept");

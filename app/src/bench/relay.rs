@@ -265,6 +265,20 @@ impl Outbox for Counting {
     async fn stage(&self, records: &[NewRecord]) -> Result<(), StoreError> {
         self.inner.stage(records).await
     }
+    async fn published(
+        &self,
+        producer: &str,
+        from_seq: u64,
+        to_seq: u64,
+    ) -> Result<Vec<ports::Published>, StoreError> {
+        self.inner.published(producer, from_seq, to_seq).await
+    }
+    async fn forget_published(&self, producer: &str, below_seq: u64) -> Result<u64, StoreError> {
+        self.inner.forget_published(producer, below_seq).await
+    }
+    async fn restage(&self, records: &[LogRecord]) -> Result<(), StoreError> {
+        self.inner.restage(records).await
+    }
     async fn route(&self) -> Result<Option<Route>, StoreError> {
         self.inner.route().await
     }

@@ -173,6 +173,18 @@ fn snapshot_gauges(r: &mut Registry, doc: &Value) {
     );
     let with_truth = doc.get("truth").is_some();
     let [lag, lag_s, rides, dups, parked, agrees] = [(); 6].map(|()| FGauges::default());
+    let [gaps, lost] = [(); 2].map(|()| FGauges::default());
+    // Records a consumer's log lost (`domain::gaps`): every consumer, distance or not.
+    let lost_records = |c: &Value, l: &Vec<(String, String)>| {
+        let list = c.get("gaps").and_then(Value::as_array);
+        let known: f64 = list
+            .into_iter()
+            .flatten()
+            .filter_map(|g| Some(num(g, "to_seq")? - num(g, "from_seq")? + 1.0))
+            .sum();
+        gaps.get_or_create(l).set(list.map_or(0, Vec::len) as f64);
+        lost.get_or_create(l).set(known);
+    };
     for c in doc
         .get("consumers")
         .and_then(Value::as_array)
@@ -183,6 +195,7 @@ fn snapshot_gauges(r: &mut Registry, doc: &Value) {
             continue;
         };
         let l = vec![label("consumer", name)];
+        lost_records(c, &l);
         if let Some(v) = num(c, "lag") {
             lag.get_or_create(&l).set(v);
         }
@@ -210,6 +223,7 @@ fn snapshot_gauges(r: &mut Registry, doc: &Value) {
             continue;
         };
         let l = vec![label("consumer", name)];
+        lost_records(c, &l);
         if let Some(v) = num(c, "lag") {
             lag.get_or_create(&l).set(v);
         }
@@ -219,6 +233,17 @@ fn snapshot_gauges(r: &mut Registry, doc: &Value) {
         dups.get_or_create(&l)
             .set(num(c, "duplicates").unwrap_or(0.0));
     }
+    r.register(
+        "consumer_lost_gaps",
+        "Gaps a consumer found in its log (records the log lost; an error state until \
+         `rides log repair` fills them or they are acknowledged)",
+        gaps,
+    );
+    r.register(
+        "consumer_lost_records",
+        "Records a consumer's log lost, in its gaps of known size (open-ended gaps count 0)",
+        lost,
+    );
     r.register(
         "consumer_lag_records",
         "Records in the log after a consumer's checkpoint",
@@ -370,4 +395,43 @@ pub async fn serve_metrics(
     axum::serve(listener, metrics_router(source))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_records_are_gauges_per_consumer() {
+        let doc = serde_json::json!({
+            "consumers": [{"name": "distance-a", "rides": 3, "gaps": [
+                {"producer": "p", "lane": 0, "from_seq": 13, "to_seq": 27, "detected_at_ms": 1},
+                {"producer": "q", "lane": 0, "from_seq": 5, "detected_at_ms": 1}
+            ]}],
+            "other_consumers": [{"name": "sync", "duplicates": 0, "gaps": []}]
+        });
+        let mut r = Registry::with_prefix(PREFIX);
+        snapshot_gauges(&mut r, &doc);
+        let mut out = String::new();
+        prometheus_text::encode(&mut out, &r).unwrap();
+        let line = |l: &str| out.lines().any(|x| x == l);
+        assert!(
+            line(&format!(
+                "{PREFIX}_consumer_lost_gaps{{consumer=\"distance-a\"}} 2.0"
+            )),
+            "{out}"
+        );
+        assert!(
+            line(&format!(
+                "{PREFIX}_consumer_lost_records{{consumer=\"distance-a\"}} 15.0"
+            )),
+            "{out}"
+        );
+        assert!(
+            line(&format!(
+                "{PREFIX}_consumer_lost_gaps{{consumer=\"sync\"}} 0.0"
+            )),
+            "{out}"
+        );
+    }
 }

@@ -20,6 +20,13 @@
 //!   runtime notes it, reads the old log to its end (every lane), then moves to the start of
 //!   the new log with its marks collapsed into per-producer floors, in one save. This is the
 //!   only place that follows a cutover on the consuming side.
+//! - **Lost records** ([`domain::gaps`]): on a log whose lanes carry every record of a
+//!   producer ([`Log::gap_free_lanes`]), a jump in a producer's sequence is a gap the log
+//!   lost: noted in the cursor, logged at `ERROR`, reported until records fill it (a record at
+//!   or below the mark that lies in a gap is handled, once) or it is acknowledged; the consumer
+//!   goes on meanwhile. A position the log no longer holds ([`Log::beyond_end`], asked after a
+//!   read that found nothing) makes the consumer read the log again from its start, with an
+//!   open-ended gap after each mark that the producer's next record closes.
 //! - **Retries**: a record the handler fails on is retried with exponential back-off (the
 //!   service loop's), up to [`Policy::max_attempts`] attempts. The records before it in the
 //!   batch are saved as handled, so a retry starts at the failing record.
@@ -57,7 +64,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use domain::Seen;
+use domain::{Seen, gaps};
 use ports::{Clock, ConsumerStore, Cursor, Delivery, Log, Position, Save, ToPark};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -444,24 +451,74 @@ impl<H: Handler> Consumer<H> {
             .or(self.following.as_ref().map(|o| o.url.as_str()))
     }
 
-    /// The duplicate rule, seals and parked entities over `deliveries`, from `start`.
+    /// The duplicate rule, gaps, seals and parked entities over `deliveries`, from `start`.
+    /// `gap_free`: the log's lanes carry every record of a producer, so a jump is a loss
+    /// ([`Log::gap_free_lanes`]); `log_gaps`: say so in the log (once per batch: the first
+    /// sort of a batch logs, the re-sorts after a failure do not).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one private helper; a struct would only rename them"
+    )]
     fn sort_out(
         &self,
         start: &Cursor,
         deliveries: &[Delivery],
         parked_keys: &HashSet<String>,
         errors: &HashMap<usize, String>,
+        gap_free: bool,
+        now_ms: i64,
+        log_gaps: bool,
     ) -> Sorted {
         let mut cursor = start.clone();
         let (mut at, mut park) = (Vec::new(), Vec::new());
         for (i, d) in deliveries.iter().enumerate() {
-            if cursor.marks.see(d.lane, &d.record) == Seen::Duplicate {
-                cursor.duplicates += 1;
-                continue;
+            let r = &d.record;
+            let mut filled = false;
+            match cursor.marks.see(d.lane, r) {
+                Seen::Duplicate => {
+                    // At or below the mark, but missing: a repaired record fills its gap.
+                    if !gaps::fill(&mut cursor.gaps, &r.producer, d.lane, r.seq) {
+                        cursor.duplicates += 1;
+                        continue;
+                    }
+                    filled = true;
+                    if log_gaps {
+                        tracing::info!(consumer = %self.name, producer = %r.producer, seq = r.seq,
+                            lane = d.lane, "a record of a gap arrived (repaired)");
+                    }
+                }
+                Seen::New { skipped } => {
+                    let was_open = gaps::close_open(&mut cursor.gaps, &r.producer, d.lane, r.seq);
+                    if skipped > 0 && gap_free && !was_open {
+                        let (from, to) = (r.seq - skipped, r.seq - 1);
+                        gaps::note(&mut cursor.gaps, &r.producer, d.lane, from, to, now_ms);
+                        if log_gaps {
+                            tracing::error!(consumer = %self.name, producer = %r.producer,
+                                lane = d.lane, from_seq = from, to_seq = to, missing = skipped,
+                                "the log lost records: the producer's sequence jumps from {} to {}; \
+                                 going on with what the log holds, the gap stays reported until \
+                                 `rides log repair` fills it or it is acknowledged",
+                                from - 1, r.seq);
+                        }
+                    } else if was_open
+                        && log_gaps
+                        && let Some(g) = cursor.gaps.iter().find(|g| {
+                            g.producer == r.producer
+                                && g.lane == d.lane
+                                && g.to_seq == Some(r.seq - 1)
+                        })
+                    {
+                        tracing::error!(consumer = %self.name, gap = %g,
+                            missing = g.missing().unwrap_or_default(),
+                            "the log lost records after this consumer's position: gap now known");
+                    }
+                }
             }
             // A seal is a seal only the first time: a cutover record that the duplicate rule
-            // has seen before names a log this consumer has already moved past.
+            // has seen before names a log this consumer has already moved past (and one that
+            // arrives late, in a gap, is older than where the consumer reads).
             if let Some(target) = d.record.cutover_target()
+                && !filled
                 && cursor.sealed_to.is_none()
                 && self.current_url(&cursor) != Some(target)
             {
@@ -574,8 +631,21 @@ impl<H: Handler> Consumer<H> {
             .await?
             .unwrap_or_else(ports::Checkpoint::registered);
         let log = self.log_for(cp.cursor.log_url.as_deref()).await?;
-        let batch = log.read(&cp.position, self.batch, self.wait).await?;
+        let batch = match log.read(&cp.position, self.batch, self.wait).await {
+            Ok(batch) => batch,
+            // A position the log refuses may be one it lost (sled restored from a backup).
+            Err(e @ ports::LogError::InvalidPosition(_)) => {
+                if log.beyond_end(&cp.position).await.unwrap_or(false) {
+                    return self.lost_end(&cp, log.as_ref()).await;
+                }
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         if batch.deliveries.is_empty() {
+            if !cp.position.is_start() && log.beyond_end(&cp.position).await? {
+                return self.lost_end(&cp, log.as_ref()).await;
+            }
             let Some(target) = cp.cursor.sealed_to.clone() else {
                 return Ok(Outcome::Idle);
             };
@@ -592,7 +662,27 @@ impl<H: Handler> Consumer<H> {
 
         let mut parked_keys = self.parked_keys().await?;
         let mut errors = HashMap::new();
-        let mut sorted = self.sort_out(&cp.cursor, &batch.deliveries, &parked_keys, &errors);
+        let (gap_free, now_ms) = (log.gap_free_lanes(), self.clock.now_ms());
+        let sort = |upto: usize, parked: &HashSet<String>, errors: &HashMap<usize, String>| {
+            self.sort_out(
+                &cp.cursor,
+                &batch.deliveries[..upto],
+                parked,
+                errors,
+                gap_free,
+                now_ms,
+                false,
+            )
+        };
+        let mut sorted = self.sort_out(
+            &cp.cursor,
+            &batch.deliveries,
+            &parked_keys,
+            &errors,
+            gap_free,
+            now_ms,
+            true,
+        );
         let mut state = if cp.version == 0 {
             serde_json::Value::Null
         } else {
@@ -614,8 +704,7 @@ impl<H: Handler> Consumer<H> {
                 // Keep what was handled before the failing record: the same position (the
                 // batch is read again), the cursor and parks up to it.
                 let upto = sorted.at[k];
-                let before =
-                    self.sort_out(&cp.cursor, &batch.deliveries[..upto], &parked_keys, &errors);
+                let before = sort(upto, &parked_keys, &errors);
                 self.save(
                     cp.version,
                     &cp.position,
@@ -653,7 +742,7 @@ impl<H: Handler> Consumer<H> {
             let at = sorted.at[k];
             errors.insert(at, why);
             parked_keys.insert(record.key.clone());
-            sorted = self.sort_out(&cp.cursor, &batch.deliveries, &parked_keys, &errors);
+            sorted = sort(batch.deliveries.len(), &parked_keys, &errors);
             fresh = sorted.fresh(&batch.deliveries);
             from = sorted.at.partition_point(|&i| i <= at);
         }
@@ -685,6 +774,51 @@ impl<H: Handler> Consumer<H> {
             }
         }
         Ok(Outcome::Worked(batch.deliveries.len() as u64))
+    }
+
+    /// The log no longer holds this consumer's position: it lost its end (a volatile Redis
+    /// restarted, a directory restored from an older backup). Starts again at the start of
+    /// the log (what it holds now is sorted out by the duplicate rule) and opens a gap after
+    /// each (producer, lane) mark, which the next record of that producer closes; in one save.
+    async fn lost_end(&self, cp: &ports::Checkpoint, log: &dyn Log) -> anyhow::Result<Outcome> {
+        let mut cursor = cp.cursor.clone();
+        let now = self.clock.now_ms();
+        if log.gap_free_lanes() {
+            for (key, &hw) in &cp.cursor.marks.high_water {
+                let Some((producer, lane)) = key.rsplit_once('/') else {
+                    continue;
+                };
+                let Ok(lane) = lane.parse::<u32>() else {
+                    continue;
+                };
+                if !cursor
+                    .gaps
+                    .iter()
+                    .any(|g| g.producer == producer && g.lane == lane && g.to_seq.is_none())
+                {
+                    cursor.gaps.push(domain::Gap {
+                        producer: producer.to_owned(),
+                        lane,
+                        from_seq: hw + 1,
+                        to_seq: None,
+                        detected_at_ms: now,
+                    });
+                }
+            }
+        }
+        tracing::error!(consumer = %self.name, log = %log.describe(), position = %cp.position,
+            "the log no longer holds this consumer's position (it lost records: restarted \
+             without persistence, recreated, or restored from an older backup); reading it \
+             again from its start, the records after this consumer's marks are reported \
+             missing until `rides log repair` re-stages them");
+        let state = if cp.version == 0 {
+            serde_json::Value::Null
+        } else {
+            cp.state.clone()
+        };
+        self.save(cp.version, &Position::start(), &cursor, &state, &[], &[])
+            .await?;
+        Ok(Outcome::Worked(0))
     }
 
     /// Delivers the parked records again, oldest first, through the handler, and drops from

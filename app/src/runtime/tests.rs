@@ -350,3 +350,189 @@ async fn a_save_with_a_lease_that_was_taken_over_is_fenced() {
     assert_eq!(a.step().await.unwrap(), Outcome::Idle);
     assert_eq!(h.seen(), vec![1]);
 }
+
+async fn gaps_of(cs: &MemoryConsumerStore) -> Vec<domain::Gap> {
+    cs.load("c").await.unwrap().unwrap().cursor.gaps
+}
+
+#[tokio::test]
+async fn a_sequence_jump_is_a_reported_gap_that_repaired_records_fill_exactly_once() {
+    let log = log_of(&[record("a", 1), record("b", 2)]).await;
+    let cs = Arc::new(MemoryConsumerStore::new());
+    let c = consumer(
+        Transactional(Sum),
+        log.clone(),
+        cs.clone(),
+        Policy::default(),
+    );
+    c.step().await.unwrap();
+    // Records 3..=5 reach the log, then are lost (trimmed past this consumer) before it
+    // reads them; record 6 arrives.
+    log.append(&[record("c", 3), record("d", 4), record("e", 5)])
+        .await
+        .unwrap();
+    log.trim(&[Position::new("5")]).await.unwrap();
+    log.append(&[record("f", 6)]).await.unwrap();
+    c.step().await.unwrap();
+    let gaps = gaps_of(&cs).await;
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!(
+        (
+            gaps[0].producer.as_str(),
+            gaps[0].lane,
+            gaps[0].from_seq,
+            gaps[0].to_seq
+        ),
+        ("p", 0, 3, Some(5))
+    );
+    // The consumer went on with what the log holds.
+    let cp = cs.load("c").await.unwrap().unwrap();
+    assert_eq!(cp.state, serde_json::json!([1, 2, 6]));
+    // A repair re-stages 4 and 3 (twice) under their original sequences: handled once each.
+    log.append(&[
+        record("d", 4),
+        record("c", 3),
+        record("c", 3),
+        record("b", 2),
+    ])
+    .await
+    .unwrap();
+    c.step().await.unwrap();
+    let cp = cs.load("c").await.unwrap().unwrap();
+    assert_eq!(cp.state, serde_json::json!([1, 2, 6, 4, 3]));
+    assert_eq!(cp.cursor.gaps.len(), 1, "5 is still missing");
+    assert_eq!(
+        (cp.cursor.gaps[0].from_seq, cp.cursor.gaps[0].to_seq),
+        (5, Some(5))
+    );
+    assert_eq!(cp.cursor.duplicates, 2);
+    log.append(&[record("e", 5)]).await.unwrap();
+    c.step().await.unwrap();
+    let cp = cs.load("c").await.unwrap().unwrap();
+    assert_eq!(cp.state, serde_json::json!([1, 2, 6, 4, 3, 5]));
+    assert!(cp.cursor.gaps.is_empty());
+}
+
+#[tokio::test]
+async fn a_log_that_lost_its_end_is_noticed_and_read_again_from_its_start() {
+    let cs = Arc::new(MemoryConsumerStore::new());
+    let before = log_of(&[record("a", 1), record("b", 2), record("c", 3)]).await;
+    let c = consumer(Transactional(Sum), before, cs.clone(), Policy::default());
+    c.step().await.unwrap();
+    // The log restarts empty (a volatile Redis): the saved position (offset 3) lies beyond
+    // it. Without detection the consumer would wait there, skipping new records 1..=3.
+    let after = Arc::new(MemoryLog::new());
+    let c = consumer(
+        Transactional(Sum),
+        after.clone(),
+        cs.clone(),
+        Policy::default(),
+    );
+    assert_eq!(c.step().await.unwrap(), Outcome::Worked(0));
+    let cp = cs.load("c").await.unwrap().unwrap();
+    assert!(cp.position.is_start(), "{}", cp.position);
+    assert_eq!(cp.cursor.gaps.len(), 1);
+    assert_eq!(
+        (cp.cursor.gaps[0].from_seq, cp.cursor.gaps[0].to_seq),
+        (4, None)
+    );
+    // Records 4 and 5 were published before the restart and lost; 6 and 7 come after it.
+    after
+        .append(&[record("f", 6), record("g", 7)])
+        .await
+        .unwrap();
+    c.step().await.unwrap();
+    let cp = cs.load("c").await.unwrap().unwrap();
+    assert_eq!(cp.state, serde_json::json!([1, 2, 3, 6, 7]));
+    assert_eq!(cp.cursor.gaps.len(), 1);
+    assert_eq!(
+        (cp.cursor.gaps[0].from_seq, cp.cursor.gaps[0].to_seq),
+        (4, Some(5))
+    );
+    after
+        .append(&[record("d", 4), record("e", 5)])
+        .await
+        .unwrap();
+    c.step().await.unwrap();
+    let cp = cs.load("c").await.unwrap().unwrap();
+    assert_eq!(cp.state, serde_json::json!([1, 2, 3, 6, 7, 4, 5]));
+    assert!(cp.cursor.gaps.is_empty());
+    assert_eq!(c.step().await.unwrap(), Outcome::Idle);
+}
+
+#[tokio::test]
+async fn a_restart_that_lost_nothing_closes_the_open_gap_at_the_next_record() {
+    let cs = Arc::new(MemoryConsumerStore::new());
+    let c = consumer(
+        Transactional(Sum),
+        log_of(&[record("a", 1)]).await,
+        cs.clone(),
+        Policy::default(),
+    );
+    c.step().await.unwrap();
+    let after = Arc::new(MemoryLog::new());
+    let c = consumer(
+        Transactional(Sum),
+        after.clone(),
+        cs.clone(),
+        Policy::default(),
+    );
+    c.step().await.unwrap();
+    assert_eq!(gaps_of(&cs).await.len(), 1);
+    after.append(&[record("b", 2)]).await.unwrap();
+    c.step().await.unwrap();
+    assert!(gaps_of(&cs).await.is_empty());
+}
+
+/// Two lanes, each carrying only part of a producer's records (Kafka-like).
+struct TwoLanes(MemoryLog);
+
+#[async_trait]
+impl Log for TwoLanes {
+    fn describe(&self) -> String {
+        "two-lanes".into()
+    }
+    async fn ping(&self) -> Result<(), ports::LogError> {
+        Ok(())
+    }
+    async fn append(&self, records: &[LogRecord]) -> Result<(), ports::LogError> {
+        self.0.append(records).await
+    }
+    async fn read(
+        &self,
+        from: &Position,
+        max: usize,
+        wait: Duration,
+    ) -> Result<ports::Batch, ports::LogError> {
+        self.0.read(from, max, wait).await
+    }
+    async fn lag(&self, from: &Position) -> Result<u64, ports::LogError> {
+        self.0.lag(from).await
+    }
+    async fn trim(&self, checkpoints: &[Position]) -> Result<u64, ports::LogError> {
+        self.0.trim(checkpoints).await
+    }
+    async fn len(&self) -> Result<u64, ports::LogError> {
+        self.0.len().await
+    }
+    fn lanes(&self) -> u32 {
+        2
+    }
+}
+
+#[tokio::test]
+async fn a_jump_on_a_partitioned_log_is_not_a_gap() {
+    let log = TwoLanes(MemoryLog::new());
+    log.append(&[record("a", 1), record("c", 3)]).await.unwrap();
+    let cs = Arc::new(MemoryConsumerStore::new());
+    let c = Consumer::new(
+        "c",
+        Transactional(Sum),
+        Arc::new(log),
+        cs.clone(),
+        Arc::new(ManualClock::new(0)),
+    )
+    .with_wait(Duration::ZERO);
+    c.step().await.unwrap();
+    assert!(gaps_of(&cs).await.is_empty());
+}

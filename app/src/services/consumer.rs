@@ -192,6 +192,9 @@ mod tests {
                 next: Position::new("9"),
             })
         });
+        // Two lanes: a producer's sequence jumps on each.
+        log.expect_gap_free_lanes().return_const(false);
+        log.expect_beyond_end().returning(|_| Ok(false));
         let (c, _) = consumer(Arc::new(log), cs.clone(), Faults::none());
 
         assert_eq!(c.step().await.unwrap(), Outcome::Worked(3));

@@ -448,6 +448,7 @@ impl Fleet {
         if config.trimmer {
             let mut t = Trimmer::new(log.log.clone(), stores.consumers.clone())
                 .following(log.clone())
+                .with_outbox(stores.outbox.clone())
                 .with_interval(i.trimmer);
             if let Some(expiry) = config.consumer_expiry {
                 t = t.with_consumer_expiry(expiry, clock.clone());

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use ports::{Clock, ConsumerStore, Log, Position};
+use ports::{Clock, ConsumerStore, Log, Outbox, Position};
 use tokio_util::sync::CancellationToken;
 
 use super::{Outcome, Step, run_loop};
@@ -34,6 +34,8 @@ pub struct Trimmer {
     expiry: Option<(Duration, Arc<dyn Clock>)>,
     /// Consumers already reported as expired (reported once, loudly).
     expired: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The store whose `published` index is pruned with the log.
+    outbox: Option<Arc<dyn Outbox>>,
 }
 
 impl Trimmer {
@@ -46,6 +48,36 @@ impl Trimmer {
             following: None,
             expiry: None,
             expired: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            outbox: None,
+        }
+    }
+
+    /// Also prunes `outbox`'s `published` index (what `rides log repair` rebuilds lost
+    /// records from) below the lowest sequence any consumer may still report missing
+    /// ([`domain::gaps::index_needed_from`]).
+    pub fn with_outbox(mut self, outbox: Arc<dyn Outbox>) -> Self {
+        self.outbox = Some(outbox);
+        self
+    }
+
+    /// Prunes the `published` index below what every consumer of `cps` may still miss.
+    async fn prune_index(&self, cps: &[(String, ports::Checkpoint)]) {
+        let Some(outbox) = &self.outbox else { return };
+        let producer = outbox.producer();
+        let Some(below) = cps
+            .iter()
+            .map(|(_, cp)| {
+                domain::gaps::index_needed_from(&cp.cursor.marks, &cp.cursor.gaps, &producer)
+            })
+            .min()
+        else {
+            return;
+        };
+        match outbox.forget_published(&producer, below).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(n, below, "pruned the published index"),
+            // Not this step's failure: the index only grows until the next prune.
+            Err(e) => tracing::warn!(error = %e, "pruning the published index failed"),
         }
     }
 
@@ -118,6 +150,11 @@ impl Trimmer {
             }
             None => Vec::new(),
         };
+        let consumers: Vec<(String, ports::Checkpoint)> = consumers
+            .into_iter()
+            .filter(|(name, cp)| !self.is_expired(name, cp.updated_at_ms, &live))
+            .collect();
+        self.prune_index(&consumers).await;
         let mut groups: std::collections::BTreeMap<Option<String>, Vec<Position>> =
             std::collections::BTreeMap::new();
         // The lane checkpoints of consumers that run per lane, by consumer: merged into one
@@ -127,9 +164,6 @@ impl Trimmer {
             std::collections::BTreeMap<u32, Position>,
         > = std::collections::BTreeMap::new();
         for (name, cp) in consumers {
-            if self.is_expired(&name, cp.updated_at_ms, &live) {
-                continue;
-            }
             // `None` (never followed a cutover) is the log the process started with.
             let url = match &self.following {
                 Some(start) => Some(cp.cursor.log_url.unwrap_or_else(|| start.url.clone())),
@@ -336,5 +370,47 @@ mod tests {
         .unwrap();
         assert_eq!(t.step().await.unwrap(), Outcome::Worked(2));
         assert_eq!(log.log.len().await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_published_index_is_pruned_below_what_a_consumer_may_still_miss() {
+        use adapters::memory::{MemoryConsumerStore, MemoryLog, MemoryStore};
+        let store = Arc::new(MemoryStore::new("p"));
+        let outbox: Arc<dyn Outbox> = store.clone();
+        let records: Vec<domain::NewRecord> = (1..=6)
+            .map(|i| domain::NewRecord::cutover(&format!("memory://{i}"), 0))
+            .collect();
+        outbox.stage(&records).await.unwrap();
+        outbox.remove(&[1, 2, 3, 4, 5, 6]).await.unwrap();
+        let consumers = Arc::new(MemoryConsumerStore::new());
+        let mut cursor = ports::Cursor::default();
+        cursor.marks.high_water.insert("p/0".into(), 6);
+        cursor.gaps.push(domain::Gap {
+            producer: "p".into(),
+            lane: 0,
+            from_seq: 4,
+            to_seq: Some(5),
+            detected_at_ms: 0,
+        });
+        let state = serde_json::Value::Null;
+        let at = Position::new("6");
+        consumers
+            .save("c", &ports::Save::new(0, &at, &cursor, &state, 1))
+            .await
+            .unwrap();
+        let t = Trimmer::new(Arc::new(MemoryLog::new()), consumers).with_outbox(outbox.clone());
+        t.step().await.unwrap();
+        let kept: Vec<u64> = outbox
+            .published("p", 0, u64::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.seq)
+            .collect();
+        assert_eq!(
+            kept,
+            vec![4, 5, 6],
+            "the gap and what lies above the mark stay"
+        );
     }
 }

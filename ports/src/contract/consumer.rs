@@ -275,6 +275,22 @@ fn cursor() -> Cursor {
             .collect(),
         },
         duplicates: 17,
+        gaps: vec![
+            domain::Gap {
+                producer: "pg-0a1b2c3d".into(),
+                lane: 0,
+                from_seq: 30,
+                to_seq: Some(35),
+                detected_at_ms: 1_700_000_000_000,
+            },
+            domain::Gap {
+                producer: "pg-0a1b2c3d".into(),
+                lane: 2,
+                from_seq: 8,
+                to_seq: None,
+                detected_at_ms: 1_700_000_000_001,
+            },
+        ],
     }
 }
 

@@ -328,6 +328,22 @@ impl Outbox for TinyStore {
         }
         Ok(())
     }
+    async fn published(
+        &self,
+        _producer: &str,
+        _from_seq: u64,
+        _to_seq: u64,
+    ) -> Result<Vec<crate::Published>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn forget_published(&self, _producer: &str, _below: u64) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    async fn restage(&self, _records: &[LogRecord]) -> Result<(), StoreError> {
+        Err(StoreError::Other(
+            "the self-check store cannot re-stage".into(),
+        ))
+    }
     async fn route(&self) -> Result<Option<Route>, StoreError> {
         Ok(lock(&self.state).route.clone())
     }

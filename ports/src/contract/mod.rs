@@ -214,6 +214,7 @@ macro_rules! store_contract_tests {
             store::peek_after_resumes_after_a_cursor,
             store::wait_staged_wakes_on_a_phase,
             store::stage_sequences_like_a_phase,
+            store::removed_records_are_indexed_and_restage_keeps_their_sequence,
             store::route_is_durable_and_peek_starts_after_it,
             store::concurrent_writers_nothing_skipped_nothing_phantom,
             store::store_survives_reopen,

@@ -1126,6 +1126,98 @@ pub async fn stage_sequences_like_a_phase(f: &dyn StoreFactory) {
     assert_eq!(staged(&sut).await, 4, "staged counts the staged records");
 }
 
+/// Rule: `remove` notes each removed record in the `published` index (producer, seq, kind,
+/// key), which `published` returns by range; `restage` stages records under their own
+/// producer and sequence, which `peek` hands out and `remove` removes; a record still staged
+/// is not staged twice.
+/// Preconditions: a fresh store.
+pub async fn removed_records_are_indexed_and_restage_keeps_their_sequence(f: &dyn StoreFactory) {
+    let sut = f.fresh().await;
+    let u = user(&sut, USER).await;
+    let now = now_ms();
+    let (_, ride) = create_ride(&sut, u.id, params(1), now).await;
+    create_ride(&sut, u.id, params(2), now).await;
+    let all = peek(&sut, 100).await;
+    assert_eq!(all.len(), 2, "two phases staged two records: {all:?}");
+    let producer = sut.outbox.producer();
+    let seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
+    let removed = sut.outbox.remove(&seqs).await.expect("remove");
+    assert_eq!(removed, 2);
+    let index = sut
+        .outbox
+        .published(&producer, 0, u64::MAX)
+        .await
+        .expect("published");
+    let want: Vec<crate::Published> = all
+        .iter()
+        .map(|r| crate::Published {
+            producer: producer.clone(),
+            seq: r.seq,
+            kind: r.kind.clone(),
+            key: r.key.clone(),
+        })
+        .collect();
+    assert_eq!(
+        index, want,
+        "the index must hold every removed record, by seq"
+    );
+    assert_eq!(index[0].key, format!("ride:{}", ride.id));
+    let one = sut
+        .outbox
+        .published(&producer, seqs[1], seqs[1])
+        .await
+        .expect("published");
+    assert_eq!(one, want[1..].to_vec(), "a range returns only its records");
+    assert_eq!(
+        sut.outbox
+            .forget_published(&producer, seqs[1])
+            .await
+            .expect("forget_published"),
+        1,
+        "forget_published removes exactly the entries below the sequence"
+    );
+    assert_eq!(
+        sut.outbox
+            .published(&producer, 0, u64::MAX)
+            .await
+            .expect("published"),
+        want[1..].to_vec()
+    );
+    assert!(
+        sut.outbox
+            .published("another-producer", 0, u64::MAX)
+            .await
+            .expect("published")
+            .is_empty(),
+        "another producer has no entries"
+    );
+
+    // A later record, then the first one re-staged (twice) under its original sequence.
+    create_ride(&sut, u.id, params(3), now).await;
+    sut.outbox.restage(&all[..1]).await.expect("restage");
+    sut.outbox.restage(&all[..1]).await.expect("restage again");
+    let again = peek(&sut, 100).await;
+    let pairs: Vec<(String, u64)> = again.iter().map(|r| (r.producer.clone(), r.seq)).collect();
+    assert_eq!(
+        again.len(),
+        2,
+        "the later record and ONE re-staged copy: {pairs:?}"
+    );
+    let restaged = again
+        .iter()
+        .find(|r| r.seq == all[0].seq)
+        .expect("peek must hand out the re-staged record under its original seq");
+    assert_eq!(restaged, &all[0], "a re-staged record comes back as it was");
+    assert_eq!(
+        sut.outbox.remove(&[all[0].seq]).await.expect("remove"),
+        1,
+        "remove names a re-staged record by its original seq"
+    );
+    let left = peek(&sut, 100).await;
+    assert_eq!(left.len(), 1);
+    assert_ne!(left[0].seq, all[0].seq);
+}
+
 /// Rule: a fresh store has no route; `set_route` then `route` returns it, a second
 /// `set_route` overwrites it, and it survives a restart; with a route set, `peek` returns
 /// only records above its `after_seq`.
