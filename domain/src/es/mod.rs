@@ -10,6 +10,8 @@
 //! - [`actor`]: the [`Actor`] trait (decide / evolve / react / sync), one actor loaded for
 //!   one stream ([`ActorInstance`]), and its type-erased form ([`AnyActor`]).
 //! - [`sync`]: read-model writes as data ([`SyncOp`]).
+//! - [`reactor`]: consumer groups ([`GroupSpec`]), reactors' [`Action`]s and the
+//!   [`ErrorStrategy`] (part 2, the background runtime).
 //! - [`testing`]: the given/when/then kit for actors.
 //! - [`dispatch`]: the worked example, ride dispatch (Ride and Pilot actors).
 //!
@@ -25,6 +27,7 @@
 pub mod actor;
 pub mod dispatch;
 pub mod message;
+pub mod reactor;
 pub mod registry;
 pub mod sync;
 pub mod testing;
@@ -36,6 +39,9 @@ pub use actor::{
 pub use message::{
     ES_RECORD_STREAM, FieldError, Message, MessageError, MessageParts, MessageType, decode_payload,
     payload_value,
+};
+pub use reactor::{
+    Action, Backoff, BatchResult, ErrorStrategy, Exhausted, GroupSpec, StartFrom, Verdict,
 };
 pub use registry::Registry;
 pub use sync::SyncOp;
