@@ -5,6 +5,8 @@
 //!
 //! - [`unit`](mod@unit): the unit of work (sourced's `Sourced::Unit`), plus `load` and
 //!   `history_for` (sourced's `Sourced.load` / `history_for`).
+//! - [`reactor`]: what runs in the background: actors, handlers, projectors ([`Reactor`]).
+//! - [`runtime`]: workers and the housekeeper over a [`ports::ReactorStore`] ([`Runtime`]).
 //!
 //! # Example
 //!
@@ -105,8 +107,12 @@
 //! # }
 //! ```
 
+pub mod reactor;
+pub mod runtime;
 pub mod unit;
 
+pub use reactor::{ActorReactor, Delivery, Handler, Projection, Projector, ProjectorKind, Reactor};
+pub use runtime::{FailureReport, Runtime, RuntimeConfig, RuntimeHandle};
 pub use unit::{Unit, UnitError, UnitOutcome, history_for, load};
 
 #[cfg(test)]

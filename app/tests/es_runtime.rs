@@ -1,0 +1,480 @@
+//! The background runtime (app::es::runtime) on real stores: a worker killed mid-batch has
+//! its claim released after the TTL and the batch finished by another worker; two
+//! housekeepers promote each scheduled message once; a poison message parks its stream
+//! only; a state-stored projector rebuilds after a reset without repeating its reactions;
+//! an actor's commands are decided in the background.
+//!
+//! Memory and SQLite always; Postgres through `RIDES_TEST_POSTGRES_URL` (a new schema per
+//! test).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use adapters::memory::MemoryStore;
+use adapters::postgres::{PgOptions, PostgresStore};
+use adapters::sqlite::SqliteStore;
+use app::es::{Delivery, Handler, Projection, Projector, Reactor, Runtime, RuntimeConfig};
+use async_trait::async_trait;
+use domain::es::{Action, BatchResult, GroupSpec, Message};
+use ports::{Clock, ReactorStore, ScheduledMessage, SystemClock};
+use serde_json::{Value, json};
+
+const EVT: &str = "tests.something_happened1";
+
+fn now() -> i64 {
+    SystemClock.now_ms()
+}
+
+fn evt(stream: &str, n: u64) -> Message {
+    Message::new(EVT, stream, json!({"n": n}), now()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn sqlite() -> (Arc<dyn ReactorStore>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("sqlite://{}", dir.path().join("rides.db").display());
+    let store = SqliteStore::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    (Arc::new(store.event_store()), dir)
+}
+
+async fn postgres() -> Arc<dyn ReactorStore> {
+    let url = std::env::var("RIDES_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!("this test needs Postgres: set RIDES_TEST_POSTGRES_URL (scripts/test.sh sets it)")
+    });
+    let schema = format!(
+        "rides_test_{}_{}",
+        now() / 1000,
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let options = PgOptions {
+        schema: Some(schema),
+        max_connections: 5,
+        ..PgOptions::default()
+    };
+    let store = PostgresStore::connect(&url, options)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    Arc::new(store.event_store())
+}
+
+fn memory() -> Arc<dyn ReactorStore> {
+    Arc::new(Arc::new(MemoryStore::default()).event_store())
+}
+
+async fn append(store: &Arc<dyn ReactorStore>, stream: &str, n: u64) -> Vec<Message> {
+    let msgs: Vec<Message> = (1..=n).map(|i| evt(stream, i)).collect();
+    store
+        .append_next_to_stream(stream, &msgs)
+        .await
+        .unwrap_or_else(|e| panic!("append: {e}"));
+    msgs
+}
+
+fn fast() -> RuntimeConfig {
+    RuntimeConfig {
+        workers: 1,
+        catch_up: Duration::from_millis(100),
+        claim_ttl: Duration::from_millis(400),
+        heartbeat: Duration::from_millis(50),
+        housekeeping: Duration::from_millis(50),
+        max_drain_rounds: 10,
+    }
+}
+
+/// Polls `f` until it holds, for at most 20 s.
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A reactor whose first batch never finishes (its worker "hangs" until killed); later
+/// batches record their messages.
+struct Hangs {
+    calls: AtomicUsize,
+    started: tokio::sync::Notify,
+    done: Mutex<Vec<uuid::Uuid>>,
+}
+
+/// A [`Hangs`] shared with the test.
+struct Shared(Arc<Hangs>);
+
+#[async_trait]
+impl Reactor for Shared {
+    fn group(&self) -> GroupSpec {
+        GroupSpec::new("hangs", &[EVT]).batch_size(10)
+    }
+
+    async fn handle_batch(
+        &self,
+        _store: &dyn ReactorStore,
+        batch: &[Delivery],
+        _history: &[Message],
+        _now_ms: i64,
+    ) -> BatchResult {
+        if self.0.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.0.started.notify_one();
+            std::future::pending::<()>().await;
+        }
+        let ids: Vec<uuid::Uuid> = batch.iter().map(|d| d.message.id()).collect();
+        if let Ok(mut done) = self.0.done.lock() {
+            done.extend(ids.iter().copied());
+        }
+        BatchResult::all(ids.into_iter().map(|id| (id, vec![Action::Ok])).collect())
+    }
+}
+
+async fn killed_worker_claim_is_released_and_finished(store: Arc<dyn ReactorStore>) {
+    let msgs = append(&store, "ride-killed", 3).await;
+    let hangs = Arc::new(Hangs {
+        calls: AtomicUsize::new(0),
+        started: tokio::sync::Notify::new(),
+        done: Mutex::new(Vec::new()),
+    });
+    let rt = Arc::new(
+        Runtime::new(Arc::clone(&store))
+            .with_reactor(Shared(Arc::clone(&hangs)))
+            .with_config(fast()),
+    );
+    rt.register().await.unwrap_or_else(|e| panic!("{e}"));
+    let doomed = tokio::spawn(Arc::clone(&rt).run_worker("doomed".into()));
+    tokio::time::timeout(Duration::from_secs(10), hangs.started.notified())
+        .await
+        .unwrap_or_else(|_| panic!("the first worker claimed the batch"));
+    doomed.abort();
+    let _ = doomed.await;
+    // The claim is still held: nobody else gets the stream before the TTL.
+    assert!(
+        !rt.tick(0, "early").await.unwrap_or(true),
+        "the dead worker's claim holds until the TTL"
+    );
+    let handle = Arc::clone(&rt)
+        .spawn("rescuer")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually("the batch finished by another worker", async || {
+        hangs.done.lock().map(|d| d.len()).unwrap_or(0) == 3
+    })
+    .await;
+    handle.abort();
+    let done = hangs.done.lock().map(|d| d.clone()).unwrap_or_default();
+    assert_eq!(done, msgs.iter().map(Message::id).collect::<Vec<_>>());
+    let groups = store.groups().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(groups[0].lag, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_s_batch_is_finished_by_another_memory() {
+    killed_worker_claim_is_released_and_finished(memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_s_batch_is_finished_by_another_sqlite() {
+    let (store, _dir) = sqlite().await;
+    killed_worker_claim_is_released_and_finished(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_s_batch_is_finished_by_another_postgres() {
+    killed_worker_claim_is_released_and_finished(postgres().await).await;
+}
+
+async fn two_housekeepers_promote_each_message_once(store: Arc<dyn ReactorStore>) {
+    let due: Vec<ScheduledMessage> = (0..250)
+        .map(|i| ScheduledMessage {
+            at_ms: now() - 1,
+            message: evt(&format!("sched-{}", i % 5), i),
+        })
+        .collect();
+    store.schedule(&due).await.unwrap_or_else(|e| panic!("{e}"));
+    let rt = Arc::new(Runtime::new(Arc::clone(&store)).with_config(fast()));
+    let (a, b) = tokio::join!(rt.housekeep(), rt.housekeep());
+    let promoted = a.unwrap_or_else(|e| panic!("{e}")).0 + b.unwrap_or_else(|e| panic!("{e}")).0;
+    assert_eq!(promoted, 250, "each scheduled message promoted once");
+    let mut ids = BTreeSet::new();
+    for s in 0..5 {
+        let stream = store
+            .read_stream(&format!("sched-{s}"), 0, None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(stream.len(), 50);
+        ids.extend(stream.iter().map(|m| m.message.id()));
+    }
+    assert_eq!(ids.len(), 250);
+    assert_eq!(rt.housekeep().await.unwrap_or((9, 9)).0, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_housekeepers_memory() {
+    two_housekeepers_promote_each_message_once(memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_housekeepers_sqlite() {
+    let (store, _dir) = sqlite().await;
+    two_housekeepers_promote_each_message_once(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_housekeepers_postgres() {
+    two_housekeepers_promote_each_message_once(postgres().await).await;
+}
+
+async fn a_poison_message_parks_its_stream_only(store: Arc<dyn ReactorStore>) {
+    append(&store, "bad", 2).await;
+    append(&store, "good", 3).await;
+    let healed = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
+    let (h, s) = (Arc::clone(&healed), Arc::clone(&seen));
+    let handler = Handler::new(GroupSpec::new("poison", &[EVT]), move |m, _| {
+        if m.stream_id() == "bad" && m.seq() == 2 && !h.load(Ordering::SeqCst) {
+            return Err("poison".into());
+        }
+        if let Ok(mut s) = s.lock() {
+            s.push((m.stream_id().to_owned(), m.seq()));
+        }
+        Ok(Vec::new())
+    });
+    let failures = Arc::new(AtomicUsize::new(0));
+    let f = Arc::clone(&failures);
+    let rt = Runtime::new(Arc::clone(&store))
+        .with_reactor(handler)
+        .on_failure(move |_| {
+            f.fetch_add(1, Ordering::SeqCst);
+        });
+    rt.register().await.unwrap_or_else(|e| panic!("{e}"));
+    rt.drain("w").await.unwrap_or_else(|e| panic!("{e}"));
+    let got = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(
+        got,
+        vec![
+            ("bad".into(), 1),
+            ("good".into(), 1),
+            ("good".into(), 2),
+            ("good".into(), 3)
+        ],
+        "bad's first message acknowledged (partial batch), good flows"
+    );
+    assert_eq!(failures.load(Ordering::SeqCst), 1);
+    let g = &store.groups().await.unwrap_or_else(|e| panic!("{e}"))[0];
+    assert_eq!(g.failing.len(), 1);
+    assert!(g.failing[0].parked);
+    assert_eq!(g.failing[0].stream_id, "bad");
+    assert_eq!(g.failing[0].error.as_deref(), Some("poison"));
+    assert_eq!(g.lag, 1);
+    healed.store(true, Ordering::SeqCst);
+    store
+        .retry_stream("poison", "bad")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    rt.drain("w").await.unwrap_or_else(|e| panic!("{e}"));
+    let g = &store.groups().await.unwrap_or_else(|e| panic!("{e}"))[0];
+    assert!(g.failing.is_empty(), "a success clears the failure");
+    assert_eq!(g.lag, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_parks_its_stream_only_memory() {
+    a_poison_message_parks_its_stream_only(memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_parks_its_stream_only_sqlite() {
+    let (store, _dir) = sqlite().await;
+    a_poison_message_parks_its_stream_only(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_parks_its_stream_only_postgres() {
+    a_poison_message_parks_its_stream_only(postgres().await).await;
+}
+
+/// Counts a stream's messages and sums `n`; reacts once per message with a side effect.
+struct Totals {
+    reactions: Arc<AtomicUsize>,
+}
+
+impl Projection for Totals {
+    fn group_id(&self) -> &str {
+        "totals"
+    }
+    fn types(&self) -> Vec<&'static str> {
+        vec![EVT]
+    }
+    fn collection(&self) -> &str {
+        "totals"
+    }
+    fn initial(&self, _: &str) -> Value {
+        json!({"count": 0, "sum": 0})
+    }
+    fn evolve(&self, doc: &mut Value, m: &Message) -> Result<(), String> {
+        let n = m.payload()["n"].as_u64().ok_or("n missing")?;
+        let count = doc["count"].as_u64().unwrap_or(0) + 1;
+        let sum = doc["sum"].as_u64().unwrap_or(0) + n;
+        *doc = json!({"count": count, "sum": sum});
+        Ok(())
+    }
+    fn react(&self, _: &Value, _: &Message) -> Result<Vec<Message>, String> {
+        self.reactions.fetch_add(1, Ordering::SeqCst);
+        Ok(Vec::new())
+    }
+}
+
+async fn projectors_rebuild_after_reset(store: Arc<dyn ReactorStore>) {
+    append(&store, "p1", 4).await;
+    append(&store, "p2", 2).await;
+    let reactions = Arc::new(AtomicUsize::new(0));
+    let rt = Runtime::new(Arc::clone(&store)).with_reactor(Projector::state_stored(Totals {
+        reactions: Arc::clone(&reactions),
+    }));
+    rt.register().await.unwrap_or_else(|e| panic!("{e}"));
+    rt.drain("w").await.unwrap_or_else(|e| panic!("{e}"));
+    let before = store
+        .documents("totals")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        before,
+        vec![
+            ("p1".into(), json!({"count": 4, "sum": 10})),
+            ("p2".into(), json!({"count": 2, "sum": 3}))
+        ]
+    );
+    assert_eq!(reactions.load(Ordering::SeqCst), 6);
+    // Reset: the documents are rebuilt from scratch (start over from empty documents, as a
+    // rebuild would), the reactions are not repeated.
+    for (id, _) in &before {
+        store
+            .commit(ports::Commit {
+                appends: Vec::new(),
+                sync: vec![domain::es::SyncOp::Delete {
+                    collection: "totals".into(),
+                    id: id.clone(),
+                }],
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    store
+        .reset_group("totals")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    rt.drain("w").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        store
+            .documents("totals")
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        before
+    );
+    assert_eq!(reactions.load(Ordering::SeqCst), 6, "no reaction replayed");
+    // Event-sourced: the same read model from the whole history.
+    let es = Runtime::new(Arc::clone(&store)).with_reactor(Projector::event_sourced(Totals2));
+    es.register().await.unwrap_or_else(|e| panic!("{e}"));
+    es.drain("w").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        store
+            .documents("totals2")
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        before
+    );
+}
+
+/// [`Totals`] as an event-sourced projector.
+struct Totals2;
+
+impl Projection for Totals2 {
+    fn group_id(&self) -> &str {
+        "totals2"
+    }
+    fn types(&self) -> Vec<&'static str> {
+        vec![EVT]
+    }
+    fn collection(&self) -> &str {
+        "totals2"
+    }
+    fn initial(&self, _: &str) -> Value {
+        json!({"count": 0, "sum": 0})
+    }
+    fn evolve(&self, doc: &mut Value, m: &Message) -> Result<(), String> {
+        Totals {
+            reactions: Arc::default(),
+        }
+        .evolve(doc, m)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projectors_rebuild_after_reset_memory() {
+    projectors_rebuild_after_reset(memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projectors_rebuild_after_reset_sqlite() {
+    let (store, _dir) = sqlite().await;
+    projectors_rebuild_after_reset(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projectors_rebuild_after_reset_postgres() {
+    projectors_rebuild_after_reset(postgres().await).await;
+}
+
+/// Workers are woken by commits (no poll needed): with a catch-up interval of a minute, a
+/// message appended after the workers went idle is handled within seconds.
+async fn workers_wake_on_commits(store: Arc<dyn ReactorStore>) {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = Arc::clone(&seen);
+    let handler = Handler::new(GroupSpec::new("wake", &[EVT]), move |_, _| {
+        s.fetch_add(1, Ordering::SeqCst);
+        Ok(Vec::new())
+    });
+    let config = RuntimeConfig {
+        catch_up: Duration::from_secs(60),
+        workers: 2,
+        ..fast()
+    };
+    let rt = Arc::new(
+        Runtime::new(Arc::clone(&store))
+            .with_reactor(handler)
+            .with_config(config),
+    );
+    let handle = Arc::clone(&rt)
+        .spawn("wake")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..20 {
+        append(&store, &format!("w-{}", i % 4), 1).await;
+    }
+    eventually("woken by the commits", async || {
+        seen.load(Ordering::SeqCst) == 20
+    })
+    .await;
+    handle.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_wake_on_commits_memory() {
+    workers_wake_on_commits(memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_wake_on_commits_sqlite() {
+    let (store, _dir) = sqlite().await;
+    workers_wake_on_commits(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_wake_on_commits_postgres() {
+    workers_wake_on_commits(postgres().await).await;
+}
