@@ -428,6 +428,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The event-sourcing runtime: workers, consumer groups.
+    Es {
+        /// What to do.
+        #[command(subcommand)]
+        what: EsCommand,
+    },
     /// Log operations: swap the log of a running system, or show where records go.
     Log {
         /// What to do.
@@ -439,6 +445,51 @@ pub enum Command {
         /// Which benchmark.
         #[command(subcommand)]
         what: BenchCommand,
+    },
+}
+
+/// The operations of `rides es`.
+#[derive(Debug, Subcommand)]
+pub enum EsCommand {
+    /// Runs N workers and the housekeeper over the store's event store until Ctrl-C.
+    Work {
+        /// Workers in this process.
+        #[arg(long, env = "RIDES_ES_WORKERS", default_value_t = 2)]
+        workers: usize,
+    },
+    /// Handles every pending batch of every group once, then exits.
+    Drain,
+    /// Every consumer group: status, oldest and newest processed positions, streams, lag,
+    /// retry time, and its failing (backing-off or parked) streams.
+    Groups {
+        /// Print the groups as one JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stops a group (no more claims).
+    Stop {
+        /// The group.
+        group: String,
+        /// Why (shown by `groups`).
+        #[arg(long, default_value = "stopped by an operator")]
+        reason: String,
+    },
+    /// Starts a stopped (or paused) group.
+    Start {
+        /// The group.
+        group: String,
+    },
+    /// Replays a group from the beginning; messages it had handled come with `replaying`.
+    Reset {
+        /// The group.
+        group: String,
+    },
+    /// Resumes a parked (or backing-off) stream of a group.
+    Retry {
+        /// The group.
+        group: String,
+        /// The stream.
+        stream: String,
     },
 }
 
@@ -846,6 +897,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(if v.agree { 0 } else { 1 })
         }
+        Command::Es { what } => crate::es::cli::run(common, what).await,
         Command::Log { what } => {
             let command = match &what {
                 LogCommand::Cutover { .. } => "log cutover",

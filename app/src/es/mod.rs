@@ -107,6 +107,8 @@
 //! # }
 //! ```
 
+pub mod board;
+pub mod cli;
 pub mod reactor;
 pub mod runtime;
 pub mod unit;
