@@ -586,3 +586,118 @@ async fn actors_decide_and_react_in_the_background_sqlite() {
 async fn actors_decide_and_react_in_the_background_postgres() {
     actors_decide_and_react_in_the_background(postgres().await).await;
 }
+
+/// The dispatch example end to end: rides handled by the unit of work (part 1), the
+/// dispatch board built by `rides es work`'s runtime, and equal to a rebuild after a reset.
+async fn the_dispatch_board_follows_the_unit_and_rebuilds(store: Arc<dyn ReactorStore>) {
+    use app::es::Unit;
+    use app::es::board::BOARD;
+    use domain::es::dispatch::{
+        AssignPilot, CompleteRide, GoOnline, PickUp, Pilot, RequestRide, Ride,
+    };
+    let events: Arc<dyn ports::EventStore> = store.clone();
+    let unit = Unit::new(events)
+        .with_actor(Ride)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_actor(Pilot)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let t = now();
+    let send = async |m: Message| {
+        unit.handle(m, now())
+            .await
+            .unwrap_or_else(|e| panic!("unit: {e}"));
+    };
+    send(
+        Message::build("pilot-1", &GoOnline { name: "Ann".into() }, t)
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
+    for ride in ["ride-1", "ride-2"] {
+        send(
+            Message::build(
+                ride,
+                &RequestRide {
+                    rider_id: "r".into(),
+                    pickup: "a".into(),
+                    dropoff: "b".into(),
+                },
+                t,
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .await;
+    }
+    send(
+        Message::build(
+            "ride-1",
+            &AssignPilot {
+                pilot_id: "pilot-1".into(),
+            },
+            t,
+        )
+        .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
+    send(Message::build("ride-1", &PickUp {}, t).unwrap_or_else(|e| panic!("{e}"))).await;
+    send(Message::build("ride-1", &CompleteRide {}, t).unwrap_or_else(|e| panic!("{e}"))).await;
+    let rt = app::es::cli::runtime(Arc::clone(&store), fast());
+    rt.register().await.unwrap_or_else(|e| panic!("{e}"));
+    rt.drain("w").await.unwrap_or_else(|e| panic!("{e}"));
+    let board = store
+        .documents(BOARD)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        board,
+        vec![
+            (
+                "pilot-1".into(),
+                json!({"kind": "pilot", "status": "online", "name": "Ann", "ride_id": null})
+            ),
+            (
+                "ride-1".into(),
+                json!({"kind": "ride", "status": "completed", "pilot_id": "pilot-1"})
+            ),
+            (
+                "ride-2".into(),
+                json!({"kind": "ride", "status": "requested"})
+            ),
+        ]
+    );
+    for (id, _) in &board {
+        store
+            .commit(ports::Commit {
+                appends: Vec::new(),
+                sync: vec![domain::es::SyncOp::Delete {
+                    collection: BOARD.into(),
+                    id: id.clone(),
+                }],
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    store
+        .reset_group("dispatch-board")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    rt.drain("w").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        store
+            .documents(BOARD)
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        board,
+        "the board equals a rebuild from the events"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatch_board_sqlite() {
+    let (store, _dir) = sqlite().await;
+    the_dispatch_board_follows_the_unit_and_rebuilds(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatch_board_postgres() {
+    the_dispatch_board_follows_the_unit_and_rebuilds(postgres().await).await;
+}
