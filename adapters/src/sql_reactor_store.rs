@@ -7,7 +7,8 @@
 //!
 //! ```text
 //!  1. the group's batch size (UnknownGroup if none)
-//!  2. offsets rows (global_seq 0) for streams the group has none for  ── ON CONFLICT DO NOTHING
+//!  2. offsets rows (global_seq 0) for streams the group has none for, in stream order (one
+//!     lock order for concurrent claimers)  ── ON CONFLICT DO NOTHING
 //!  3. WITH next AS (SELECT the offset whose stream has the oldest pending message of the
 //!                   group's types, unclaimed, not parked, not backing off, group active and
 //!                   not paused  ORDER BY global_seq LIMIT 1  FOR UPDATE OF o SKIP LOCKED)
@@ -67,7 +68,7 @@ macro_rules! rx_sql {
             bootstrap: "INSERT INTO es_offsets (group_id, stream_id) \
                  SELECT $1, s.stream_id FROM es_streams s WHERE s.seq > 0 AND NOT EXISTS \
                  (SELECT 1 FROM es_offsets o WHERE o.group_id = $1 AND o.stream_id = s.stream_id) \
-                 ON CONFLICT DO NOTHING",
+                 ORDER BY s.stream_id ON CONFLICT DO NOTHING",
             claim: concat!(
                 "WITH next AS (SELECT o.stream_id FROM es_offsets o \
                  JOIN es_groups g ON g.group_id = o.group_id \
