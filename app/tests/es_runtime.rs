@@ -701,3 +701,86 @@ async fn the_dispatch_board_sqlite() {
 async fn the_dispatch_board_postgres() {
     the_dispatch_board_follows_the_unit_and_rebuilds(postgres().await).await;
 }
+
+/// Records every seq it folds in, per stream.
+struct Seqs;
+
+impl Projection for Seqs {
+    fn group_id(&self) -> &str {
+        "seqs"
+    }
+    fn types(&self) -> Vec<&'static str> {
+        vec![EVT]
+    }
+    fn collection(&self) -> &str {
+        "seqs"
+    }
+    fn initial(&self, _: &str) -> Value {
+        json!([])
+    }
+    fn evolve(&self, doc: &mut Value, m: &Message) -> Result<(), String> {
+        doc.as_array_mut().ok_or("not a list")?.push(json!(m.seq()));
+        Ok(())
+    }
+}
+
+/// sourced's concurrency case: 3 workers and a state-stored projector while two streams
+/// (100 and 120 events) are appended interleaved: each stream's document holds its seqs
+/// exactly once, in order (exactly-once effects under at-least-once delivery).
+async fn three_workers_project_each_event_once(store: Arc<dyn ReactorStore>) {
+    let config = RuntimeConfig {
+        workers: 3,
+        ..fast()
+    };
+    let rt = Arc::new(
+        Runtime::new(Arc::clone(&store))
+            .with_reactor(Projector::state_stored(Seqs))
+            .with_config(config),
+    );
+    let handle = Arc::clone(&rt)
+        .spawn("conc")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let writer = |stream: &'static str, n: u64| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            for i in 1..=n {
+                store
+                    .append_next_to_stream(stream, &[evt(stream, i)])
+                    .await
+                    .unwrap_or_else(|e| panic!("append: {e}"));
+            }
+        })
+    };
+    let (a, b) = (writer("stream1", 100), writer("stream2", 120));
+    a.await.unwrap_or_else(|e| panic!("{e}"));
+    b.await.unwrap_or_else(|e| panic!("{e}"));
+    eventually("every event projected", async || {
+        store.groups().await.is_ok_and(|g| g[0].lag == 0)
+    })
+    .await;
+    handle.abort();
+    for (stream, n) in [("stream1", 100_u64), ("stream2", 120)] {
+        let doc = store
+            .document("seqs", stream)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(doc, Some(json!((1..=n).collect::<Vec<_>>())), "{stream}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_project_each_event_once_memory() {
+    three_workers_project_each_event_once(memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_project_each_event_once_sqlite() {
+    let (store, _dir) = sqlite().await;
+    three_workers_project_each_event_once(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_project_each_event_once_postgres() {
+    three_workers_project_each_event_once(postgres().await).await;
+}
