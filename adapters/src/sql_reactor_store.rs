@@ -107,7 +107,8 @@ macro_rules! rx_sql {
                 "INSERT INTO es_offsets (group_id, stream_id, global_seq) \
                  SELECT $1, stream_id, global_seq FROM es_messages WHERE id = $2",
                 $uuid,
-                " ON CONFLICT (group_id, stream_id) DO UPDATE SET global_seq = CASE \
+                " AND EXISTS (SELECT 1 FROM es_groups WHERE group_id = $1) \
+                 ON CONFLICT (group_id, stream_id) DO UPDATE SET global_seq = CASE \
                  WHEN excluded.global_seq > es_offsets.global_seq THEN excluded.global_seq \
                  ELSE es_offsets.global_seq END"
             ),
@@ -580,6 +581,43 @@ macro_rules! sql_reactor_store {
                     .map_err(db)?;
                 tx.commit().await.map_err(db)?;
                 Ok(done.rows_affected() > 0)
+            }
+
+            async fn commit_with(
+                &self,
+                commit: ports::Commit,
+                schedule: &[ports::ScheduledMessage],
+                acks: &[(String, uuid::Uuid)],
+            ) -> Result<Vec<ports::StoredMessage>, ports::EventStoreError> {
+                let now_ms = $crate::sql_event_store::now_ms();
+                let mut tx = self.begin_es().await?;
+                let out = match self.write_commit(&mut tx, &commit, now_ms).await {
+                    Ok(out) => out,
+                    Err(failure) => return Err(self.abandon(tx, failure).await),
+                };
+                for s in schedule {
+                    let json = serde_json::to_string(&s.message)
+                        .map_err(|e| ports::EventStoreError::Other(e.to_string()))?;
+                    sqlx::query($sql.schedule)
+                        .bind(s.at_ms)
+                        .bind(json)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db)?;
+                }
+                for (group, id) in acks {
+                    sqlx::query($sql.ack)
+                        .bind(group.as_str())
+                        .bind(id.to_string())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db)?;
+                }
+                tx.commit().await.map_err(db)?;
+                if !out.is_empty() {
+                    self.committed_es();
+                }
+                Ok(out)
             }
 
             async fn schedule(

@@ -252,6 +252,20 @@ pub trait ReactorStore: EventStore {
     /// [`EventStoreError::UnknownGroup`].
     async fn ack(&self, group_id: &str, message_id: Uuid) -> Result<bool, EventStoreError>;
 
+    /// Commits `commit`, stores `schedule` and acknowledges `acks` ((group, message id):
+    /// the message's stream offset moves up to it; unknown groups are skipped) in one
+    /// transaction: how a synchronous unit of work stores its scheduled messages and tells
+    /// background groups what it already handled (sourced's `Unit` + `ack_on`).
+    ///
+    /// # Errors
+    /// As [`EventStore::commit`]; nothing is written on error.
+    async fn commit_with(
+        &self,
+        commit: Commit,
+        schedule: &[ScheduledMessage],
+        acks: &[(String, Uuid)],
+    ) -> Result<Vec<StoredMessage>, EventStoreError>;
+
     /// Stores messages to append when due.
     ///
     /// # Errors

@@ -342,6 +342,44 @@ impl ReactorStore for MemoryEventStore {
         Ok(true)
     }
 
+    async fn commit_with(
+        &self,
+        commit: ports::Commit,
+        schedule: &[ScheduledMessage],
+        acks: &[(String, Uuid)],
+    ) -> Result<Vec<StoredMessage>, EventStoreError> {
+        let out = {
+            let mut inner = lock(&self.store().inner);
+            let producer = self.store().producer.clone();
+            let out = commit_locked(&mut inner, &producer, &commit)?;
+            let es = &mut inner.es;
+            let r = &mut es.reactors;
+            for s in schedule {
+                r.next_scheduled += 1;
+                r.scheduled.insert(r.next_scheduled, s.clone());
+            }
+            for (group, id) in acks {
+                if !r.groups.contains_key(group) {
+                    continue;
+                }
+                if let Some(gs) = es.by_id.get(id)
+                    && let Some(m) = es.messages.get(gs)
+                {
+                    let row = r
+                        .offsets
+                        .entry((group.clone(), m.stream_id().to_owned()))
+                        .or_default();
+                    acked_max(row, *gs);
+                }
+            }
+            out
+        };
+        if !out.is_empty() {
+            self.committed();
+        }
+        Ok(out)
+    }
+
     async fn schedule(&self, messages: &[ScheduledMessage]) -> Result<(), EventStoreError> {
         let mut inner = lock(&self.store().inner);
         let r = &mut inner.es.reactors;
