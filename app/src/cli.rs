@@ -459,6 +459,26 @@ pub enum EsCommand {
     },
     /// Handles every pending batch of every group once, then exits.
     Drain,
+    /// The ride dispatch example on the runtime with faults (workers killed, mailer
+    /// failures, duplicate deliveries), then a verdict. On a fresh SQLite file by default;
+    /// on Postgres when `--store` is a Postgres URL.
+    Demo {
+        /// Rides to request.
+        #[arg(long, default_value_t = 40)]
+        rides: usize,
+        /// Pilots online.
+        #[arg(long, default_value_t = 5)]
+        pilots: usize,
+        /// A ride waiting longer for a pilot is cancelled (ms).
+        #[arg(long, default_value_t = 3_000)]
+        timeout_ms: i64,
+        /// The random seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Print the verdict as one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Every consumer group: status, oldest and newest processed positions, streams, lag,
     /// retry time, and its failing (backing-off or parked) streams.
     Groups {

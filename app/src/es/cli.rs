@@ -28,6 +28,16 @@ fn when(ms: Option<i64>) -> String {
 /// # Errors
 /// When the store cannot be opened or a group is unknown.
 pub async fn run(common: &Common, what: EsCommand) -> anyhow::Result<i32> {
+    if let EsCommand::Demo {
+        rides,
+        pilots,
+        timeout_ms,
+        seed,
+        json,
+    } = what
+    {
+        return demo(common, rides, pilots, timeout_ms, seed, json).await;
+    }
     let stores = wiring::open_store(&common.store).await?;
     let store = stores.reactors;
     match what {
@@ -114,6 +124,7 @@ pub async fn run(common: &Common, what: EsCommand) -> anyhow::Result<i32> {
             println!("{group}: {stream} resumed");
             Ok(0)
         }
+        EsCommand::Demo { .. } => unreachable!("handled above"),
         EsCommand::Drain => {
             let rt = runtime(Arc::clone(&store), RuntimeConfig::default());
             rt.register().await?;
@@ -122,4 +133,46 @@ pub async fn run(common: &Common, what: EsCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// `rides es demo`: on the `--store` when it is Postgres, else on a fresh SQLite file.
+async fn demo(
+    common: &Common,
+    rides: usize,
+    pilots: usize,
+    timeout_ms: i64,
+    seed: u64,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let url = if common.store.starts_with("postgres") {
+        common.store.clone()
+    } else {
+        let dir = std::env::temp_dir().join(format!(
+            "rides-es-demo-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        format!("sqlite://{}", dir.join("es.db").display())
+    };
+    let stores = wiring::open_store(&url).await?;
+    let config = super::demo::DemoConfig {
+        rides,
+        pilots,
+        timeout_ms,
+        seed,
+        ..super::demo::DemoConfig::default()
+    };
+    println!(
+        "es demo: {rides} rides, {pilots} pilots, timeout {timeout_ms} ms, workers killed every {:?}, on {}",
+        config.kill_every,
+        wiring::redact(&url)
+    );
+    let verdict = super::demo::run(stores.reactors, config).await?;
+    if json {
+        println!("{}", serde_json::to_string(&verdict)?);
+    } else {
+        println!("{verdict:#?}");
+    }
+    Ok(if verdict.agree { 0 } else { 1 })
 }

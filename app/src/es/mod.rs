@@ -109,6 +109,7 @@
 
 pub mod board;
 pub mod cli;
+pub mod demo;
 pub mod reactor;
 pub mod runtime;
 pub mod unit;
