@@ -459,6 +459,13 @@ pub enum EsCommand {
     },
     /// Handles every pending batch of every group once, then exits.
     Drain,
+    /// The dispatch example's topology (commands → events → reactions → read models),
+    /// declared in code.
+    Topology {
+        /// `json` or `mermaid`.
+        #[arg(long, default_value = "json")]
+        format: String,
+    },
     /// The ride dispatch example on the runtime with faults (workers killed, mailer
     /// failures, duplicate deliveries), then a verdict. On a fresh SQLite file by default;
     /// on Postgres when `--store` is a Postgres URL.

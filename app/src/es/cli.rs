@@ -28,6 +28,15 @@ fn when(ms: Option<i64>) -> String {
 /// # Errors
 /// When the store cannot be opened or a group is unknown.
 pub async fn run(common: &Common, what: EsCommand) -> anyhow::Result<i32> {
+    if let EsCommand::Topology { format } = &what {
+        let t = super::demo::topology();
+        match format.as_str() {
+            "json" => println!("{}", serde_json::to_string_pretty(&t)?),
+            "mermaid" => print!("{}", t.to_mermaid()),
+            other => anyhow::bail!("unknown topology format {other:?}: json or mermaid"),
+        }
+        return Ok(0);
+    }
     if let EsCommand::Demo {
         rides,
         pilots,
@@ -124,7 +133,7 @@ pub async fn run(common: &Common, what: EsCommand) -> anyhow::Result<i32> {
             println!("{group}: {stream} resumed");
             Ok(0)
         }
-        EsCommand::Demo { .. } => unreachable!("handled above"),
+        EsCommand::Demo { .. } | EsCommand::Topology { .. } => unreachable!("handled above"),
         EsCommand::Drain => {
             let rt = runtime(Arc::clone(&store), RuntimeConfig::default());
             rt.register().await?;

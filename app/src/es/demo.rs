@@ -415,6 +415,43 @@ impl Reactor for Receipts {
     }
 }
 
+/// The demo's topology, declared (`rides es topology`): the Ride and Pilot actors' commands
+/// and events, their reactions, the demo's reactors and the dispatch board.
+pub fn topology() -> domain::es::topology::Topology {
+    use domain::es::dispatch::{
+        AcceptRide, CancelRide, FinishRide, GoOffline, RideCancelled, RiderPickedUp, WentOffline,
+        WentOnline,
+    };
+    let board = DispatchBoard;
+    let board_types = super::reactor::Projection::types(&board);
+    domain::es::topology::Topology::new()
+        .command("Ride", RequestRide::TYPE, &[RideRequested::TYPE])
+        .command("Ride", AssignPilot::TYPE, &[PilotAssigned::TYPE])
+        .command("Ride", PickUp::TYPE, &[RiderPickedUp::TYPE])
+        .command("Ride", CompleteRide::TYPE, &[RideCompleted::TYPE])
+        .command("Ride", CancelRide::TYPE, &[RideCancelled::TYPE])
+        .command("Pilot", GoOnline::TYPE, &[WentOnline::TYPE])
+        .command("Pilot", GoOffline::TYPE, &[WentOffline::TYPE])
+        .command("Pilot", AcceptRide::TYPE, &[RideAccepted::TYPE])
+        .command("Pilot", FinishRide::TYPE, &[RideFinished::TYPE])
+        .automation("Ride", &[PilotAssigned::TYPE], &[AcceptRide::TYPE])
+        .automation(
+            "Ride",
+            &[RideCompleted::TYPE, RideCancelled::TYPE],
+            &[FinishRide::TYPE],
+        )
+        .automation("dispatcher", &[RideRequested::TYPE], &[AssignPilot::TYPE])
+        .automation("timeouts", &[RideRequested::TYPE], &[RideTimeout::TYPE])
+        .automation("ride-timeouts", &[RideTimeout::TYPE], &[CancelRide::TYPE])
+        .automation(
+            "drivers",
+            &[PilotAssigned::TYPE],
+            &[PickUp::TYPE, CompleteRide::TYPE],
+        )
+        .automation("receipts", &[RideCompleted::TYPE], &["mailer.receipt"])
+        .read_model(super::reactor::Projection::group_id(&board), &board_types)
+}
+
 /// Runs the demo on `store` and returns its verdict.
 ///
 /// # Errors
@@ -670,5 +707,59 @@ impl Reactor for Shared {
         now_ms: i64,
     ) -> BatchResult {
         self.0.handle_batch(store, batch, history, now_ms).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::es::Actor;
+    use domain::es::topology::NodeKind;
+
+    /// The declared topology agrees with the code it describes: command nodes are exactly the
+    /// actors' commands (with their group), the actors' reactions are declared, and every
+    /// event a command produces is one the board or a reaction knows.
+    #[test]
+    fn the_declared_topology_matches_the_actors() {
+        let t = topology();
+        let mut declared: Vec<(String, String)> = t
+            .of(NodeKind::Command)
+            .map(|n| (n.group_id.clone(), n.id.clone()))
+            .collect();
+        declared.sort();
+        let mut actual: Vec<(String, String)> = Ride
+            .commands()
+            .into_iter()
+            .map(|c| ("Ride".to_owned(), c.to_owned()))
+            .chain(
+                Pilot
+                    .commands()
+                    .into_iter()
+                    .map(|c| ("Pilot".to_owned(), c.to_owned())),
+            )
+            .collect();
+        actual.sort();
+        assert_eq!(declared, actual);
+        let mut reacted: Vec<String> = t
+            .of(NodeKind::Automation)
+            .filter(|n| n.group_id == "Ride")
+            .flat_map(|n| n.consumes.clone())
+            .collect();
+        reacted.sort();
+        let mut reactions: Vec<String> = Ride.reactions().into_iter().map(str::to_owned).collect();
+        reactions.sort();
+        assert_eq!(reacted, reactions);
+        let board = t
+            .of(NodeKind::ReadModel)
+            .next()
+            .map(|n| n.consumes.clone())
+            .unwrap_or_default();
+        for e in t.of(NodeKind::Event) {
+            assert!(board.contains(&e.id), "the board follows {}", e.id);
+        }
+        assert!(
+            t.to_mermaid()
+                .contains("Event_ride_requested --> Automation_ride_requested_dispatcher_aut")
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! - [`actor`]: the [`Actor`] trait (decide / evolve / react / sync), one actor loaded for
 //!   one stream ([`ActorInstance`]), and its type-erased form ([`AnyActor`]).
 //! - [`sync`]: read-model writes as data ([`SyncOp`]).
+//! - [`topology`]: commands → events → reactions → read models, declared in code.
 //! - [`reactor`]: consumer groups ([`GroupSpec`]), reactors' [`Action`]s and the
 //!   [`ErrorStrategy`] (part 2, the background runtime).
 //! - [`testing`]: the given/when/then kit for actors.
@@ -31,6 +32,7 @@ pub mod reactor;
 pub mod registry;
 pub mod sync;
 pub mod testing;
+pub mod topology;
 
 pub use actor::{
     Actor, ActorError, ActorInstance, AnyActor, Decision, Emit, EvolveError, HandleError, Handled,
