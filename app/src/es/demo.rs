@@ -8,7 +8,8 @@
 //!  ride.requested ─▶ timeouts      schedules dispatch.ride_timeout at requested + N ms
 //!  dispatch.ride_timeout ─▶ canceller   cancels the ride if it is still waiting for a pilot
 //!  ride.pilot_assigned ─▶ drivers  pick the rider up and complete the ride (unit)
-//!  ride.completed ─▶ receipts      sends a receipt through a fake mailer that fails at random
+//!  ride.completed ─▶ receipts      starts the receipt workflow (a durable step sends through a
+//!                                  fake mailer that fails at random)
 //!  every ride/pilot event ─▶ dispatch-board (state-stored projector)
 //! ```
 //!
@@ -22,8 +23,9 @@
 //! ever held two rides, every completed ride got exactly one receipt (and no cancelled ride
 //! one), and the board equals a rebuild from the events after a reset.
 //!
-//! Not the reference's durable workflow: the receipt is a handler with retries and an
-//! idempotent mailer (durable workflows are not implemented).
+//! The receipt is a durable workflow ([`super::workflow`]) started once per completed ride
+//! (the start commits with the acknowledgement of `ride.completed`): one step sending through
+//! the mailer, retried by the workflow when the mailer fails or the step crashes after a send.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +50,7 @@ use super::board::{BOARD, DispatchBoard};
 use super::reactor::{Delivery, Handler, Projector, Reactor};
 use super::runtime::{Runtime, RuntimeConfig};
 use super::unit::{Unit, UnitError};
+use super::workflow::{Ctx, Halt, Workflow};
 
 /// The scheduled message that ends a ride's wait for a pilot.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -276,11 +279,9 @@ struct Drivers {
     unit: Arc<Unit>,
 }
 
-/// Sends receipts for completed rides.
+/// Starts a receipt workflow for each completed ride.
 struct Receipts {
-    mailer: Arc<FakeMailer>,
-    crash: f64,
-    crashes: AtomicU64,
+    workflow: Arc<Workflow>,
 }
 
 #[async_trait]
@@ -388,31 +389,70 @@ impl Reactor for Receipts {
         GroupSpec::new("receipts", &[RideCompleted::TYPE]).batch_size(5)
     }
 
+    /// Starts the receipt workflow of each completed ride (once: the start commits with the
+    /// acknowledgement).
     async fn handle_batch(
         &self,
-        _store: &dyn ReactorStore,
+        store: &dyn ReactorStore,
         batch: &[Delivery],
         _history: &[Message],
-        _now_ms: i64,
+        now_ms: i64,
     ) -> BatchResult {
         let mut result = BatchResult::default();
         for d in batch {
             let m = &d.message;
-            if !d.replaying {
-                if let Err(e) = self.mailer.send(m.stream_id()) {
+            let started = store
+                .read_stream(&self.workflow.handle(m.stream_id()).stream_id, 0, Some(1))
+                .await;
+            let actions = match started {
+                Ok(s) if !s.is_empty() || d.replaying => Ok(vec![Action::Ok]),
+                Ok(_) => self
+                    .workflow
+                    .start_action(
+                        m.stream_id(),
+                        serde_json::json!({"ride_id": m.stream_id()}),
+                        now_ms,
+                    )
+                    .map(|a| vec![a]),
+                Err(e) => Err(e.to_string()),
+            };
+            match actions {
+                Ok(a) => result.handled.push((m.id(), a)),
+                Err(e) => {
                     result.failed = Some((m.id(), e));
                     break;
                 }
-                if self.mailer.roll(self.crash) {
-                    self.crashes.fetch_add(1, Ordering::Relaxed);
-                    result.failed = Some((m.id(), "crashed after sending".into()));
-                    break;
-                }
             }
-            result.handled.push((m.id(), vec![Action::Ok]));
         }
         result
     }
+}
+
+/// The receipt workflow: one durable step that sends the receipt (retried up to 20 times);
+/// it sometimes "crashes" after a successful send, so the step runs again (a duplicate
+/// delivery the mailer's idempotency key absorbs).
+fn receipt_workflow(mailer: Arc<FakeMailer>, crash: f64, crashes: Arc<AtomicU64>) -> Workflow {
+    Workflow::new("receipt", move |ctx: Ctx, args: Value| {
+        let (mailer, crashes) = (Arc::clone(&mailer), Arc::clone(&crashes));
+        async move {
+            let ride = args["ride_id"].as_str().unwrap_or_default().to_owned();
+            ctx.step(
+                "send_receipt",
+                serde_json::json!([ride]),
+                20,
+                move |_| async move {
+                    mailer.send(&ride)?;
+                    if mailer.roll(crash) {
+                        crashes.fetch_add(1, Ordering::Relaxed);
+                        return Err("crashed after sending".to_owned());
+                    }
+                    Ok(Value::Bool(true))
+                },
+            )
+            .await?;
+            Ok::<Value, Halt>(Value::Bool(true))
+        }
+    })
 }
 
 /// The demo's topology, declared (`rides es topology`): the Ride and Pilot actors' commands
@@ -448,7 +488,20 @@ pub fn topology() -> domain::es::topology::Topology {
             &[PilotAssigned::TYPE],
             &[PickUp::TYPE, CompleteRide::TYPE],
         )
-        .automation("receipts", &[RideCompleted::TYPE], &["mailer.receipt"])
+        .automation("receipts", &[RideCompleted::TYPE], &["receipt.started"])
+        .automation(
+            "workflow:receipt",
+            &[
+                "receipt.started",
+                "receipt.step_started",
+                "receipt.step_failed",
+            ],
+            &[
+                "receipt.step_started",
+                "receipt.step_complete",
+                "receipt.complete",
+            ],
+        )
         .read_model(super::reactor::Projection::group_id(&board), &board_types)
 }
 
@@ -467,11 +520,15 @@ pub async fn run(store: Arc<dyn ReactorStore>, config: DemoConfig) -> anyhow::Re
         .map(|i| format!("pilot-{run_id}-{i}"))
         .collect();
     let mailer = Arc::new(FakeMailer::new(config.seed, config.mailer_failure));
-    let receipts = Arc::new(Receipts {
-        mailer: Arc::clone(&mailer),
-        crash: config.crash_after_send,
-        crashes: AtomicU64::new(0),
-    });
+    let crashes = Arc::new(AtomicU64::new(0));
+    let workflow = Arc::new(receipt_workflow(
+        Arc::clone(&mailer),
+        config.crash_after_send,
+        Arc::clone(&crashes),
+    ));
+    let receipts = Receipts {
+        workflow: Arc::clone(&workflow),
+    };
     let timeout_ms = config.timeout_ms;
     let patient = ErrorStrategy::retry(10_000, 100, Backoff::Constant);
     let rt_config = RuntimeConfig {
@@ -518,7 +575,8 @@ pub async fn run(store: Arc<dyn ReactorStore>, config: DemoConfig) -> anyhow::Re
                 },
                 patient,
             )
-            .with_reactor_strategy(Shared(Arc::clone(&receipts)), patient)
+            .with_reactor_strategy(receipts, patient)
+            .with_reactor_strategy(SharedWorkflow(Arc::clone(&workflow)), patient)
             .with_reactor(Projector::state_stored(DispatchBoard))
             .with_config(rt_config),
     );
@@ -685,18 +743,22 @@ pub async fn run(store: Arc<dyn ReactorStore>, config: DemoConfig) -> anyhow::Re
         workers_killed: killed,
         mailer_failures: mailer.failures.load(Ordering::Relaxed),
         duplicate_receipts: mailer.duplicates.load(Ordering::Relaxed),
-        crashes_after_send: receipts.crashes.load(Ordering::Relaxed),
+        crashes_after_send: crashes.load(Ordering::Relaxed),
         store: store.describe(),
     })
 }
 
-/// [`Receipts`] shared with the verdict.
-struct Shared(Arc<Receipts>);
+/// The receipt [`Workflow`], shared with [`Receipts`] (which starts its runs).
+struct SharedWorkflow(Arc<Workflow>);
 
 #[async_trait]
-impl Reactor for Shared {
+impl Reactor for SharedWorkflow {
     fn group(&self) -> GroupSpec {
         self.0.group()
+    }
+
+    fn wants_history(&self) -> bool {
+        self.0.wants_history()
     }
 
     async fn handle_batch(

@@ -269,6 +269,37 @@ impl Workflow {
         })
     }
 
+    /// The action that starts a run keyed by `key` (stream `wf-<name>-<key>`) from a
+    /// reactor: appended optimistically as the stream's first message, so it commits with
+    /// the reactor's acknowledgement and a redelivered message cannot start a second run
+    /// (a run already started is a conflict: check [`Workflow::handle`]'s stream first).
+    ///
+    /// # Errors
+    /// A message error for an invalid key.
+    pub fn start_action(&self, key: &str, args: Value, now_ms: i64) -> Result<Action, String> {
+        let stream_id = self.handle(key).stream_id;
+        let m = Message::new(
+            self.kind("started"),
+            stream_id.as_str(),
+            json!({ "args": args }),
+            now_ms,
+        )
+        .map_err(|e| e.to_string())?
+        .with_seq(1);
+        Ok(Action::AppendAfter {
+            stream_id,
+            messages: vec![m],
+        })
+    }
+
+    /// The handle of the run keyed by `key` ([`Workflow::start_action`]).
+    pub fn handle(&self, key: &str) -> WorkflowHandle {
+        WorkflowHandle {
+            stream_id: format!("wf-{}-{key}", self.name),
+            name: self.name,
+        }
+    }
+
     /// Rebuilds the recorded steps from `history` and runs the body once: the event to
     /// append (if any) after the stream's last message.
     async fn advance(&self, history: &[Message], now_ms: i64) -> Result<Vec<Action>, String> {
