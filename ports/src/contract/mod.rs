@@ -347,6 +347,7 @@ macro_rules! reactor_store_contract_tests {
             reactor_store::concurrent_promoters_append_each_once,
             reactor_store::stale_claims_are_released_after_the_ttl,
             reactor_store::concurrent_workers_never_share_a_stream,
+            reactor_store::commit_with_schedules_and_acknowledges_atomically,
         );
     };
 }

@@ -897,3 +897,65 @@ pub async fn concurrent_workers_never_share_a_stream(f: &dyn ReactorStoreFactory
     let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
     assert_eq!(seen, expected, "each message once, per stream in order");
 }
+
+/// `commit_with`: a commit, scheduled messages and acknowledgements in one transaction
+/// (the unit of work's write); acknowledgements for unregistered groups are skipped, and a
+/// failed commit writes none of it.
+pub async fn commit_with_schedules_and_acknowledges_atomically(f: &dyn ReactorStoreFactory) {
+    let rs = f.fresh().await;
+    let s = stream("unit");
+    register(&rs, group("Actor", &[DO_SOMETHING, HAPPENED_1], 10)).await;
+    let c0 = cmd(&s, 1).with_seq(1);
+    let e1 = evt(&c0, HAPPENED_1, 1).with_seq(2);
+    let later = ScheduledMessage {
+        at_ms: now_ms() + 1_000,
+        message: cmd(&s, 2),
+    };
+    let commit = crate::Commit {
+        appends: vec![crate::Append {
+            stream_id: s.clone(),
+            expected: crate::ExpectedSeq::Exactly(0),
+            messages: vec![c0.clone(), e1.clone()],
+        }],
+        sync: Vec::new(),
+    };
+    let acks = vec![
+        ("Actor".to_owned(), c0.id()),
+        ("Actor".to_owned(), e1.id()),
+        ("NotRegistered".to_owned(), e1.id()),
+    ];
+    let stored = within(
+        "commit_with",
+        rs.commit_with(commit.clone(), std::slice::from_ref(&later), &acks),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("commit_with: {e}"));
+    assert_eq!(stored.len(), 2);
+    assert!(
+        claim(&rs, "Actor", "w").await.is_none(),
+        "both acknowledged"
+    );
+    let stats = groups(&rs).await;
+    assert_eq!(stats.len(), 1, "no group created by an acknowledgement");
+    assert_eq!(processed(&stats["Actor"]), (2, 2, 1));
+    // The same commit again conflicts: nothing scheduled twice.
+    let again = rs
+        .commit_with(commit, std::slice::from_ref(&later), &acks)
+        .await;
+    assert!(
+        matches!(again, Err(EventStoreError::Conflict { .. })),
+        "{again:?}"
+    );
+    let promoted = within("promote_due", rs.promote_due(now_ms() + 2_000))
+        .await
+        .unwrap_or_else(|e| panic!("promote_due: {e}"));
+    assert_eq!(
+        promoted.len(),
+        1,
+        "scheduled once, by the successful commit only"
+    );
+    let c = claim(&rs, "Actor", "w")
+        .await
+        .expect("the promoted command");
+    assert_eq!(ids(&c), vec![later.message.id()]);
+}
