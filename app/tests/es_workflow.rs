@@ -1,7 +1,7 @@
 //! Durable workflows (app::es::workflow) on the runtime, ported from sourced's
 //! DurableWorkflow cases: the happy path's event sequence, cached steps not invoked again,
 //! retries then failure, same-argument calls run once, and a durable wait through the
-//! housekeeper (memory and SQLite).
+//! housekeeper, and the context recorded across a failed attempt (memory and SQLite).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -242,4 +242,74 @@ fn step_keys_are_deterministic() {
         "x-4b763b52791e2b65",
         "pinned: the same key in every process and every build"
     );
+}
+
+/// sourced's context case: the context tracks progress (index, results), survives a failed
+/// attempt, and the output is built from the steps: [2, 4, 6, 8, 10].
+async fn context_is_recorded(store: Arc<dyn ReactorStore>) {
+    let failures = Arc::new(AtomicUsize::new(0));
+    let f = Arc::clone(&failures);
+    let wf = Workflow::new("ctx", move |ctx: Ctx, _args: Value| {
+        let f = Arc::clone(&f);
+        async move {
+            let mut results = Vec::new();
+            for n in 1..=5_i64 {
+                let f = Arc::clone(&f);
+                let v = ctx
+                    .step("double", json!([n]), 2, move |_| async move {
+                        // The third step fails once.
+                        if n == 3 && f.fetch_add(1, Ordering::SeqCst) == 0 {
+                            return Err("boom".to_owned());
+                        }
+                        Ok(json!(n * 2))
+                    })
+                    .await?;
+                results.push(v);
+                ctx.set_context(json!({"index": n, "results": results}))?;
+            }
+            Ok::<Value, Halt>(json!(results))
+        }
+    });
+    let handle = wf
+        .execute(store.as_ref(), json!({}))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rt = Runtime::new(Arc::clone(&store)).with_reactor_strategy(wf, patient());
+    rt.register().await.unwrap_or_else(|e| panic!("{e}"));
+    settle(&rt).await;
+    let stream = store
+        .read_stream(&handle.stream_id, 0, None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let failed_at = stream
+        .iter()
+        .position(|m| m.message.kind() == "ctx.step_failed")
+        .unwrap_or_else(|| panic!("a failed attempt"));
+    let context_before = stream[..failed_at]
+        .iter()
+        .rev()
+        .find(|m| m.message.kind() == "ctx.context_updated")
+        .map(|m| m.message.payload()["context"].clone());
+    assert_eq!(context_before, Some(json!({"index": 2, "results": [2, 4]})));
+    let out = handle
+        .wait(store.as_ref(), Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out, Some(Ok(json!([2, 4, 6, 8, 10]))));
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        2,
+        "the third step ran twice: failed once, then succeeded"
+    );
+}
+
+#[tokio::test]
+async fn context_is_recorded_memory() {
+    context_is_recorded(memory()).await;
+}
+
+#[tokio::test]
+async fn context_is_recorded_sqlite() {
+    let (s, _d) = sqlite().await;
+    context_is_recorded(s).await;
 }

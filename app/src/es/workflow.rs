@@ -19,7 +19,8 @@
 //! Step keys are deterministic across processes: the FNV-1a hash of the step name and its
 //! canonical JSON arguments (sourced hashes with Ruby's per-process seeded `Array#hash`, so a
 //! replay on another worker runs steps again: marked bug). A step is an `async` closure run
-//! at most once per attempt; its output must be JSON. Not done: the workflow's `context`.
+//! at most once per attempt; its output must be JSON. The workflow's context
+//! ([`Ctx::context`], [`Ctx::set_context`]) is recorded as `context_updated` events.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -60,6 +61,10 @@ struct CtxState {
     /// wait count → (started at, ended).
     waits: HashMap<u64, (i64, bool)>,
     waits_seen: u64,
+    /// The recorded contexts (`context_updated`), in order.
+    contexts: Vec<Value>,
+    /// `set_context` calls so far in this run.
+    contexts_seen: usize,
     /// The one event this run records, if any: (kind suffix, payload).
     emitted: Option<(&'static str, Value)>,
     now_ms: i64,
@@ -131,6 +136,39 @@ impl Ctx {
                 }
             },
         }
+    }
+
+    /// The workflow's context as this run has set it so far ([`Ctx::set_context`]; `Null`
+    /// before the first call).
+    pub fn context(&self) -> Value {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|s| {
+                s.contexts_seen
+                    .checked_sub(1)
+                    .and_then(|i| s.contexts.get(i).cloned())
+            })
+            .unwrap_or(Value::Null)
+    }
+
+    /// Sets the context durably. Like a step, by position: the n-th call of a run replays
+    /// the n-th recorded context (the recorded value wins); a call past the recorded ones
+    /// records `context_updated` and halts.
+    ///
+    /// # Errors
+    /// A [`Halt`]: propagate it with `?`.
+    pub fn set_context(&self, context: Value) -> Result<(), Halt> {
+        let mut s = self
+            .inner
+            .lock()
+            .map_err(|_| Halt::Failed("poisoned".into()))?;
+        s.contexts_seen += 1;
+        if s.contexts_seen <= s.contexts.len() {
+            return Ok(());
+        }
+        s.emitted = Some(("context_updated", json!({ "context": context })));
+        Err(Halt::Recorded)
     }
 
     /// Waits `ms` milliseconds, durably: scheduled through the housekeeper.
@@ -219,8 +257,9 @@ impl WorkflowHandle {
     }
 }
 
-const KINDS: [&str; 6] = [
+const KINDS: [&str; 7] = [
     "started",
+    "context_updated",
     "step_started",
     "step_complete",
     "step_failed",
@@ -320,6 +359,7 @@ impl Workflow {
                 .and_then(|k| k.strip_prefix('.'))
             {
                 Some("started") => args = p["args"].clone(),
+                Some("context_updated") => state.contexts.push(p["context"].clone()),
                 Some("step_started") => state.started.entry(key).or_default().0 = true,
                 Some("step_complete") => {
                     state.done.insert(key, p["output"].clone());
