@@ -42,6 +42,8 @@ mod sql_error;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql_event_store;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql_reactor_store;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql_replica;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql_rows;

@@ -484,6 +484,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The event-sourcing runtime: workers, consumer groups.
+    Es {
+        /// What to do.
+        #[command(subcommand)]
+        what: EsCommand,
+    },
     /// Log operations: swap the log of a running system, or show where records go.
     Log {
         /// What to do.
@@ -501,6 +507,78 @@ pub enum Command {
         /// Which benchmark.
         #[command(subcommand)]
         what: BenchCommand,
+    },
+}
+
+/// The operations of `rides es`.
+#[derive(Debug, Subcommand)]
+pub enum EsCommand {
+    /// Runs N workers and the housekeeper over the store's event store until Ctrl-C.
+    Work {
+        /// Workers in this process.
+        #[arg(long, env = "RIDES_ES_WORKERS", default_value_t = 2)]
+        workers: usize,
+    },
+    /// Handles every pending batch of every group once, then exits.
+    Drain,
+    /// The dispatch example's topology (commands → events → reactions → read models),
+    /// declared in code.
+    Topology {
+        /// `json` or `mermaid`.
+        #[arg(long, default_value = "json")]
+        format: String,
+    },
+    /// The ride dispatch example on the runtime with faults (workers killed, mailer
+    /// failures, duplicate deliveries), then a verdict. On a fresh SQLite file by default;
+    /// on Postgres when `--store` is a Postgres URL.
+    Demo {
+        /// Rides to request.
+        #[arg(long, default_value_t = 40)]
+        rides: usize,
+        /// Pilots online.
+        #[arg(long, default_value_t = 5)]
+        pilots: usize,
+        /// A ride waiting longer for a pilot is cancelled (ms).
+        #[arg(long, default_value_t = 3_000)]
+        timeout_ms: i64,
+        /// The random seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Print the verdict as one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every consumer group: status, oldest and newest processed positions, streams, lag,
+    /// retry time, and its failing (backing-off or parked) streams.
+    Groups {
+        /// Print the groups as one JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stops a group (no more claims).
+    Stop {
+        /// The group.
+        group: String,
+        /// Why (shown by `groups`).
+        #[arg(long, default_value = "stopped by an operator")]
+        reason: String,
+    },
+    /// Starts a stopped (or paused) group.
+    Start {
+        /// The group.
+        group: String,
+    },
+    /// Replays a group from the beginning; messages it had handled come with `replaying`.
+    Reset {
+        /// The group.
+        group: String,
+    },
+    /// Resumes a parked (or backing-off) stream of a group.
+    Retry {
+        /// The group.
+        group: String,
+        /// The stream.
+        stream: String,
     },
 }
 
@@ -961,6 +1039,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             print!("{}", cli.provenance.render());
             Ok(0)
         }
+        Command::Es { what } => crate::es::cli::run(common, what).await,
         Command::Log { what } => {
             let command = match &what {
                 LogCommand::Cutover { .. } => "log cutover",

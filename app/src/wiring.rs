@@ -93,6 +93,9 @@ pub struct Stores {
     /// Its event store (the event-sourcing layer's streams, in the same database; appended
     /// messages are staged in this store's outbox in the same transaction).
     pub events: Arc<dyn ports::EventStore>,
+    /// The same event store's consumer groups, claims and scheduled messages (the
+    /// background runtime's port).
+    pub reactors: Arc<dyn ports::ReactorStore>,
     /// The URL it was opened from.
     pub url: String,
     /// The secondary datastore kept in sync with it, when one is configured
@@ -318,6 +321,7 @@ pub async fn open_store(url: &str) -> anyhow::Result<Stores> {
             Ok(Stores {
                 store: store.clone(),
                 events: Arc::new(store.event_store()),
+                reactors: Arc::new(store.event_store()),
                 outbox: store,
                 consumers: Arc::new(adapters::memory::MemoryConsumerStore::new()),
                 url: url.to_owned(),
@@ -340,6 +344,7 @@ pub async fn open_store(url: &str) -> anyhow::Result<Stores> {
             Ok(Stores {
                 store: store.clone(),
                 events: Arc::new(store.event_store()),
+                reactors: Arc::new(store.event_store()),
                 outbox: store.clone(),
                 consumers: store,
                 url: url.to_owned(),
@@ -364,6 +369,7 @@ pub async fn open_store(url: &str) -> anyhow::Result<Stores> {
             Ok(Stores {
                 store: store.clone(),
                 events: Arc::new(store.event_store()),
+                reactors: Arc::new(store.event_store()),
                 outbox: store.clone(),
                 consumers: store.clone(),
                 url: url.to_owned(),

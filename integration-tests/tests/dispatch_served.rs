@@ -40,6 +40,7 @@ async fn dispatch_end_to_end(stores: &Stores, log: &OpenedLog) {
         listen: Some(([127, 0, 0, 1], 0).into()),
         streamer: true,
         intervals: Intervals::demo(),
+        es_workers: 1,
         ..FleetConfig::nothing()
     };
     let fleet = Fleet::start(stores, log, config)
@@ -106,6 +107,32 @@ async fn dispatch_end_to_end(stores: &Stores, log: &OpenedLog) {
         .collect();
     assert!(kinds.contains(&"ride.requested"), "{kinds:?}");
     assert!(kinds.contains(&"ride.pilot_assigned"), "{kinds:?}");
+
+    // The fleet's event-sourcing workers keep the dispatch board (woken by the commits).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let board = stores
+            .reactors
+            .document("dispatch_board", "ride-1")
+            .await
+            .expect("document");
+        if board.as_ref().is_some_and(|b| b["status"] == "assigned") {
+            assert_eq!(board.map(|b| b["pilot_id"].clone()), Some(json!("pilot-1")));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dispatch board did not follow: {board:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let groups = stores.reactors.groups().await.expect("groups");
+    assert!(
+        groups
+            .iter()
+            .any(|g| g.group_id == "dispatch-board" && g.failing.is_empty()),
+        "{groups:?}"
+    );
 
     // Every stored message was staged with it, and the streamer moved it to the log.
     let stored = stores.events.stats().await.expect("stats").message_count;

@@ -140,6 +140,13 @@ pub enum EventStoreError {
     /// will not help.
     #[error("invalid append: {0}")]
     InvalidAppend(String),
+    /// No consumer group has this id (register it first).
+    #[error("Consumer group {0} not found")]
+    UnknownGroup(String),
+    /// The worker no longer holds the claim it settles (it was released as stale and
+    /// perhaps taken by another worker): nothing was written.
+    #[error("claim lost: {0}")]
+    ClaimLost(String),
     /// The backend cannot be reached right now; retrying can help.
     #[error("event store unavailable: {0}")]
     Unavailable(String),

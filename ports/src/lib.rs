@@ -14,6 +14,8 @@
 //! - [`replica`]: a secondary datastore kept in sync with the store (redstream's model).
 //! - [`event_store`]: the event store (sourced's backend): streams, optimistic appends, a
 //!   gap-safe global order, and documents written by `sync` hooks.
+//! - [`reactor_store`]: consumer groups over the event store (part 2): per-(group, stream)
+//!   claims, settlements that commit a batch's effects, scheduling, heartbeats.
 //! - [`clock`]: time, as a port, with a manual clock for tests.
 //! - [`error`]: the error enums, each answering "can a retry help?".
 //! - `contract` (feature `test-util`): one scenario suite per port and a macro that stamps
@@ -26,6 +28,7 @@ pub mod event_store;
 pub mod log;
 pub mod outbox;
 pub mod payment;
+pub mod reactor_store;
 pub mod replica;
 pub mod store;
 
@@ -43,6 +46,10 @@ pub use event_store::{
 pub use log::{Batch, Delivery, LaneLog, Log, Position};
 pub use outbox::{Outbox, Published, Route};
 pub use payment::{Charge, ChargeRequest, PaymentGateway};
+pub use reactor_store::{
+    Claim, ClaimedMessage, FailingStream, GroupInfo, GroupStatus, ReactorStore, ScheduledMessage,
+    Settlement, StreamFailure, plan_settlement,
+};
 pub use replica::Replica;
 pub use store::{BeginRequest, Begun, Forgotten, RideRow, RideStore, Truth, User};
 

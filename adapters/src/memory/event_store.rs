@@ -18,31 +18,34 @@ use ports::{Commit, EventStore, EventStoreError, EventStoreStats, StoredMessage,
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::store::Inner;
 use super::{MemoryStore, lock};
 
 /// One stream's summary row.
 #[derive(Debug, Clone)]
-struct StreamRow {
-    seq: u64,
+pub(super) struct StreamRow {
+    pub(super) seq: u64,
     updated_at_ms: i64,
     last_global: u64,
     /// Global sequences of its messages, in seq order.
-    globals: Vec<u64>,
+    pub(super) globals: Vec<u64>,
 }
 
 /// The event store's state, kept in [`MemoryStore`]'s mutex.
 #[derive(Debug, Default)]
 pub(crate) struct EsState {
     /// Every message by global sequence.
-    messages: BTreeMap<u64, Message>,
-    streams: HashMap<String, StreamRow>,
+    pub(super) messages: BTreeMap<u64, Message>,
+    pub(super) streams: HashMap<String, StreamRow>,
     /// Message id → global sequence.
-    by_id: HashMap<Uuid, u64>,
+    pub(super) by_id: HashMap<Uuid, u64>,
     /// Correlation id → global sequences.
     by_correlation: HashMap<Uuid, Vec<u64>>,
     /// Collection → id → document.
     documents: BTreeMap<String, BTreeMap<String, Value>>,
     next_global: u64,
+    /// Consumer groups, offsets, workers and scheduled messages ([`super::reactor_store`]).
+    pub(super) reactors: super::reactor_store::ReactorState,
 }
 
 /// The event store ([`EventStore`]) of a [`MemoryStore`]: messages appended here are staged in
@@ -72,7 +75,7 @@ impl MemoryStore {
     }
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -83,6 +86,85 @@ fn stored(state: &EsState, global: u64) -> Option<StoredMessage> {
         global_seq: global,
         message: m.clone(),
     })
+}
+
+impl MemoryEventStore {
+    /// Wakes the streamer and the runtime's workers after a commit that stored messages.
+    pub(super) fn committed(&self) {
+        self.store.staged_wakeup.notify_one();
+        self.store.es_wake.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+/// Checks and applies `commit` with the store's lock held (`inner`): the body of
+/// [`EventStore::commit`], shared with the settlement of claims. Writes nothing on error.
+pub(super) fn commit_locked(
+    inner: &mut Inner,
+    producer: &str,
+    commit: &Commit,
+) -> Result<Vec<StoredMessage>, EventStoreError> {
+    let es = &inner.es;
+    let planned = plan_commit(commit, |s| es.streams.get(s).map_or(0, |r| r.seq))?;
+    let mut fresh_ids = HashSet::new();
+    for m in &planned {
+        if es.by_id.contains_key(&m.id()) || !fresh_ids.insert(m.id()) {
+            return Err(EventStoreError::DuplicateMessage(m.id()));
+        }
+    }
+    // Checked: from here on nothing fails.
+    let now = now_ms();
+    let mut out = Vec::with_capacity(planned.len());
+    for m in planned {
+        let es = &mut inner.es;
+        es.next_global += 1;
+        let global = es.next_global;
+        let row = es
+            .streams
+            .entry(m.stream_id().to_owned())
+            .or_insert_with(|| StreamRow {
+                seq: 0,
+                updated_at_ms: now,
+                last_global: 0,
+                globals: Vec::new(),
+            });
+        row.seq = m.seq();
+        row.updated_at_ms = now;
+        row.last_global = global;
+        row.globals.push(global);
+        es.by_id.insert(m.id(), global);
+        es.by_correlation
+            .entry(m.correlation_id())
+            .or_default()
+            .push(global);
+        es.messages.insert(global, m.clone());
+        inner.stage(producer, m.to_record());
+        out.push(StoredMessage {
+            global_seq: global,
+            message: m,
+        });
+    }
+    for op in &commit.sync {
+        match op.clone() {
+            SyncOp::Put {
+                collection,
+                id,
+                doc,
+            } => {
+                inner
+                    .es
+                    .documents
+                    .entry(collection)
+                    .or_default()
+                    .insert(id, doc);
+            }
+            SyncOp::Delete { collection, id } => {
+                if let Some(c) = inner.es.documents.get_mut(&collection) {
+                    c.remove(&id);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[async_trait]
@@ -98,72 +180,11 @@ impl EventStore for MemoryEventStore {
     async fn commit(&self, commit: Commit) -> Result<Vec<StoredMessage>, EventStoreError> {
         let out = {
             let mut inner = lock(&self.store.inner);
-            let es = &inner.es;
-            let planned = plan_commit(&commit, |s| es.streams.get(s).map_or(0, |r| r.seq))?;
-            let mut fresh_ids = HashSet::new();
-            for m in &planned {
-                if es.by_id.contains_key(&m.id()) || !fresh_ids.insert(m.id()) {
-                    return Err(EventStoreError::DuplicateMessage(m.id()));
-                }
-            }
-            // Checked: from here on nothing fails.
-            let now = now_ms();
-            let mut out = Vec::with_capacity(planned.len());
-            for m in planned {
-                let es = &mut inner.es;
-                es.next_global += 1;
-                let global = es.next_global;
-                let row = es
-                    .streams
-                    .entry(m.stream_id().to_owned())
-                    .or_insert_with(|| StreamRow {
-                        seq: 0,
-                        updated_at_ms: now,
-                        last_global: 0,
-                        globals: Vec::new(),
-                    });
-                row.seq = m.seq();
-                row.updated_at_ms = now;
-                row.last_global = global;
-                row.globals.push(global);
-                es.by_id.insert(m.id(), global);
-                es.by_correlation
-                    .entry(m.correlation_id())
-                    .or_default()
-                    .push(global);
-                es.messages.insert(global, m.clone());
-                let producer = self.store.producer.clone();
-                inner.stage(&producer, m.to_record());
-                out.push(StoredMessage {
-                    global_seq: global,
-                    message: m,
-                });
-            }
-            for op in commit.sync {
-                match op {
-                    SyncOp::Put {
-                        collection,
-                        id,
-                        doc,
-                    } => {
-                        inner
-                            .es
-                            .documents
-                            .entry(collection)
-                            .or_default()
-                            .insert(id, doc);
-                    }
-                    SyncOp::Delete { collection, id } => {
-                        if let Some(c) = inner.es.documents.get_mut(&collection) {
-                            c.remove(&id);
-                        }
-                    }
-                }
-            }
-            out
+            let producer = self.store.producer.clone();
+            commit_locked(&mut inner, &producer, &commit)?
         };
         if !out.is_empty() {
-            self.store.staged_wakeup.notify_one();
+            self.committed();
         }
         Ok(out)
     }

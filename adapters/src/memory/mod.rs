@@ -30,6 +30,7 @@
 mod consumer;
 mod event_store;
 mod log;
+mod reactor_store;
 mod replica;
 mod store;
 

@@ -119,6 +119,9 @@ pub struct MemoryStore {
     writer: tokio::sync::Mutex<()>,
     /// Woken (one permit) when a phase staged records.
     pub(super) staged_wakeup: Notify,
+    /// Bumped after event-store commits that stored messages and after group starts: the
+    /// reactor runtime's wake-ups ([`ports::ReactorStore::wait_wake`]).
+    pub(super) es_wake: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for MemoryStore {
@@ -136,6 +139,7 @@ impl MemoryStore {
             inner: Mutex::new(Inner::new()),
             writer: tokio::sync::Mutex::new(()),
             staged_wakeup: Notify::new(),
+            es_wake: tokio::sync::watch::channel(0).0,
         }
     }
 

@@ -72,6 +72,7 @@ use ports::EventStoreError;
 use super::PostgresStore;
 use super::error::PgError;
 use crate::sql_event_store::{EsSql, es_sql, sql_event_store};
+use crate::sql_reactor_store::{RxSql, rx_sql, sql_reactor_store};
 
 /// The statements (UUIDs and JSON travel as text and are cast by the server).
 static SQL: EsSql = es_sql!(uuid = "::uuid", json = "::jsonb");
@@ -132,10 +133,37 @@ impl PostgresEventStore {
             .map_err(Into::into)
     }
 
-    /// Announces the staged records, as after a phase.
+    /// Announces the staged records, as after a phase (this process's waiters at once,
+    /// other processes through `pg_notify`).
     fn committed_es(&self) {
         self.store.inner.wake.announce();
+    }
+
+    fn wake_version_es(&self) -> u64 {
+        *self.store.inner.wake.subscribe().borrow()
+    }
+
+    /// Waits on the store's wake-ups (`LISTEN` on its channel, or polling every 100 ms).
+    async fn wait_wake_es(&self, seen: u64, timeout: std::time::Duration) -> u64 {
+        let wake = &self.store.inner.wake;
+        let mut rx = wake.subscribe();
+        if *rx.borrow_and_update() != seen {
+            return *rx.borrow();
+        }
+        wake.wait(&mut rx, tokio::time::Instant::now() + timeout)
+            .await;
+        *rx.borrow()
     }
 }
 
 sql_event_store!(PostgresEventStore, Postgres, SQL);
+
+/// The reactor-store statements: claims and promotions skip rows other transactions hold.
+static RX: RxSql = rx_sql!(
+    claim_lock = " FOR UPDATE OF o SKIP LOCKED",
+    scheduled_lock = " FOR UPDATE SKIP LOCKED",
+    json = "::jsonb",
+    uuid = "::uuid"
+);
+
+sql_reactor_store!(PostgresEventStore, Postgres, RX);

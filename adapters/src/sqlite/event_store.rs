@@ -31,6 +31,7 @@ use ports::EventStoreError;
 use super::SqliteStore;
 use super::error::Error;
 use crate::sql_event_store::{EsSql, es_sql, sql_event_store};
+use crate::sql_reactor_store::{RxSql, rx_sql, sql_reactor_store};
 
 /// The statements (UUIDs and JSON are stored as text).
 static SQL: EsSql = es_sql!(uuid = "", json = "");
@@ -86,10 +87,33 @@ impl SqliteEventStore {
             .map_err(Into::into)
     }
 
-    /// Wakes the streamer, as after a phase that staged records.
+    /// Wakes the streamer, as after a phase that staged records, and the reactor workers.
     fn committed_es(&self) {
         self.store.inner.staged.notify_one();
+        self.store
+            .inner
+            .es_wake
+            .send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn wake_version_es(&self) -> u64 {
+        *self.store.inner.es_wake.borrow()
+    }
+
+    /// In-process wake-ups: SQLite is used by one process.
+    async fn wait_wake_es(&self, seen: u64, timeout: std::time::Duration) -> u64 {
+        let mut rx = self.store.inner.es_wake.subscribe();
+        if *rx.borrow_and_update() != seen {
+            return *rx.borrow();
+        }
+        let _ = tokio::time::timeout(timeout, rx.changed()).await;
+        *rx.borrow()
     }
 }
 
 sql_event_store!(SqliteEventStore, Sqlite, SQL);
+
+/// The reactor-store statements (the single writer serializes claims: no row locks).
+static RX: RxSql = rx_sql!(claim_lock = "", scheduled_lock = "", json = "", uuid = "");
+
+sql_reactor_store!(SqliteEventStore, Sqlite, RX);

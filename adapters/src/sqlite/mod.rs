@@ -119,6 +119,9 @@ struct Inner {
     producer: OnceLock<String>,
     /// Notified after a committed phase staged records.
     staged: Notify,
+    /// Bumped after event-store commits that stored messages and group starts: the
+    /// reactor runtime's wake-ups.
+    es_wake: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -232,6 +235,7 @@ impl SqliteStore {
                 reader,
                 producer: OnceLock::new(),
                 staged: Notify::new(),
+                es_wake: tokio::sync::watch::channel(0).0,
             }),
         };
         if options.migrate {

@@ -5,6 +5,9 @@
 //!
 //! - [`unit`](mod@unit): the unit of work (sourced's `Sourced::Unit`), plus `load` and
 //!   `history_for` (sourced's `Sourced.load` / `history_for`).
+//! - [`reactor`]: what runs in the background: actors, handlers, projectors ([`Reactor`]).
+//! - [`workflow`]: durable workflows (steps recorded as events, replayed).
+//! - [`runtime`]: workers and the housekeeper over a [`ports::ReactorStore`] ([`Runtime`]).
 //!
 //! # Example
 //!
@@ -105,8 +108,16 @@
 //! # }
 //! ```
 
+pub mod board;
+pub mod cli;
+pub mod demo;
+pub mod reactor;
+pub mod runtime;
 pub mod unit;
+pub mod workflow;
 
+pub use reactor::{ActorReactor, Delivery, Handler, Projection, Projector, ProjectorKind, Reactor};
+pub use runtime::{FailureReport, Runtime, RuntimeConfig, RuntimeHandle};
 pub use unit::{Unit, UnitError, UnitOutcome, history_for, load};
 
 #[cfg(test)]

@@ -12,8 +12,9 @@
 //! the unit actors that react to it; the commands they send are decided in turn if a unit
 //! actor declares them, and are otherwise only stored on their stream, for background
 //! processing (part 2). Commands scheduled for later (created after `now`, see
-//! `Message::at`) are returned in [`UnitOutcome::scheduled`] and not stored: scheduling is
-//! part 2. Nothing is written until the walk is over; then one
+//! `Message::at`) are returned in [`UnitOutcome::scheduled`]; a unit made with
+//! [`Unit::with_runtime`] also stores them in its commit (the housekeeper promotes them when
+//! due) and acknowledges what its actors handled for their background groups. Nothing is written until the walk is over; then one
 //! [`EventStore::commit`] writes every append (each with the seq its stream had when the unit
 //! read it: optimistic concurrency) and every sync op, or nothing.
 //!
@@ -25,7 +26,8 @@
 //! - Commands are always stored (sourced's `persist_commands: false` is not offered).
 //! - A command type is decided by at most one actor of a unit (checked by
 //!   [`Unit::with_actor`]); sourced would let two actors append after the same seq.
-//! - No `ack_on`: consumer groups are part 2.
+//! - Acknowledgements (`ack_on`) and scheduled messages commit with the unit's messages
+//!   ([`Unit::with_runtime`]), not after them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -34,7 +36,10 @@ use domain::es::{
     Actor, ActorError, ActorInstance, AnyActor, EvolveError, Handled, Message, RegistrationError,
     Role, SyncOp,
 };
-use ports::{Append, Commit, EventStore, EventStoreError, ExpectedSeq, StoredMessage};
+use ports::{
+    Append, Commit, EventStore, EventStoreError, ExpectedSeq, ReactorStore, ScheduledMessage,
+    StoredMessage,
+};
 use thiserror::Error;
 
 /// The default iteration cap of a unit (sourced's `max_iterations: 100`).
@@ -64,7 +69,8 @@ pub struct UnitOutcome {
     pub stored: Vec<StoredMessage>,
     /// The events each actor decided, by actor name, in the order they were decided.
     pub produced: BTreeMap<&'static str, Vec<Message>>,
-    /// Commands due later: returned, not stored (scheduling is part 2).
+    /// Commands due later (stored for the housekeeper by a unit made with
+    /// [`Unit::with_runtime`]; only returned otherwise).
     pub scheduled: Vec<Message>,
 }
 
@@ -81,6 +87,9 @@ pub struct Unit {
     store: Arc<dyn EventStore>,
     actors: Vec<Arc<dyn AnyActor>>,
     max_iterations: usize,
+    /// With the background runtime's store: scheduled messages are stored and handled
+    /// messages acknowledged for the actors' groups, in the unit's commit.
+    runtime: Option<Arc<dyn ReactorStore>>,
 }
 
 impl std::fmt::Debug for Unit {
@@ -118,6 +127,8 @@ struct Walk<'a> {
     /// Messages to hand to the actors; `true` when the message is a command to decide (not
     /// stored yet).
     queue: VecDeque<(Message, bool)>,
+    /// (actor name, message id) for every message an actor handled.
+    acks: Vec<(String, uuid::Uuid)>,
 }
 
 impl Unit {
@@ -127,6 +138,21 @@ impl Unit {
             store,
             actors: Vec::new(),
             max_iterations: MAX_ITERATIONS,
+            runtime: None,
+        }
+    }
+
+    /// A unit with no actors over a store with consumer groups: in the same commit as its
+    /// messages, the unit stores the messages it schedules (promoted by the housekeeper when
+    /// due) and acknowledges every message it handled for the group named after the actor
+    /// that handled it (sourced's `Unit` calling `ack_on`), so that an
+    /// [`ActorReactor`](super::ActorReactor) of the same actor running in the background
+    /// does not handle it again. Groups that are not registered are skipped.
+    pub fn with_runtime(store: Arc<dyn ReactorStore>) -> Self {
+        let events: Arc<dyn EventStore> = store.clone();
+        Self {
+            runtime: Some(store),
+            ..Self::new(events)
         }
     }
 
@@ -196,6 +222,7 @@ impl Unit {
             produced: BTreeMap::new(),
             scheduled: Vec::new(),
             queue: VecDeque::new(),
+            acks: Vec::new(),
         };
         walk.route(command).await?;
         let mut iterations = 0;
@@ -219,13 +246,24 @@ impl Unit {
                 })
             })
             .collect();
-        let stored = self
-            .store
-            .commit(Commit {
-                appends,
-                sync: walk.sync,
-            })
-            .await?;
+        let commit = Commit {
+            appends,
+            sync: walk.sync,
+        };
+        let stored = match &self.runtime {
+            Some(rs) => {
+                let schedule: Vec<ScheduledMessage> = walk
+                    .scheduled
+                    .iter()
+                    .map(|m| ScheduledMessage {
+                        at_ms: m.created_at_ms(),
+                        message: m.clone(),
+                    })
+                    .collect();
+                rs.commit_with(commit, &schedule, &walk.acks).await?
+            }
+            None => self.store.commit(commit).await?,
+        };
         Ok(UnitOutcome {
             stored,
             produced: walk.produced,
@@ -310,6 +348,7 @@ impl Walk<'_> {
             let history = self.touch(&stream_id).await?.messages.clone();
             if let Handled::Decided(d) = actor.handle(&message, &history)? {
                 message = d.command.clone();
+                self.acks.push((actor.name().to_owned(), message.id()));
                 self.sync.extend(d.sync);
                 self.produced
                     .entry(actor.name())
@@ -330,6 +369,7 @@ impl Walk<'_> {
         for actor in reactors {
             let history = self.touch(&stream_id).await?.messages.clone();
             if let Handled::Reacted(commands) = actor.handle(&message, &history)? {
+                self.acks.push((actor.name().to_owned(), message.id()));
                 for c in commands {
                     self.route(c).await?;
                 }

@@ -121,6 +121,9 @@ pub struct FleetConfig {
     /// Where to serve `GET /metrics` on a listener of its own (`--metrics-listen`, for
     /// processes without the API; the API serves it on its own listener too).
     pub metrics_listen: Option<SocketAddr>,
+    /// Event-sourcing workers to run over the store's event store (`rides es work`'s
+    /// reactors, plus a housekeeper when above 0).
+    pub es_workers: usize,
 }
 
 impl FleetConfig {
@@ -148,6 +151,7 @@ impl FleetConfig {
             http: crate::http::ServeOptions::default(),
             allow_test_errors: false,
             metrics_listen: None,
+            es_workers: 2,
         }
     }
 
@@ -158,6 +162,7 @@ impl FleetConfig {
             streamer: false,
             consumers: Vec::new(),
             sync: false,
+            es_workers: 0,
             completer: false,
             reaper: false,
             trimmer: false,
@@ -209,7 +214,16 @@ impl crate::http::StatsProvider for FleetStats {
         v.faults = self.faults.counts();
         v.latency_ms = self.metrics.latency();
         v.uptime_s = self.started.elapsed().as_secs_f64();
-        Ok(serde_json::to_value(&v)?)
+        let mut json = serde_json::to_value(&v)?;
+        // The event-sourcing consumer groups (status, positions, lag, failing streams).
+        let groups = match self.stores.reactors.groups().await {
+            Ok(g) => serde_json::to_value(g)?,
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        };
+        if let Some(obj) = json.as_object_mut() {
+            obj.insert("es_groups".to_owned(), groups);
+        }
+        Ok(json)
     }
 }
 
@@ -456,6 +470,41 @@ impl Fleet {
             tasks.push((
                 "trimmer".to_owned(),
                 tokio::spawn(run_service(t, lease("trimmer".into()), shutdown.clone())),
+            ));
+        }
+        if config.es_workers > 0 {
+            let rt = Arc::new(crate::es::cli::runtime(
+                stores.reactors.clone(),
+                crate::es::RuntimeConfig {
+                    workers: config.es_workers,
+                    ..crate::es::RuntimeConfig::default()
+                },
+            ));
+            if let Err(e) = rt.register().await {
+                tracing::warn!(error = %e, "could not register the event-sourcing groups yet");
+            }
+            let until = |name: String, work: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
+                let stop = shutdown.clone();
+                (
+                    name,
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            () = work => {}
+                            () = stop.cancelled() => {}
+                        }
+                    }),
+                )
+            };
+            for w in 0..config.es_workers {
+                let id = format!("{holder}-es-worker-{w}");
+                tasks.push(until(
+                    format!("es worker {w}"),
+                    Box::pin(Arc::clone(&rt).run_worker(id)),
+                ));
+            }
+            tasks.push(until(
+                "es housekeeper".to_owned(),
+                Box::pin(Arc::clone(&rt).run_housekeeper()),
             ));
         }
         Ok(Self {

@@ -10,6 +10,9 @@
 //! - [`actor`]: the [`Actor`] trait (decide / evolve / react / sync), one actor loaded for
 //!   one stream ([`ActorInstance`]), and its type-erased form ([`AnyActor`]).
 //! - [`sync`]: read-model writes as data ([`SyncOp`]).
+//! - [`topology`]: commands → events → reactions → read models, declared in code.
+//! - [`reactor`]: consumer groups ([`GroupSpec`]), reactors' [`Action`]s and the
+//!   [`ErrorStrategy`] (part 2, the background runtime).
 //! - [`testing`]: the given/when/then kit for actors.
 //! - [`dispatch`]: the worked example, ride dispatch (Ride and Pilot actors).
 //!
@@ -25,9 +28,11 @@
 pub mod actor;
 pub mod dispatch;
 pub mod message;
+pub mod reactor;
 pub mod registry;
 pub mod sync;
 pub mod testing;
+pub mod topology;
 
 pub use actor::{
     Actor, ActorError, ActorInstance, AnyActor, Decision, Emit, EvolveError, HandleError, Handled,
@@ -36,6 +41,9 @@ pub use actor::{
 pub use message::{
     ES_RECORD_STREAM, FieldError, Message, MessageError, MessageParts, MessageType, decode_payload,
     payload_value,
+};
+pub use reactor::{
+    Action, Backoff, BatchResult, ErrorStrategy, Exhausted, GroupSpec, StartFrom, Verdict,
 };
 pub use registry::Registry;
 pub use sync::SyncOp;

@@ -18,6 +18,7 @@
 //! | [`payment_contract_tests!`](crate::payment_contract_tests) | [`PaymentFactory`] | [`payment`] |
 //! | [`replica_contract_tests!`](crate::replica_contract_tests) | [`ReplicaFactory`] | [`replica`] |
 //! | [`event_store_contract_tests!`](crate::event_store_contract_tests) | [`EventStoreFactory`] | [`event_store`] |
+//! | [`reactor_store_contract_tests!`](crate::reactor_store_contract_tests) | [`ReactorStoreFactory`] | [`reactor_store`] |
 //!
 //! Scenarios are plain `pub async fn name(factory: &dyn Factory)` functions that panic with a
 //! message naming the broken rule. Each one documents its preconditions.
@@ -38,7 +39,9 @@ use std::sync::Arc;
 
 pub use async_trait::async_trait;
 
-use crate::{ConsumerStore, EventStore, Log, Outbox, PaymentGateway, Replica, RideStore};
+use crate::{
+    ConsumerStore, EventStore, Log, Outbox, PaymentGateway, ReactorStore, Replica, RideStore,
+};
 
 pub mod consumer;
 pub mod event_store;
@@ -47,6 +50,7 @@ mod event_store_self_check;
 pub mod fixtures;
 pub mod log;
 pub mod payment;
+pub mod reactor_store;
 pub mod replica;
 #[cfg(test)]
 mod replica_self_check;
@@ -127,6 +131,14 @@ pub trait EventStoreFactory: Send + Sync + 'static {
         let _ = store;
         None
     }
+}
+
+/// Makes reactor stores for the reactor-store contract.
+#[async_trait]
+pub trait ReactorStoreFactory: Send + Sync + 'static {
+    /// A fresh, empty reactor store in its own namespace (file or schema), so that tests
+    /// running in parallel never see each other.
+    async fn fresh(&self) -> Arc<dyn ReactorStore>;
 }
 
 /// Stamps one test per `suite::scenario`; the common body of the public macros.
@@ -309,6 +321,34 @@ macro_rules! event_store_contract_tests {
             event_store::read_all_pages_in_global_order,
             event_store::a_sync_only_commit_writes_documents,
             event_store::messages_and_documents_survive_reopen,
+        );
+    };
+}
+
+/// Stamps one `#[tokio::test]` per scenario of
+/// [`contract::reactor_store`](crate::contract::reactor_store) for a
+/// [`ReactorStoreFactory`](crate::contract::ReactorStoreFactory) expression.
+///
+/// ```text
+/// ports::reactor_store_contract_tests!(MemoryReactorStores);
+/// ```
+#[macro_export]
+macro_rules! reactor_store_contract_tests {
+    ($factory:expr $(,)?) => {
+        $crate::__contract_tests!($factory;
+            reactor_store::claims_one_stream_per_worker_in_order_of_arrival,
+            reactor_store::a_group_starting_later_skips_older_messages,
+            reactor_store::reset_replays_with_flags,
+            reactor_store::actions_commit_with_the_acknowledgement,
+            reactor_store::append_after_conflict_writes_nothing,
+            reactor_store::batches_and_partial_acknowledgement,
+            reactor_store::a_parked_stream_does_not_block_the_others,
+            reactor_store::pause_stop_and_start,
+            reactor_store::scheduled_messages_are_promoted_when_due,
+            reactor_store::concurrent_promoters_append_each_once,
+            reactor_store::stale_claims_are_released_after_the_ttl,
+            reactor_store::concurrent_workers_never_share_a_stream,
+            reactor_store::commit_with_schedules_and_acknowledges_atomically,
         );
     };
 }
