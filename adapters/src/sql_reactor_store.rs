@@ -298,6 +298,24 @@ macro_rules! sql_reactor_store {
                 }
             }
 
+            /// Stores scheduled messages in `tx` (promoted into their streams when due).
+            async fn write_schedule(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                messages: &[ports::ScheduledMessage],
+            ) -> Result<(), ports::EventStoreError> {
+                for s in messages {
+                    let json = serde_json::to_string(&s.message)
+                        .map_err(|e| ports::EventStoreError::Other(e.to_string()))?;
+                    sqlx::query($sql.schedule)
+                        .bind(s.at_ms)
+                        .bind(json)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(db)?;
+                }
+                Ok(())
+            }
+
             async fn group_exists(&self, group_id: &str) -> Result<i64, ports::EventStoreError> {
                 let size: Option<i64> = sqlx::query_scalar($sql.batch_size)
                     .bind(group_id)
@@ -549,16 +567,7 @@ macro_rules! sql_reactor_store {
                     Err(failure) => return Err(self.abandon(tx, failure).await),
                 };
                 // 4. Scheduled messages.
-                for s in &settlement.schedule {
-                    let json = serde_json::to_string(&s.message)
-                        .map_err(|e| ports::EventStoreError::Other(e.to_string()))?;
-                    sqlx::query($sql.schedule)
-                        .bind(s.at_ms)
-                        .bind(json)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db)?;
-                }
+                Self::write_schedule(&mut tx, &settlement.schedule).await?;
                 tx.commit().await.map_err(db)?;
                 if !out.is_empty() {
                     self.committed_es();
@@ -595,16 +604,7 @@ macro_rules! sql_reactor_store {
                     Ok(out) => out,
                     Err(failure) => return Err(self.abandon(tx, failure).await),
                 };
-                for s in schedule {
-                    let json = serde_json::to_string(&s.message)
-                        .map_err(|e| ports::EventStoreError::Other(e.to_string()))?;
-                    sqlx::query($sql.schedule)
-                        .bind(s.at_ms)
-                        .bind(json)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db)?;
-                }
+                Self::write_schedule(&mut tx, schedule).await?;
                 for (group, id) in acks {
                     sqlx::query($sql.ack)
                         .bind(group.as_str())
@@ -625,16 +625,7 @@ macro_rules! sql_reactor_store {
                 messages: &[ports::ScheduledMessage],
             ) -> Result<(), ports::EventStoreError> {
                 let mut tx = self.begin_es().await?;
-                for s in messages {
-                    let json = serde_json::to_string(&s.message)
-                        .map_err(|e| ports::EventStoreError::Other(e.to_string()))?;
-                    sqlx::query($sql.schedule)
-                        .bind(s.at_ms)
-                        .bind(json)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db)?;
-                }
+                Self::write_schedule(&mut tx, messages).await?;
                 tx.commit().await.map_err(db)?;
                 Ok(())
             }

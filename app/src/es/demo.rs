@@ -224,12 +224,8 @@ impl Reactor for Dispatcher {
                 continue;
             }
             let outcome = self.assign(store, m, now_ms).await;
-            match outcome {
-                Ok(()) => result.handled.push((m.id(), vec![Action::Ok])),
-                Err(e) => {
-                    result.failed = Some((m.id(), e));
-                    break;
-                }
+            if !result.record(m.id(), outcome.map(|()| vec![Action::Ok])) {
+                break;
             }
         }
         result
@@ -325,12 +321,8 @@ impl Reactor for Canceller {
                 }
             }
             .await;
-            match done {
-                Ok(()) => result.handled.push((m.id(), vec![Action::Ok])),
-                Err(e) => {
-                    result.failed = Some((m.id(), e));
-                    break;
-                }
+            if !result.record(m.id(), done.map(|()| vec![Action::Ok])) {
+                break;
             }
         }
         result
@@ -371,12 +363,8 @@ impl Reactor for Drivers {
                 Ok(())
             }
             .await;
-            match done {
-                Ok(()) => result.handled.push((m.id(), vec![Action::Ok])),
-                Err(e) => {
-                    result.failed = Some((m.id(), e));
-                    break;
-                }
+            if !result.record(m.id(), done.map(|()| vec![Action::Ok])) {
+                break;
             }
         }
         result
@@ -416,12 +404,8 @@ impl Reactor for Receipts {
                     .map(|a| vec![a]),
                 Err(e) => Err(e.to_string()),
             };
-            match actions {
-                Ok(a) => result.handled.push((m.id(), a)),
-                Err(e) => {
-                    result.failed = Some((m.id(), e));
-                    break;
-                }
+            if !result.record(m.id(), actions) {
+                break;
             }
         }
         result

@@ -168,12 +168,8 @@ impl<A: Actor> Reactor for ActorReactor<A> {
                     .map(|commands| Action::build_for(commands, now_ms)),
                 None => Ok(vec![Action::Ok]),
             };
-            match actions {
-                Ok(actions) => result.handled.push((m.id(), actions)),
-                Err(e) => {
-                    result.failed = Some((m.id(), handle_error(e)));
-                    break;
-                }
+            if !result.record(m.id(), actions.map_err(handle_error)) {
+                break;
             }
         }
         result
@@ -225,14 +221,10 @@ impl Reactor for Handler {
     ) -> BatchResult {
         let mut result = BatchResult::default();
         for d in batch {
-            match (self.f)(&d.message, d.replaying) {
-                Ok(out) => result
-                    .handled
-                    .push((d.message.id(), Action::build_for(out, now_ms))),
-                Err(e) => {
-                    result.failed = Some((d.message.id(), e));
-                    break;
-                }
+            let outcome =
+                (self.f)(&d.message, d.replaying).map(|out| Action::build_for(out, now_ms));
+            if !result.record(d.message.id(), outcome) {
+                break;
             }
         }
         result
@@ -367,15 +359,12 @@ impl<P: Projection> Reactor for Projector<P> {
                     p.react(&doc, &d.message)
                 }
             });
-            match outcome {
-                Ok(out) => result
-                    .handled
-                    .push((d.message.id(), Action::build_for(out, now_ms))),
-                Err(e) => {
-                    doc = before;
-                    result.failed = Some((d.message.id(), e));
-                    break;
-                }
+            if !result.record(
+                d.message.id(),
+                outcome.map(|out| Action::build_for(out, now_ms)),
+            ) {
+                doc = before;
+                break;
             }
         }
         // One write for the successful prefix, with its last message's actions (so that it

@@ -147,6 +147,22 @@ pub struct BatchResult {
 }
 
 impl BatchResult {
+    /// Records the outcome of the next message of the batch: its actions, or why it failed.
+    /// Returns whether the batch goes on: after a failure the rest of the batch is neither
+    /// handled nor acknowledged (partial batches), so the caller stops there.
+    pub fn record(&mut self, id: Uuid, outcome: Result<Vec<Action>, String>) -> bool {
+        match outcome {
+            Ok(actions) => {
+                self.handled.push((id, actions));
+                true
+            }
+            Err(why) => {
+                self.failed = Some((id, why));
+                false
+            }
+        }
+    }
+
     /// Every message handled with these actions.
     pub fn all(handled: Vec<(Uuid, Vec<Action>)>) -> Self {
         Self {
